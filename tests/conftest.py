@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny CSVs made on the fly, config composition, and the CLI run in a subprocess."""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import sentiment_lora.train  # noqa: F401  (registers the structured configs)
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+POSITIVE = ["great", "wonderful", "loved", "excellent", "superb", "moving", "brilliant", "fun"]
+NEGATIVE = ["awful", "boring", "hated", "terrible", "dull", "bad", "weak", "tedious"]
+FILLER = ["the", "movie", "plot", "actor", "film", "scene", "story", "ending", "cast", "script"]
+
+
+def write_reviews(path: Path, n: int = 80, seed: int = 0, html: bool = True) -> Path:
+    """A separable toy sentiment CSV (text,label) with HTML markup like IMDB's."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(n):
+            label = i % 2
+            words = rng.choices(POSITIVE if label else NEGATIVE, k=4) + rng.choices(FILLER, k=6)
+            rng.shuffle(words)
+            text = " ".join(words)
+            writer.writerow([f"<p>{text}<br /><br />the end</p>" if html else text, label])
+    return path
+
+
+@pytest.fixture
+def reviews_csv(tmp_path: Path) -> Path:
+    return write_reviews(tmp_path / "reviews.csv")
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m sentiment_lora.train ARGS` as a user would run it, offline, without progress bars."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(
+        [sys.executable, "-m", "sentiment_lora.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+TINY_FAST = [
+    "model=tiny",
+    "trainer.epochs=2",
+    "trainer.batch_size=8",
+    "trainer.max_length=32",
+    "optimizer.lr=1e-2",
+    "trainer.progress=false",
+]

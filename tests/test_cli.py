@@ -1,0 +1,136 @@
+"""End-to-end runs on a tiny random-init model: artefacts, reload, reproducibility, and user errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from sentiment_lora import data as data_lib
+from sentiment_lora.model import load_trained
+from sentiment_lora.train import cli, evaluate, train
+
+from .conftest import TINY_FAST, compose_config, run_cli, write_reviews
+
+METRIC_KEYS = {"accuracy", "f1", "precision", "recall", "roc_auc", "loss", "n"}
+
+
+def test_cli_run_writes_complete_artefacts_and_the_adapter_reproduces_test_predictions(tmp_path, reviews_csv):
+    run_dir = tmp_path / "run"
+    done = run_cli([*TINY_FAST, "data=csv", f"data.path={reviews_csv}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "complete"
+    assert set(metrics["params"]) >= {"trainable", "total", "by_group"}
+    assert set(metrics["params"]["by_group"]) >= {"lora", "head"}
+    assert METRIC_KEYS <= set(metrics["test"]) and "accuracy" in metrics["val"]
+    assert 1 <= metrics["val"]["epoch"] <= 2 and len(metrics["history"]) == 2
+    assert metrics["split_sizes"] == {"train": 64, "val": 8, "test": 8}
+    assert metrics["model"]["name"] == "tiny" and metrics["lora"]["targets"] == ["q", "v"]
+    assert metrics["data"]["path"] == str(reviews_csv) and metrics["time_s"] > 0
+    assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "train.log").exists()
+    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "head.safetensors"):
+        assert (run_dir / name).exists(), name
+    assert "epoch 2" in (run_dir / "train.log").read_text()
+
+    # Reload from the run directory alone and predict the test split again.
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    model, tokenizer = load_trained(cfg.model, run_dir)
+    rows = data_lib.encode(data_lib.load_splits(cfg.data)["test"], tokenizer, cfg.trainer.max_length)
+    test, _, probs = evaluate(model, data_lib.loader(rows, tokenizer, 4), torch.device("cpu"), None)
+    saved = pd.read_csv(run_dir / "test_predictions.csv")
+    np.testing.assert_allclose(probs, saved["prob"].to_numpy(), rtol=0, atol=1e-5)
+    assert test["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+
+
+def test_train_returns_the_selected_val_accuracy_and_is_reproducible(tmp_path, reviews_csv):
+    overrides = [*TINY_FAST, "trainer.epochs=3", "data=csv", f"data.path={reviews_csv}", "lora/targets=qkv"]
+    results = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        returned = train(compose_config(overrides), tmp_path / name)
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert returned == metrics["val"]["accuracy"]
+        results.append(metrics)
+    for key in ("val", "test", "params", "data_fingerprint"):
+        assert results[0][key] == results[1][key]
+    assert [h["train_loss"] for h in results[0]["history"]] == [h["train_loss"] for h in results[1]["history"]]
+    # A different seed really is a different run.
+    (tmp_path / "c").mkdir()
+    train(compose_config([*overrides, "trainer.seed=7"]), tmp_path / "c")
+    other = json.loads((tmp_path / "c" / "metrics.json").read_text())
+    assert other["history"][0]["train_loss"] != results[0]["history"][0]["train_loss"]
+    assert other["data_fingerprint"] == results[0]["data_fingerprint"]  # the split depends on data.seed only
+
+
+def test_head_target_run_saves_and_reloads(tmp_path, reviews_csv):
+    overrides = [*TINY_FAST, "data=csv", f"data.path={reviews_csv}", "lora/targets=all"]
+    train(compose_config(overrides), tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["params"]["by_group"]["head"] == 0
+    cfg = compose_config(overrides)
+    model, _ = load_trained(cfg.model, tmp_path)
+    assert any("head.lora_A" in name for name, _ in model.named_parameters())
+
+
+def run_in_process(monkeypatch, capsys, tmp_path, args):
+    """The real CLI entry point (argument check, Hydra, error handling), in this process to save start-up time."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["sentiment_lora.train", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+BAD_CSVS = {
+    "missing_column": ("review,label\ngreat,1\n", "no column 'text'"),
+    "bad_label": ("text,label\ngreat,1\nawful,3\n", "data row 2"),
+    "empty_text": ("text,label\ngreat,1\n,0\n", "empty text"),
+    "header_only": ("text,label\n", "header only"),
+}
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["data=csv", "data.path=missing.csv"], "missing.csv: not found"),
+        *[(["data=csv", f"data.path={name}.csv"], message) for name, (_, message) in BAD_CSVS.items()],
+        (["lora.targets=[q,attn]"], "unknown target 'attn'"),
+        (["lora.rank=0"], "lora.rank: must be >= 1"),
+        (["model=bert-large"], "unknown model 'bert-large'; choose from distilbert, minilm, tiny"),
+        (["lora/targets=qz"], "unknown lora/targets 'qz'"),
+    ],
+    ids=["missing_file", *BAD_CSVS, "unknown_target", "rank_zero", "unknown_model", "unknown_preset"],
+)
+def test_user_errors_are_one_line_with_nonzero_exit_and_leave_nothing(monkeypatch, capsys, tmp_path, args, expected):
+    for name, (content, _) in BAD_CSVS.items():
+        (tmp_path / f"{name}.csv").write_text(content)
+    if not any(arg.startswith("model=") for arg in args):
+        args = ["model=tiny", *args]
+    args = [*args, "trainer.progress=false", "trainer.epochs=1"]
+    code, err = run_in_process(monkeypatch, capsys, tmp_path, args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code != 0
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], err
+    assert "Traceback" not in err
+    runs = tmp_path / "outputs" / "runs"
+    assert not runs.exists() or not any(runs.iterdir()), "a failed run left a directory behind"
+
+
+def test_distilbert_without_weights_fails_fast_and_names_the_ways_out(monkeypatch, capsys, tmp_path):
+    write_reviews(tmp_path / "r.csv")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_hf_home"))
+    code, err = run_in_process(monkeypatch, capsys, tmp_path, ["model=distilbert", "data=csv", "data.path=r.csv"])
+    assert code != 0
+    assert "model.path=" in err and "model=minilm" in err and "Traceback" not in err
+    code, err = run_in_process(
+        monkeypatch, capsys, tmp_path, ["model=distilbert", "model.path=nowhere", "data=csv", "data.path=r.csv"]
+    )
+    assert code != 0 and "model.path=nowhere" in err
