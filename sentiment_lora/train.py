@@ -149,9 +149,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     dtype = pick_dtype(cfg.trainer.precision, device)
     log.info("run dir %s | device %s | precision %s", run_dir, device, "bf16 autocast" if dtype else "fp32")
 
-    # ---- data: sample, strip HTML, stratified split, tokenize once ----
-    splits = data_lib.load_splits(cfg.data)
+    # ---- data: sample, strip HTML, stratified split, tokenize once (weights resolved first: fail fast) ----
     weights = resolve_weights(cfg.model)
+    splits = data_lib.load_splits(cfg.data)
     tokenizer = load_tokenizer(cfg.model, weights)
     encoded = {name: data_lib.encode(splits[name], tokenizer, cfg.trainer.max_length) for name in data_lib.SPLITS}
     log.info("data %s: %s", cfg.data.name, {name: len(rows) for name, rows in encoded.items()})
