@@ -117,6 +117,16 @@ class TrainerConfig:
 
 
 @dataclass
+class TrialConfig:
+    id: int | None = _help("Optuna trial id, set by the lora_optuna sweeper; null outside Optuna sweeps.", None)
+    number: int | None = _help("Optuna trial number within its study, set by the lora_optuna sweeper.", None)
+
+
+# What `main` can return to a sweeper, by name.
+OBJECTIVES = ("val_accuracy", "val_loss", "trainable_params")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -125,6 +135,12 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     dry_run: bool = _help("Build the model with random init, count parameters, write metrics.json, exit.", False)
     save_adapter: bool = _help("Save the LoRA adapter (PEFT format) and head as safetensors in the run dir.", True)
+    objectives: list[str] = _help(
+        "What the run returns to a sweeper, in order: val_accuracy, val_loss, trainable_params. One name returns a "
+        "float; several return a tuple (multi-objective search).",
+        factory=lambda: ["val_accuracy"],
+    )
+    trial: TrialConfig = field(default_factory=TrialConfig)
 
 
 def register_configs() -> None:
@@ -151,6 +167,9 @@ def validate(cfg: Any) -> None:
     for target in cfg.lora.targets:
         if target != "head" and target not in cfg.model.targets_map:
             _fail("model.targets_map", f"model '{cfg.model.name}' does not map target '{target}'")
+    for objective in cfg.objectives:
+        if objective not in OBJECTIVES:
+            _fail("objectives", f"unknown objective '{objective}'; choose from {', '.join(OBJECTIVES)}")
     if cfg.model.source not in ("package", "hub", "random"):
         _fail("model.source", f"unknown source '{cfg.model.source}'; choose package, hub or random")
     if cfg.model.pooling not in ("cls", "mean"):

@@ -38,6 +38,7 @@ from sentiment_lora.model import (
     save_trained,
 )
 from sentiment_lora.results import METRICS_FILE, write_json_atomic, write_predictions
+from sentiment_lora.trial import reporter_for
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -105,6 +106,7 @@ def identifiers(cfg: DictConfig) -> dict[str, object]:
             "seed": cfg.data.seed,
         },
         "seed": cfg.trainer.seed,
+        "trial": {"id": cfg.trial.id, "number": cfg.trial.number},
     }
 
 
@@ -137,7 +139,8 @@ def dry_run(cfg: DictConfig, run_dir: Path) -> float:
     return math.nan
 
 
-def train(cfg: DictConfig, run_dir: Path) -> float:
+def train(cfg: DictConfig, run_dir: Path) -> float | tuple[float, ...]:
+    reporter = reporter_for(cfg.trial, run_dir)  # None unless this run is a trial of an Optuna sweep
     validate(cfg)
     if cfg.trainer.num_threads:
         torch.set_num_threads(cfg.trainer.num_threads)
@@ -238,6 +241,20 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         if best is None or (val["accuracy"], -val["loss"]) > (best["accuracy"], -best["loss"]):
             best = {**val, "epoch": epoch}
             best_state = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+        if reporter is not None and reporter.should_stop(epoch, val["accuracy"]):
+            import optuna
+
+            partial = {
+                "status": "pruned",
+                **identifiers(cfg),
+                "params": params,
+                "val": best,
+                "history": history,
+                "epochs_run": len(history),
+                "time_s": time.perf_counter() - started,
+            }
+            write_json_atomic(run_dir / METRICS_FILE, partial)
+            raise optuna.TrialPruned(f"pruned after epoch {epoch} at val accuracy {val['accuracy']:.4f}")
 
     # ---- test once, with the selected epoch's weights ----
     model.load_state_dict(best_state, strict=False)
@@ -270,7 +287,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
         "time_s": time.perf_counter() - started,
     }
     write_json_atomic(run_dir / METRICS_FILE, metrics)
-    return float(best["accuracy"])
+    values = {"val_accuracy": best["accuracy"], "val_loss": best["loss"], "trainable_params": params["trainable"]}
+    returned = [float(values[name]) for name in cfg.objectives]
+    return returned[0] if len(returned) == 1 else tuple(returned)
 
 
 def _remove_if_only_hydra_files(run_dir: Path) -> None:
@@ -279,19 +298,30 @@ def _remove_if_only_hydra_files(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float:
+@hydra.main(config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> float | tuple[float, ...]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         return train(cfg, run_dir)
-    except UserError as err:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            log.error("%s", err)
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        _remove_if_only_hydra_files(run_dir)
-        sys.exit(2)
+    except Exception as err:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            if not isinstance(err, UserError):
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            _remove_if_only_hydra_files(run_dir)
+            sys.exit(2)
+        # In a sweep, the sweeper records the error and goes on; the run directory says what happened.
+        if not (run_dir / METRICS_FILE).exists():
+            failure = {"status": "failed", "error": f"{type(err).__name__}: {err}", **identifiers(cfg)}
+            write_json_atomic(run_dir / METRICS_FILE, failure)
+        import optuna
+
+        if isinstance(err, optuna.TrialPruned):
+            log.info("%s", err)
+        else:
+            log.error("run failed: %s: %s", type(err).__name__, err)
+        raise
 
 
 def unknown_group_option(args: list[str]) -> str | None:

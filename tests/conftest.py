@@ -43,7 +43,7 @@ def reviews_csv(tmp_path: Path) -> Path:
 
 
 def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF)):
         return compose(config_name="config", overrides=overrides)
 
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Turn runs into a results table: markdown on stdout, CSV and PNG beside the first input.
+
+    python scripts/summarize.py outputs/multirun/2026-11-26_10-00-00
+    python scripts/summarize.py outputs/multirun/a outputs/multirun/b outputs/baselines/tfidf
+    python scripts/summarize.py --storage sqlite:///outputs/optuna/lora_optuna.db --study lora_optuna
+
+One row per run: model, targets, rank, alpha, trainable parameters (and % of total), val accuracy, test accuracy
+with its 95% Wilson score interval, test F1, epochs run, wall time and state (complete/pruned/failed, or
+reference for a baseline). Sorted by val accuracy; ★ marks the Pareto-optimal runs (val accuracy vs trainable
+parameters, completed runs only). Incomplete or foreign directories are skipped with a note on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sentiment_lora.errors import UserError
+from sentiment_lora.summary import build_table, plot, to_markdown
+
+
+def study_run_dirs(storage: str, study_name: str) -> list[Path]:
+    """Run directories linked to the study's trials (each trial records its run_dir)."""
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise UserError(f"no study '{study_name}' in {storage}") from None
+    dirs = [Path(t.user_attrs["run_dir"]) for t in study.get_trials(deepcopy=False) if "run_dir" in t.user_attrs]
+    missing = len(study.trials) - len(dirs)
+    if missing:
+        print(f"note: {missing} trial(s) of '{study_name}' never reached a run directory", file=sys.stderr)
+    return dirs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="*", type=Path, help="sweep or run directories (searched recursively)")
+    parser.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///outputs/optuna/lora_optuna.db")
+    parser.add_argument("--study", help="study name in --storage")
+    parser.add_argument("--csv", type=Path, help="CSV output (default: <first input>/summary.csv)")
+    parser.add_argument("--plot", type=Path, help="PNG output (default: <first input>/summary.png)")
+    args = parser.parse_args(argv)
+    try:
+        paths = list(args.paths)
+        if args.storage or args.study:
+            if not (args.storage and args.study):
+                raise UserError("--storage and --study go together")
+            paths += study_run_dirs(args.storage, args.study)
+        if not paths:
+            raise UserError("nothing to summarize: give run/sweep directories or --storage with --study")
+        table, notes = build_table(paths)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    out_dir = args.paths[0] if args.paths and args.paths[0].is_dir() else Path("outputs")
+    csv_path, png_path = args.csv or out_dir / "summary.csv", args.plot or out_dir / "summary.png"
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(csv_path, index=False)
+    plot(table, png_path)
+    print(to_markdown(table))
+    print(f"\n{len(table)} runs; table {csv_path}; plot {png_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Sweeps on tiny random-init models: grid, Optuna presets, resume to exactly n_trials, pruning, failures."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from sentiment_lora.train import cli
+
+from .conftest import write_reviews
+
+TINY = ["model=tiny", "trainer.max_length=32", "trainer.batch_size=16", "trainer.progress=false", "data=csv"]
+
+
+@pytest.fixture
+def sweep_env(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_reviews(tmp_path / "reviews.csv", n=60)
+    return tmp_path
+
+
+def multirun(monkeypatch, args: list[str]) -> int:
+    """`python -m sentiment_lora.train -m ARGS`, in this process; returns the exit code (0 when none)."""
+    monkeypatch.setattr(sys, "argv", ["sentiment_lora.train", "-m", *TINY, "data.path=reviews.csv", *args])
+    try:
+        cli()
+    except SystemExit as exit_info:
+        return int(exit_info.code or 0)
+    return 0
+
+
+def optuna_args(tmp: Path, preset: str, n_trials: int, *extra: str) -> list[str]:
+    return [
+        f"hparams_search={preset}",
+        f"hydra.sweeper.storage=sqlite:///{tmp}/study.db",
+        f"hydra.sweeper.n_trials={n_trials}",
+        f"hydra.sweep.dir={tmp}/sweep",
+        *extra,
+    ]
+
+
+def run_metrics(sweep_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))]
+
+
+def load(tmp: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp}/study.db")
+
+
+def test_grid_multirun_runs_every_combination(sweep_env, monkeypatch):
+    code = multirun(monkeypatch, ["trainer.epochs=1", "lora.rank=1,2", "lora/targets=qv,qkv",
+                                  f"hydra.sweep.dir={sweep_env}/grid"])  # fmt: skip
+    assert code == 0
+    runs = run_metrics(sweep_env / "grid")
+    assert sorted((m["lora"]["rank"], "+".join(m["lora"]["targets"])) for m in runs) == [
+        (1, "q+k+v"), (1, "q+v"), (2, "q+k+v"), (2, "q+v")]  # fmt: skip
+    assert all(m["status"] == "complete" for m in runs)
+
+
+def test_optuna_preset_links_trials_to_runs_and_reports_epochs(sweep_env, monkeypatch):
+    assert multirun(monkeypatch, optuna_args(sweep_env, "lora_optuna", 3, "trainer.epochs=2")) == 0
+    study = load(sweep_env, "lora_optuna")
+    assert len(study.trials) == 3
+    for trial in study.trials:
+        assert trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        metrics = json.loads((Path(trial.user_attrs["run_dir"]) / "metrics.json").read_text())
+        assert metrics["trial"]["number"] == trial.number
+        assert metrics["lora"]["rank"] == trial.params["lora.rank"]
+        assert "+".join(metrics["lora"]["targets"]) == {
+            "qv": "q+v", "qkv": "q+k+v", "qkvo": "q+k+v+output", "attn_ffn": "q+k+v+output+ffn",
+            "all": "q+k+v+output+ffn+head"}[trial.params["lora/targets"]]  # fmt: skip
+        assert trial.intermediate_values[1] == metrics["history"][0]["val_accuracy"]
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            assert trial.value == metrics["val"]["accuracy"]
+    results = OmegaConf.load(sweep_env / "sweep" / "optimization_results.yaml")
+    assert results.trials.COMPLETE + results.trials.PRUNED == 3
+
+
+def test_rerunning_continues_the_study_up_to_n_trials_in_total(sweep_env, monkeypatch):
+    args = ["trainer.epochs=1"]
+    assert multirun(monkeypatch, optuna_args(sweep_env, "lora_optuna", 2, *args)) == 0
+    first = {t.number: t.params for t in load(sweep_env, "lora_optuna").trials}
+    assert multirun(monkeypatch, optuna_args(sweep_env, "lora_optuna", 5, *args)) == 0
+    study = load(sweep_env, "lora_optuna")
+    assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
+    assert {n: study.trials[n].params for n in first} == first  # finished trials are kept, not repeated
+    assert multirun(monkeypatch, optuna_args(sweep_env, "lora_optuna", 5, *args)) == 0
+    assert len(load(sweep_env, "lora_optuna").trials) == 5
+    assert len(list((sweep_env / "sweep").glob("*/metrics.json"))) == 5
+
+
+def test_an_interrupted_trial_is_failed_on_restart_not_waited_for(sweep_env, monkeypatch):
+    assert multirun(monkeypatch, optuna_args(sweep_env, "lora_optuna", 1, "trainer.epochs=1")) == 0
+    load(sweep_env, "lora_optuna").ask()  # a trial left RUNNING, as by a killed sweep
+    assert multirun(monkeypatch, optuna_args(sweep_env, "lora_optuna", 3, "trainer.epochs=1")) == 0
+    states = [t.state for t in load(sweep_env, "lora_optuna").trials]
+    assert states[1] == optuna.trial.TrialState.FAIL and len(states) == 3
+
+
+def test_pruned_trials_are_recorded_as_pruned_with_their_last_value(sweep_env, monkeypatch):
+    prune_all = "hydra/sweeper/pruner=threshold hydra.sweeper.pruner.lower=1.1"
+    assert multirun(monkeypatch, optuna_args(sweep_env, "lora_optuna", 2, "trainer.epochs=3", *prune_all.split())) == 0
+    study = load(sweep_env, "lora_optuna")
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.PRUNED
+        assert list(trial.intermediate_values) == [1]
+        metrics = json.loads((Path(trial.user_attrs["run_dir"]) / "metrics.json").read_text())
+        assert metrics["status"] == "pruned" and metrics["epochs_run"] == 1
+        assert "test" not in metrics  # a pruned run never touches the test split
+
+
+def test_failing_trials_are_recorded_and_the_sweep_goes_on(sweep_env, monkeypatch):
+    args = optuna_args(sweep_env, "lora_optuna", 6, "trainer.epochs=1", "lora.rank=choice(0,4)",
+                       "hydra.sweeper.max_failure_rate=1.0")  # fmt: skip
+    assert multirun(monkeypatch, args) == 0
+    trials = load(sweep_env, "lora_optuna").trials
+    assert len(trials) == 6
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed and len(failed) < 6  # both kinds occur with this seed
+    for trial in trials:
+        assert (trial.state == optuna.trial.TrialState.FAIL) == (trial.params["lora.rank"] == 0)
+    for trial in failed:
+        assert "lora.rank" in trial.user_attrs["error"]
+        metrics = json.loads((Path(trial.user_attrs["run_dir"]) / "metrics.json").read_text())
+        assert metrics["status"] == "failed" and "lora.rank" in metrics["error"]
+
+
+def test_too_many_failures_stop_the_sweep(sweep_env, monkeypatch):
+    args = optuna_args(sweep_env, "lora_optuna", 4, "trainer.epochs=1", "lora.rank=0",
+                       "hydra.sweeper.max_failure_rate=0.5")  # fmt: skip
+    assert multirun(monkeypatch, args) != 0
+    assert [t.state for t in load(sweep_env, "lora_optuna").trials] == [optuna.trial.TrialState.FAIL]
+
+
+def test_pareto_preset_returns_accuracy_and_trainable_params(sweep_env, monkeypatch):
+    assert multirun(monkeypatch, optuna_args(sweep_env, "lora_pareto", 3, "trainer.epochs=1")) == 0
+    study = load(sweep_env, "lora_pareto")
+    assert len(study.directions) == 2 and len(study.trials) == 3
+    for trial in study.trials:
+        metrics = json.loads((Path(trial.user_attrs["run_dir"]) / "metrics.json").read_text())
+        assert trial.values == [metrics["val"]["accuracy"], metrics["params"]["trainable"]]
+    results = OmegaConf.load(sweep_env / "sweep" / "optimization_results.yaml")
+    assert {entry.trial for entry in results.pareto_front} == {t.number for t in study.best_trials}
+
+
+def test_parallel_launcher_with_two_jobs(sweep_env, monkeypatch):
+    args = optuna_args(sweep_env, "lora_optuna", 4, "trainer.epochs=1", "hydra/launcher=joblib",
+                       "hydra.sweeper.n_jobs=2", "hydra.launcher.n_jobs=2")  # fmt: skip
+    assert multirun(monkeypatch, args) == 0
+    trials = load(sweep_env, "lora_optuna").trials
+    assert len(trials) == 4 and all(1 in t.intermediate_values for t in trials)
+    assert len({t.user_attrs["run_dir"] for t in trials}) == 4
