@@ -121,6 +121,9 @@ def to_markdown(table: pd.DataFrame) -> str:
     shown["trial"] = shown["trial"].map(lambda v: "" if pd.isna(v) else str(int(v)))
     for column in ("val_acc", "test_acc", "test_f1"):
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
+    shown["rank"] = shown["rank"].map(lambda v: "" if pd.isna(v) else str(int(v)))
+    shown["alpha"] = shown["alpha"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
+    shown["targets"] = shown["targets"].fillna("")
     shown["trainable"] = shown["trainable"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}")
     shown["trainable_pct"] = shown["trainable_pct"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
     shown["time_s"] = shown["time_s"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
@@ -143,11 +146,12 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     if not front.empty:
         ax.step(front["trainable"], front["val_acc"], where="post", color="tab:red", label="Pareto front (val)")
     for _, row in runs.iterrows():
-        ax.annotate(f"{row['targets']} r{row['rank']}", (row["trainable"], row["val_acc"]), fontsize=7,
+        ax.annotate(f"{row['targets']} r{int(row['rank'])}", (row["trainable"], row["val_acc"]), fontsize=7,
                     xytext=(3, 3), textcoords="offset points")  # fmt: skip
     for _, row in table[table["state"] == "reference"].iterrows():
         ax.axhline(row["test_acc"], color="gray", linestyle="--", label=f"{row['model']} (test)")
-    ax.set_xscale("log")
+    if not runs.empty:
+        ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy against trainable parameters")

@@ -329,7 +329,8 @@ def unknown_group_option(args: list[str]) -> str | None:
     for arg in args:
         key, sep, value = arg.lstrip("+").partition("=")
         group = Path(CONF_DIR) / key
-        if arg.startswith("-") or not sep or not group.is_dir() or "(" in value:
+        # hydra/* groups also hold options registered by plugins, which have no file here.
+        if arg.startswith("-") or not sep or not group.is_dir() or key.startswith("hydra/") or "(" in value:
             continue
         choices = sorted(path.stem for path in group.glob("*.yaml"))
         for option in value.split(","):

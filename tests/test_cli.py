@@ -134,3 +134,15 @@ def test_distilbert_without_weights_fails_fast_and_names_the_ways_out(monkeypatc
         monkeypatch, capsys, tmp_path, ["model=distilbert", "model.path=nowhere", "data=csv", "data.path=r.csv"]
     )
     assert code != 0 and "model.path=nowhere" in err
+
+
+def test_nan_loss_stops_the_run_with_a_clear_error(tmp_path, reviews_csv, monkeypatch):
+    import sentiment_lora.train as train_module
+
+    def nan_loss():
+        return lambda logits, labels: (logits * float("nan")).mean()
+
+    monkeypatch.setattr(train_module.torch.nn, "BCEWithLogitsLoss", nan_loss)
+    with pytest.raises(train_module.TrainingDiverged, match="loss is nan at epoch 1, batch 1"):
+        train(compose_config([*TINY_FAST, "data=csv", f"data.path={reviews_csv}"]), tmp_path)
+    assert not (tmp_path / "metrics.json").exists()

@@ -93,3 +93,36 @@ def test_semantic_errors_name_the_key(override, key):
 def test_csv_data_needs_a_path():
     with pytest.raises(UserError, match="data.path"):
         validate(compose_config(["data=csv"]))
+
+
+def compose_with_hydra(overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF)):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=True)
+
+
+@pytest.mark.parametrize("preset", options("hparams_search"))
+def test_every_sweep_preset_composes(preset):
+    cfg = compose_with_hydra([f"hparams_search={preset}"])
+    validate(cfg)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("LoraOptunaSweeper")
+    assert sweeper.storage.startswith("sqlite:///outputs/optuna/") and sweeper.study_name in sweeper.storage
+    directions = [sweeper.direction] if isinstance(sweeper.direction, str) else list(sweeper.direction)
+    assert len(directions) == len(cfg.objectives)
+    assert cfg.hydra.sweep.subdir == "trial_None"  # trial_<number> once the sweeper sets trial.number
+    for key in sweeper.params:
+        assert key.replace("/", ".").split(".")[0] in ("lora", "optimizer", "trainer", "model")
+
+
+@pytest.mark.parametrize("pruner", ["median", "sha", "threshold"])
+def test_pruner_group(pruner):
+    cfg = compose_with_hydra(["hparams_search=lora_optuna", f"hydra/sweeper/pruner={pruner}"])
+    assert cfg.hydra.sweeper.pruner._target_.startswith("optuna.pruners.")
+
+
+@pytest.mark.parametrize("launcher", ["slurm", "joblib"])
+def test_launchers_compose(launcher):
+    cfg = compose_with_hydra(["hparams_search=lora_optuna", f"hydra/launcher={launcher}"])
+    assert cfg.hydra.launcher._target_.startswith("hydra_plugins.")

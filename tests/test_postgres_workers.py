@@ -1,0 +1,82 @@
+"""Scale-out: two worker processes share one Optuna study through a real PostgreSQL server on loopback."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+
+from .conftest import write_reviews
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or (
+        [shutil.which("initdb")] if shutil.which("initdb") else []
+    )
+    return Path(found[-1]).parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    bindir = _postgres_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server binaries not found; .ci/run installs them")
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    # PostgreSQL refuses to run as root: run it as the postgres user in a directory that user owns.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    datadir = Path(tempfile.mkdtemp(prefix="slora-pg-"))
+    if as_user:
+        shutil.chown(datadir, "postgres", "postgres")
+    port = _free_port()
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(datadir), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)  # fmt: skip
+    options = f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1"
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(datadir), "-o", options, "-l", str(datadir / "log"),
+                    "-w", "start"], check=True, capture_output=True)  # fmt: skip
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "stop"],
+                       capture_output=True)  # fmt: skip
+        shutil.rmtree(datadir, ignore_errors=True)
+
+
+def test_two_workers_share_one_study_and_stop_at_exactly_n_trials(postgres_url, tmp_path):
+    write_reviews(tmp_path / "reviews.csv", n=60)
+    n_trials = 7
+    args = [
+        sys.executable, "-m", "sentiment_lora.train", "-m", "hparams_search=lora_optuna",
+        "model=tiny", "data=csv", "data.path=reviews.csv", "trainer.epochs=2", "trainer.max_length=32",
+        "trainer.progress=false", f"hydra.sweeper.storage={postgres_url}", "hydra.sweeper.study_name=shared",
+        f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.n_jobs=1", "hydra.sweeper.fail_interrupted=false",
+        f"hydra.sweep.dir={tmp_path}/sweep",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    workers = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True) for _ in range(2)]  # fmt: skip
+    outputs = [worker.communicate(timeout=600)[0] for worker in workers]
+    for worker, output in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, output[-3000:]
+
+    trials = optuna.load_study(study_name="shared", storage=postgres_url).trials
+    numbers = [trial.number for trial in trials]
+    assert len(trials) == n_trials and sorted(numbers) == list(range(n_trials))  # exact total, no duplicates
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
+    run_dirs = sorted(p.name for p in (tmp_path / "sweep").glob("trial_*") if (p / "metrics.json").exists())
+    assert run_dirs == sorted(f"trial_{n}" for n in range(n_trials))  # one run directory per trial
+    assert len({t.user_attrs["run_dir"] for t in trials}) == n_trials
