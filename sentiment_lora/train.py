@@ -241,7 +241,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float | tuple[float, ...]:
         if best is None or (val["accuracy"], -val["loss"]) > (best["accuracy"], -best["loss"]):
             best = {**val, "epoch": epoch}
             best_state = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
-        if reporter is not None and reporter.should_stop(epoch, val["accuracy"]):
+        # The pruner judges the epoch by the sweep's (first) objective, as the study's direction expects.
+        epoch_value = {"val_accuracy": val["accuracy"], "val_loss": val["loss"]}.get(cfg.objectives[0])
+        if reporter is not None and epoch_value is not None and reporter.should_stop(epoch, epoch_value):
             import optuna
 
             partial = {

@@ -90,7 +90,7 @@ _store.store(group="hydra/sweeper/pruner", name="threshold", node=ThresholdPrune
 
 @contextmanager
 def storage_lock(storage: str | None, study_name: str) -> Iterator[None]:
-    """Serialize "count the trials, then ask" across processes sharing a storage, so totals are exact."""
+    """Serialize study creation and "count the trials, then ask" across processes sharing a storage."""
     if storage and storage.startswith("postgresql"):
         import sqlalchemy
 
@@ -150,14 +150,16 @@ class _Impl(OptunaSweeperImpl):
         if len(directions) > 1 and self.pruner_config:
             raise ValueError("Optuna cannot prune multi-objective studies: set hydra.sweeper.pruner=null")
         self._prepare_storage()
-        study = optuna.create_study(
-            study_name=self.study_name,
-            storage=self.storage,
-            sampler=self.sampler,
-            pruner=pruner,
-            directions=directions,
-            load_if_exists=True,
-        )
+        # Workers starting together on an empty database would race to create Optuna's tables: lock that too.
+        with storage_lock(self.storage, self.study_name or "optuna"):
+            study = optuna.create_study(
+                study_name=self.study_name,
+                storage=self.storage,
+                sampler=self.sampler,
+                pruner=pruner,
+                directions=directions,
+                load_if_exists=True,
+            )
         log.info("Optuna study '%s' in %s", study.study_name, self.storage or "memory")
         log.info("Sampler %s, pruner %s, directions %s", type(self.sampler).__name__, type(pruner).__name__, directions)
         if self.fail_interrupted:
