@@ -156,3 +156,12 @@ def test_parallel_launcher_with_two_jobs(sweep_env, monkeypatch):
     trials = load(sweep_env, "lora_optuna").trials
     assert len(trials) == 4 and all(1 in t.intermediate_values for t in trials)
     assert len({t.user_attrs["run_dir"] for t in trials}) == 4
+
+
+def test_grid_sampler_covers_the_grid_once(sweep_env, monkeypatch):
+    args = optuna_args(sweep_env, "lora_optuna", 20, "trainer.epochs=1", "hydra/sweeper/sampler=grid",
+                       "hydra.sweeper.params=null", "lora.rank=choice(1,2)", "lora/targets=choice(qv,qkv)")  # fmt: skip
+    assert multirun(monkeypatch, args) == 0
+    trials = load(sweep_env, "lora_optuna").trials
+    assert sorted((t.params["lora.rank"], t.params["lora/targets"]) for t in trials) == [
+        (1, "qkv"), (1, "qv"), (2, "qkv"), (2, "qv")]  # fmt: skip

@@ -14,8 +14,10 @@ Hydra only instantiates sweepers from the `hydra_plugins` package, hence this mo
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,6 +117,16 @@ def storage_lock(storage: str | None, study_name: str) -> Iterator[None]:
         yield  # in-memory storage: one process only
 
 
+def _tell(study: optuna.Study, trial: optuna.Trial, **outcome: Any) -> None:
+    try:
+        study.tell(trial, **outcome)
+    except RuntimeError as err:
+        # GridSampler calls study.stop() once the grid is covered, which raises outside study.optimize();
+        # Optuna has stored the trial's outcome by then (hydra-optuna-sweeper ignores this error the same way).
+        if "Study.stop" not in str(err):
+            raise
+
+
 def _error_of(job_return) -> BaseException | None:
     if job_return.status == JobStatus.COMPLETED:
         return None
@@ -141,6 +153,11 @@ class _Impl(OptunaSweeperImpl):
         distributions, fixed_params, fixed_overrides = create_params_from_overrides(params_conf)
         for name in fixed_params:
             distributions.pop(name, None)
+        if isinstance(self.sampler, functools.partial) and self.sampler.func is optuna.samplers.GridSampler:
+            # As in hydra-optuna-sweeper: the grid is the search space, and n_trials at most its size.
+            grid = {name: self._to_grid_sampler_choices(dist) for name, dist in distributions.items()}
+            self.sampler = self.sampler(grid)
+            self.n_trials = min(self.n_trials, math.prod(len(choices) for choices in grid.values()))
         directions = self._get_directions()
         pruner = (
             instantiate(self.pruner_config, _execution_whitelist_=PRUNERS)
@@ -164,8 +181,8 @@ class _Impl(OptunaSweeperImpl):
         log.info("Sampler %s, pruner %s, directions %s", type(self.sampler).__name__, type(pruner).__name__, directions)
         if self.fail_interrupted:
             for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                study._storage.set_trial_user_attr(stale._trial_id, "error", "interrupted: still RUNNING at restart")
-                study._storage.set_trial_state_values(stale._trial_id, TrialState.FAIL)
+                optuna.trial.Trial(study, stale._trial_id).set_user_attr("error", "interrupted: RUNNING at restart")
+                _tell(study, stale.number, state=TrialState.FAIL)
                 log.warning("trial %d was left RUNNING by an interrupted sweep: marked FAIL", stale.number)
 
         launched = failed = 0
@@ -185,7 +202,7 @@ class _Impl(OptunaSweeperImpl):
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
             for trial, job_return in zip(trials, returns, strict=True):
-                failed += self._tell(study, trial, job_return, len(directions))
+                failed += self._record(study, trial, job_return, len(directions))
             launched += len(returns)
             if failed / launched > self.max_failure_rate:
                 raise RuntimeError(
@@ -195,20 +212,20 @@ class _Impl(OptunaSweeperImpl):
         self._write_results(study, directions)
 
     @staticmethod
-    def _tell(study: optuna.Study, trial: optuna.Trial, job_return, n_objectives: int) -> int:
+    def _record(study: optuna.Study, trial: optuna.Trial, job_return, n_objectives: int) -> int:
         """Record the job's outcome; returns 1 for a failed trial, else 0."""
         error = _error_of(job_return)
         if isinstance(error, optuna.TrialPruned):
-            study.tell(trial, state=TrialState.PRUNED)
+            _tell(study, trial, state=TrialState.PRUNED)
             log.info("trial %d pruned: %s", trial.number, error)
             return 0
         if error is None:
             value = job_return.return_value
             values = [float(v) for v in value] if n_objectives > 1 else [float(value)]
-            study.tell(trial, values=values)
+            _tell(study, trial, values=values)
             return 0
         trial.set_user_attr("error", f"{type(error).__name__}: {error}"[:1000])
-        study.tell(trial, state=TrialState.FAIL)
+        _tell(study, trial, state=TrialState.FAIL)
         log.warning("trial %d failed: %s: %s", trial.number, type(error).__name__, error)
         return 1
 
