@@ -10,9 +10,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 import sentiment_lora.train  # noqa: F401  (registers the structured configs)
+
+# Tiny models gain nothing from a second thread, and OpenMP threads spinning against other work on a 2-core
+# machine slow each step a hundredfold: one thread here and in every subprocess the tests start.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
