@@ -165,3 +165,16 @@ def test_grid_sampler_covers_the_grid_once(sweep_env, monkeypatch):
     trials = load(sweep_env, "lora_optuna").trials
     assert sorted((t.params["lora.rank"], t.params["lora/targets"]) for t in trials) == [
         (1, "qkv"), (1, "qv"), (2, "qkv"), (2, "qv")]  # fmt: skip
+
+
+def test_a_launcher_failure_leaves_no_trial_running(sweep_env, monkeypatch):
+    from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+
+    def broken_launch(self, job_overrides, initial_job_idx):
+        raise RuntimeError("cluster unavailable")
+
+    monkeypatch.setattr(BasicLauncher, "launch", broken_launch)
+    assert multirun(monkeypatch, optuna_args(sweep_env, "lora_optuna", 3, "trainer.epochs=1")) != 0
+    trials = load(sweep_env, "lora_optuna").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL]
+    assert trials[0].user_attrs["error"] == "launcher: RuntimeError: cluster unavailable"

@@ -199,7 +199,14 @@ class _Impl(OptunaSweeperImpl):
                 (*job, f"trial.id={trial._trial_id}", f"trial.number={trial.number}")
                 for trial, job in zip(trials, overrides, strict=True)
             ]
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            try:
+                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+            except BaseException as err:
+                # The launcher itself failed (or was interrupted): leave no trial RUNNING behind.
+                for trial in trials:
+                    trial.set_user_attr("error", f"launcher: {type(err).__name__}: {err}"[:1000])
+                    _tell(study, trial, state=TrialState.FAIL)
+                raise
             self.job_idx += len(returns)
             for trial, job_return in zip(trials, returns, strict=True):
                 failed += self._record(study, trial, job_return, len(directions))
