@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
 from sentiment_lora.train import cli
 
-from .conftest import write_reviews
+from .conftest import REPO, write_reviews
 
 TINY = ["model=tiny", "trainer.max_length=32", "trainer.batch_size=16", "trainer.progress=false", "data=csv"]
 
@@ -80,6 +82,14 @@ def test_optuna_preset_links_trials_to_runs_and_reports_epochs(sweep_env, monkey
             assert trial.value == metrics["val"]["accuracy"]
     results = OmegaConf.load(sweep_env / "sweep" / "optimization_results.yaml")
     assert results.trials.COMPLETE + results.trials.PRUNED == 3
+    # The study alone is enough for summarize.py: each trial points at its run directory.
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "summarize.py"), "--storage", f"sqlite:///{sweep_env}/study.db",
+         "--study", "lora_optuna", "--csv", str(sweep_env / "t.csv"), "--plot", str(sweep_env / "t.png")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert sorted(pd.read_csv(sweep_env / "t.csv")["trial"]) == [0, 1, 2]
 
 
 def test_rerunning_continues_the_study_up_to_n_trials_in_total(sweep_env, monkeypatch):
