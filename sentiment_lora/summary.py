@@ -156,7 +156,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     ax.set_ylabel("accuracy")
     ax.set_title("Accuracy against trainable parameters")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -46,7 +46,7 @@ class MedianPrunerConf:
 
     _target_: str = "optuna.pruners.MedianPruner"
     n_startup_trials: int = 3  # never prune before this many trials have finished
-    n_warmup_steps: int = 1  # never prune at the first epoch
+    n_warmup_steps: int = 2  # steps are epochs counted from 1: never prune at the first epoch
     interval_steps: int = 1
 
 
