@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import socket
@@ -16,8 +15,6 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from sentiment_lora.errors import UserError
-
-log = logging.getLogger(__name__)
 
 # Name of the attention-probability dropout in each architecture's transformers config.
 ATTENTION_DROPOUT_KEY = {"bert": "attention_probs_dropout_prob", "distilbert": "attention_dropout"}

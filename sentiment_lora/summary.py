@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -11,9 +10,7 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from sentiment_lora.errors import UserError
-from sentiment_lora.results import METRICS_FILE
-
-log = logging.getLogger(__name__)
+from sentiment_lora.results import METRICS_FILE, read_metrics
 
 COLUMNS = [
     "run", "trial", "state", "model", "targets", "rank", "alpha", "trainable", "trainable_pct", "val_acc",
@@ -50,7 +47,7 @@ def wilson_interval(correct: int, n: int) -> tuple[float, float]:
 
 def row_of(run_dir: Path) -> dict | None:
     try:
-        metrics = json.loads((run_dir / METRICS_FILE).read_text())
+        metrics = read_metrics(run_dir)
     except (OSError, json.JSONDecodeError):
         return None
     if not isinstance(metrics, dict) or metrics.get("status") not in ("complete", "pruned", "failed", "reference"):
