@@ -94,6 +94,8 @@ def mark_pareto(table: pd.DataFrame) -> pd.Series:
 
 def build_table(paths: Iterable[Path]) -> tuple[pd.DataFrame, list[str]]:
     runs, notes = find_runs(paths)
+    # A sweep directory and its study (or overlapping paths) name the same runs: one row each.
+    runs = list(dict.fromkeys(run.resolve() for run in runs))
     rows = []
     for run in runs:
         row = row_of(run)

@@ -256,7 +256,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | tuple[float, ...]:
                 "time_s": time.perf_counter() - started,
             }
             write_json_atomic(run_dir / METRICS_FILE, partial)
-            raise optuna.TrialPruned(f"pruned after epoch {epoch} at val accuracy {val['accuracy']:.4f}")
+            raise optuna.TrialPruned(f"pruned after epoch {epoch} at {cfg.objectives[0]} {epoch_value:.4f}")
 
     # ---- test once, with the selected epoch's weights ----
     model.load_state_dict(best_state, strict=False)

@@ -16,13 +16,20 @@ from hydra.utils import instantiate
 log = logging.getLogger(__name__)
 
 
+def make_pruner(pruner_cfg):
+    """The configured Optuna pruner (only optuna.pruners.* may be instantiated), or NopPruner when null."""
+    import optuna
+
+    if not pruner_cfg:
+        return optuna.pruners.NopPruner()
+    return instantiate(pruner_cfg, _execution_whitelist_=("optuna.pruners.*",))
+
+
 class TrialReporter:
     def __init__(self, trial_id: int, sweeper_cfg, run_dir: Path) -> None:
         import optuna
 
-        pruner = optuna.pruners.NopPruner()
-        if sweeper_cfg.get("pruner"):
-            pruner = instantiate(sweeper_cfg.pruner, _execution_whitelist_=("optuna.pruners.*",))
+        pruner = make_pruner(sweeper_cfg.get("pruner"))
         study = optuna.load_study(study_name=sweeper_cfg.study_name, storage=sweeper_cfg.storage, pruner=pruner)
         self.trial = optuna.trial.Trial(study, trial_id)
         self.trial.set_user_attr("run_dir", str(run_dir.resolve()))

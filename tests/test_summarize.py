@@ -106,3 +106,9 @@ def test_baseline_row_uses_the_same_split(tmp_path):
     assert metrics["data_fingerprint"] == data_lib.fingerprint(splits)
     table = summarize(tmp_path / "base", cwd=tmp_path)
     assert table.returncode == 0 and "reference" in table.stdout and "tfidf-logreg" in table.stdout
+
+
+def test_overlapping_inputs_give_one_row_per_run(sweep_dir, tmp_path):
+    done = summarize(sweep_dir, sweep_dir / "a", sweep_dir / "b", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert sorted(pd.read_csv(sweep_dir / "summary.csv")["run"].map(lambda p: Path(p).name)) == list("abcdef")

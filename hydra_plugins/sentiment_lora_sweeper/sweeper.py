@@ -36,8 +36,9 @@ from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from omegaconf import MISSING, DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from sentiment_lora.trial import make_pruner
+
 log = logging.getLogger(__name__)
-PRUNERS = ("optuna.pruners.*",)  # what a config may instantiate as a pruner
 
 
 @dataclass
@@ -159,11 +160,7 @@ class _Impl(OptunaSweeperImpl):
             self.sampler = self.sampler(grid)
             self.n_trials = min(self.n_trials, math.prod(len(choices) for choices in grid.values()))
         directions = self._get_directions()
-        pruner = (
-            instantiate(self.pruner_config, _execution_whitelist_=PRUNERS)
-            if self.pruner_config
-            else optuna.pruners.NopPruner()
-        )
+        pruner = make_pruner(self.pruner_config)  # the same construction the jobs use
         if len(directions) > 1 and self.pruner_config:
             raise ValueError("Optuna cannot prune multi-objective studies: set hydra.sweeper.pruner=null")
         self._prepare_storage()
