@@ -58,6 +58,11 @@ class ModelConfig:
         "Override the attention-probability dropout of the encoder; null keeps the model's own value.", None
     )
     head_dropout: float = _help("Dropout on the pooled vector before the classifier head.", 0.1)
+    layers_path: str = _help(
+        "Attribute path of the encoder's list of transformer layers (BERT: encoder.layer, DistilBERT: "
+        "transformer.layer); lora.top_layers and trainer.frozen_prefix count layers along it.",
+        "encoder.layer",
+    )
 
 
 @dataclass
@@ -69,6 +74,11 @@ class LoraConfig:
         "Abstract modules that get LoRA, from {q, k, v, output, ffn, head}. Without 'head' the single-unit head "
         "is trained fully; with 'head' its weight stays frozen at its seeded init and LoRA adapts it.",
         factory=lambda: ["q", "v"],
+    )
+    top_layers: int | None = _help(
+        "Put adapters only in the last N encoder layers; null adapts every layer. The layers below stay frozen, "
+        "which trainer.frozen_prefix=cache can compute once instead of every step.",
+        None,
     )
 
 
@@ -114,6 +124,18 @@ class TrainerConfig:
     grad_clip: float | None = _help("Clip the gradient norm to this value; null disables clipping.", 1.0)
     num_threads: int | None = _help("torch CPU threads; null leaves torch's default.", None)
     progress: bool = _help("Show a tqdm progress bar per epoch.", True)
+    length_grouping: bool = _help(
+        "Training batches of similar length (transformers' LengthGroupedSampler, seeded), so less padding is "
+        "computed; false shuffles uniformly. Evaluation always runs length-sorted, which changes no prediction.",
+        True,
+    )
+    frozen_prefix: str = _help(
+        "The embeddings and the encoder layers below the first adapted one are frozen. 'live' runs them in train "
+        "mode every step (dropout on, as a plain HF/PEFT loop does); 'eval' runs them without dropout; 'cache' "
+        "computes their output once per review without dropout and trains on it: the same numbers as 'eval', "
+        "without recomputing them (when only the head trains, the pooled vectors are cached).",
+        "live",
+    )
 
 
 @dataclass
@@ -192,5 +214,9 @@ def validate(cfg: Any) -> None:
     for key in ("epochs", "batch_size", "eval_batch_size", "max_length"):
         if getattr(cfg.trainer, key) < 1:
             _fail(f"trainer.{key}", f"must be >= 1, got {getattr(cfg.trainer, key)}")
+    if cfg.trainer.frozen_prefix not in ("live", "eval", "cache"):
+        _fail("trainer.frozen_prefix", f"unknown mode '{cfg.trainer.frozen_prefix}'; choose live, eval or cache")
+    if cfg.lora.top_layers is not None and cfg.lora.top_layers < 1:
+        _fail("lora.top_layers", f"must be >= 1 or null, got {cfg.lora.top_layers}")
     if cfg.trainer.precision not in ("auto", "bf16", "fp32"):
         _fail("trainer.precision", f"unknown precision '{cfg.trainer.precision}'; choose auto, bf16 or fp32")

@@ -18,6 +18,7 @@ from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from sentiment_lora.errors import UserError
 
@@ -189,13 +190,41 @@ def encode(frame: pd.DataFrame, tokenizer, max_length: int) -> list[dict]:
     ]
 
 
-def loader(rows: list[dict], tokenizer, batch_size: int, seed: int | None = None) -> DataLoader:
-    """Batches padded per batch; shuffled with a seeded generator when seed is given (training)."""
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+class PaddingCollator:
+    """Pads token fields with the tokenizer's collator and cached frozen-prefix states (`prefix`) with zeros."""
+
+    def __init__(self, tokenizer):
+        self.tokens = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.tokens([{key: row[key] for key in ("input_ids", "attention_mask", "labels")} for row in rows])
+        if "prefix" in rows[0]:
+            batch["prefix"] = torch.nn.utils.rnn.pad_sequence([row["prefix"] for row in rows], batch_first=True)
+        return batch
+
+
+def loader(
+    rows: list[dict], tokenizer, batch_size: int, seed: int | None = None, group_by_length: bool = False
+) -> DataLoader:
+    """Training batches (seed given): seeded shuffle, or seeded length-grouped batches. Evaluation batches (no
+    seed): in the order of `rows`, which `length_order` sorts so each batch pads to little more than its own.
+    """
+    sampler = None
+    if seed is not None and group_by_length:
+        lengths = [len(row["input_ids"]) for row in rows]
+        generator = torch.Generator().manual_seed(seed)
+        sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
+    generator = torch.Generator().manual_seed(seed) if seed is not None and sampler is None else None
     return DataLoader(
         rows,
         batch_size=batch_size,
-        shuffle=seed is not None,
+        shuffle=seed is not None and sampler is None,
+        sampler=sampler,
         generator=generator,
-        collate_fn=DataCollatorWithPadding(tokenizer, return_tensors="pt"),
+        collate_fn=PaddingCollator(tokenizer),
     )
+
+
+def length_order(rows: list[dict]) -> list[int]:
+    """Indices of rows from longest to shortest (stable): evaluation computes on them in this order."""
+    return sorted(range(len(rows)), key=lambda index: -len(rows[index]["input_ids"]))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import socket
+from contextlib import contextmanager
+from operator import attrgetter
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -20,24 +22,105 @@ from sentiment_lora.errors import UserError
 ATTENTION_DROPOUT_KEY = {"bert": "attention_probs_dropout_prob", "distilbert": "attention_dropout"}
 
 
-class SentimentClassifier(nn.Module):
-    """Encoder -> pooled vector -> dropout -> Linear(hidden, 1); forward returns one logit per review."""
+class PassThrough(nn.Module):
+    """Stands in for the embeddings when the encoder is fed a cached hidden state through inputs_embeds.
 
-    def __init__(self, encoder: nn.Module, pooling: str, head_dropout: float):
+    BERT calls its embeddings with keywords, DistilBERT positionally (input_ids, inputs_embeds, ...).
+    """
+
+    def forward(self, *args, inputs_embeds: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        return inputs_embeds if inputs_embeds is not None else args[1]
+
+
+class SentimentClassifier(nn.Module):
+    """Encoder -> pooled vector -> dropout -> Linear(hidden, 1); forward returns one logit per review.
+
+    forward also accepts `prefix`, the cached output of the frozen lower part of the encoder (see
+    `frozen_depth`): a (batch, seq, hidden) state after `cached_depth` layers, or (batch, hidden) pooled vectors
+    when the whole encoder is frozen.
+    """
+
+    def __init__(self, encoder: nn.Module, pooling: str, head_dropout: float, layers_path: str = "encoder.layer"):
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
         self.dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(encoder.config.hidden_size, 1)
+        self.layers_path = layers_path
+        self.cached_depth = 0
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def layers(self) -> nn.ModuleList:
+        return attrgetter(self.layers_path)(self.encoder)
+
+    @contextmanager
+    def _only_layers(self, selected: slice, skip_embeddings: bool):
+        """Run the encoder's own forward (its masks, its pooling-free output) over a slice of its layers.
+
+        Hand-written because transformers has no public "start at layer k from this hidden state" entry point.
+        """
+        parent_path, _, name = self.layers_path.rpartition(".")
+        parent = attrgetter(parent_path)(self.encoder) if parent_path else self.encoder
+        layers, embeddings = getattr(parent, name), self.encoder.embeddings
+        setattr(parent, name, nn.ModuleList(list(layers)[selected]))
+        if skip_embeddings:
+            self.encoder.embeddings = PassThrough()
+        try:
+            yield
+        finally:
+            setattr(parent, name, layers)
+            self.encoder.embeddings = embeddings
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "mean":
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return hidden[:, 0]
+
+    @torch.inference_mode()
+    def frozen_output(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, depth: int) -> torch.Tensor:
+        """Output of the embeddings and the first `depth` layers, or pooled vectors when depth is every layer."""
+        if depth == len(self.layers()):
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return self.pool(hidden, attention_mask)
+        with self._only_layers(slice(0, depth), skip_embeddings=False):
+            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if prefix is None:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            pooled = self.pool(hidden, attention_mask)
+        elif prefix.dim() == 2:
+            pooled = prefix
         else:
-            pooled = hidden[:, 0]
+            with self._only_layers(slice(self.cached_depth, None), skip_embeddings=True):
+                hidden = self.encoder(inputs_embeds=prefix, attention_mask=attention_mask).last_hidden_state
+            pooled = self.pool(hidden, attention_mask)
         return self.head(self.dropout(pooled)).squeeze(-1)
+
+
+def frozen_depth(classifier: SentimentClassifier) -> int | None:
+    """How many leading encoder layers hold no trainable parameter (every layer when only the head trains).
+
+    None when the embeddings train, so nothing below the adapters is frozen.
+    """
+    layers = classifier.layers()
+    first = len(layers)
+    layer_ids = {id(p): index for index, layer in enumerate(layers) for p in layer.parameters()}
+    for parameter in classifier.encoder.parameters():
+        if parameter.requires_grad:
+            if id(parameter) not in layer_ids:
+                return None
+            first = min(first, layer_ids[id(parameter)])
+    return first
+
+
+def frozen_modules(classifier: SentimentClassifier, depth: int) -> list[nn.Module]:
+    """The modules below the first adapted layer: they run in eval mode under trainer.frozen_prefix=eval/cache."""
+    if depth == len(classifier.layers()):
+        return [classifier.encoder]
+    return [classifier.encoder.embeddings, *list(classifier.layers())[:depth]]
 
 
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
@@ -117,14 +200,27 @@ def load_tokenizer(model_cfg, weights: str | None):
     return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
 
 
-def target_pattern(targets_map: dict[str, list[str]], targets: list[str]) -> str:
+def layer_filter(layers_path: str, n_layers: int, top_layers: int | None) -> str:
+    """A regex lookahead admitting only modules inside the last `top_layers` layers ('' admits every layer)."""
+    if top_layers is None:
+        return ""
+    if top_layers > n_layers:
+        raise UserError(f"config lora.top_layers: {top_layers} exceeds the encoder's {n_layers} layers")
+    indices = "|".join(str(index) for index in range(n_layers - top_layers, n_layers))
+    return f"(?=encoder\\.{re.escape(layers_path)}\\.(?:{indices})\\.)"
+
+
+def target_pattern(targets_map: dict[str, list[str]], targets: list[str], only_layers: str = "") -> str:
     """One regex, full-matched by PEFT against module names of SentimentClassifier.
 
     Model configs give full-name patterns relative to the encoder, so a suffix shared by two modules (BERT's
     attention 'output.dense' vs the FFN's 'output.dense') can never select the wrong one.
     """
     alternatives = [
-        f"encoder\\.(?:{pattern})" for target in targets if target != "head" for pattern in targets_map[target]
+        f"{only_layers}encoder\\.(?:{pattern})"
+        for target in targets
+        if target != "head"
+        for pattern in targets_map[target]
     ]
     if "head" in targets:
         alternatives.append("head")
@@ -135,11 +231,11 @@ def matched_modules(model: nn.Module, pattern: str) -> list[str]:
     return [name for name, module in model.named_modules() if name and re.fullmatch(pattern, name)]
 
 
-def check_targets(model: nn.Module, targets_map: dict[str, list[str]], targets: list[str]) -> None:
+def check_targets(model: nn.Module, targets_map: dict[str, list[str]], targets: list[str], only_layers: str) -> None:
     """Every requested target must select at least one Linear layer, and nothing but Linear layers."""
     modules = dict(model.named_modules())
     for target in targets:
-        names = matched_modules(model, target_pattern(targets_map, [target]))
+        names = matched_modules(model, target_pattern(targets_map, [target], only_layers))
         if not names:
             raise UserError(f"lora.targets: '{target}' matches no module of this encoder; check model.targets_map")
         wrong = [name for name in names if not isinstance(modules[name], nn.Linear)]
@@ -154,12 +250,13 @@ def attach_lora(model: SentimentClassifier, lora_cfg, targets_map: dict[str, lis
     would inflate the total parameter count and the saved adapter.
     """
     targets = list(lora_cfg.targets)
-    check_targets(model, targets_map, targets)
+    only_layers = layer_filter(model.layers_path, len(model.layers()), lora_cfg.get("top_layers"))
+    check_targets(model, targets_map, targets, only_layers)
     config = peft.LoraConfig(
         r=lora_cfg.rank,
         lora_alpha=lora_cfg.alpha,
         lora_dropout=lora_cfg.dropout,
-        target_modules=target_pattern(targets_map, targets),
+        target_modules=target_pattern(targets_map, targets, only_layers),
         bias="none",
     )
     wrapped = peft.get_peft_model(model, config)
@@ -218,7 +315,7 @@ def load_trained(model_cfg, run_dir: Path) -> tuple[peft.PeftModel, object]:
     encoder = build_encoder(model_cfg, weights)
     if encoder_file.exists():
         encoder.load_state_dict(load_file(str(encoder_file)))
-    classifier = SentimentClassifier(encoder, model_cfg.pooling, model_cfg.head_dropout)
+    classifier = SentimentClassifier(encoder, model_cfg.pooling, model_cfg.head_dropout, model_cfg.layers_path)
     classifier.head.load_state_dict(load_file(str(run_dir / "head.safetensors")))
     wrapped = peft.PeftModel.from_pretrained(classifier, str(run_dir / "adapter"))
     wrapped.eval()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from transformers import get_scheduler
 
@@ -32,6 +32,8 @@ from sentiment_lora.model import (
     attach_lora,
     build_encoder,
     count_params,
+    frozen_depth,
+    frozen_modules,
     load_tokenizer,
     plain_state,
     resolve_weights,
@@ -97,6 +99,7 @@ def identifiers(cfg: DictConfig) -> dict[str, object]:
             "alpha": cfg.lora.alpha,
             "dropout": cfg.lora.dropout,
             "targets": list(cfg.lora.targets),
+            "top_layers": cfg.lora.top_layers,
         },
         "data": {
             "name": cfg.data.name,
@@ -106,8 +109,54 @@ def identifiers(cfg: DictConfig) -> dict[str, object]:
             "seed": cfg.data.seed,
         },
         "seed": cfg.trainer.seed,
+        # Speed levers that can change results, so tables can tell runs apart.
+        "speed": {
+            "length_grouping": cfg.trainer.length_grouping,
+            "frozen_prefix": cfg.trainer.frozen_prefix,
+            "attention_dropout": cfg.model.attention_dropout,
+        },
         "trial": {"id": cfg.trial.id, "number": cfg.trial.number},
     }
+
+
+# Tokenized splits by (data config, tokenizer, max_length): the trials of an in-process sweep (Hydra's basic
+# launcher) read, strip and tokenize the data once. Rows are never mutated, so sharing them is safe.
+_PREPARED: dict[tuple[str, str, int], tuple[dict, dict]] = {}
+
+
+def prepare_data(data_cfg, tokenizer, max_length: int) -> tuple[dict, dict[str, list[dict]]]:
+    key = (OmegaConf.to_yaml(data_cfg), str(tokenizer.name_or_path), max_length)
+    if key not in _PREPARED:
+        splits = data_lib.load_splits(data_cfg)
+        encoded = {name: data_lib.encode(splits[name], tokenizer, max_length) for name in data_lib.SPLITS}
+        _PREPARED.clear()  # keep one data set in memory, not one per configuration ever seen
+        _PREPARED[key] = (splits, encoded)
+    else:
+        log.info("data: reusing this process's tokenized splits")
+    return _PREPARED[key]
+
+
+def cache_frozen_prefix(classifier, rows: list[dict], depth: int, batch_size: int, device, dtype, progress: bool):
+    """Each review's frozen-prefix output, computed once without dropout, attached to a copy of its row."""
+    order = data_lib.length_order(rows)
+    cached: list[dict] = [{} for _ in rows]
+    classifier.eval()
+    for start in tqdm(range(0, len(rows), batch_size), desc="caching frozen prefix", leave=False, disable=not progress):
+        chunk = order[start : start + batch_size]
+        width = max(len(rows[index]["input_ids"]) for index in chunk)
+        ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long)
+        for position, index in enumerate(chunk):
+            length = len(rows[index]["input_ids"])
+            ids[position, :length] = torch.tensor(rows[index]["input_ids"])
+            mask[position, :length] = 1
+        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+            output = classifier.frozen_output(ids.to(device), mask.to(device), depth).float().cpu()
+        for position, index in enumerate(chunk):
+            length = len(rows[index]["input_ids"])
+            state = output[position] if output.dim() == 2 else output[position, :length]
+            cached[index] = {**rows[index], "prefix": state.clone()}
+    return cached
 
 
 @torch.inference_mode()
@@ -115,8 +164,9 @@ def evaluate(model, batches, device, dtype) -> tuple[dict[str, float], np.ndarra
     model.eval()
     probs, labels, loss_sum = [], [], 0.0
     for batch in batches:
+        prefix = batch["prefix"].to(device) if "prefix" in batch else None
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-            logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float()
+            logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), prefix=prefix).float()
         target = batch["labels"].to(device)
         loss_sum += torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum").item()
         probs.append(torch.sigmoid(logits).cpu())
@@ -127,7 +177,8 @@ def evaluate(model, batches, device, dtype) -> tuple[dict[str, float], np.ndarra
 
 def dry_run(cfg: DictConfig, run_dir: Path) -> float:
     """Parameter counts of the configured architecture at random init: no weights, no data, no network."""
-    model = SentimentClassifier(build_encoder(cfg.model, None), cfg.model.pooling, cfg.model.head_dropout)
+    encoder = build_encoder(cfg.model, None)
+    model = SentimentClassifier(encoder, cfg.model.pooling, cfg.model.head_dropout, cfg.model.layers_path)
     params = count_params(attach_lora(model, cfg.lora, cfg.model.targets_map))
     write_json_atomic(run_dir / METRICS_FILE, {"status": "dry_run", **identifiers(cfg), "params": params})
     groups = params["by_group"]
@@ -154,25 +205,50 @@ def train(cfg: DictConfig, run_dir: Path) -> float | tuple[float, ...]:
 
     # ---- data: sample, strip HTML, stratified split, tokenize once (weights resolved first: fail fast) ----
     weights = resolve_weights(cfg.model)
-    splits = data_lib.load_splits(cfg.data)
     tokenizer = load_tokenizer(cfg.model, weights)
-    encoded = {name: data_lib.encode(splits[name], tokenizer, cfg.trainer.max_length) for name in data_lib.SPLITS}
+    splits, encoded = prepare_data(cfg.data, tokenizer, cfg.trainer.max_length)
     log.info("data %s: %s", cfg.data.name, {name: len(rows) for name, rows in encoded.items()})
-    train_batches = data_lib.loader(encoded["train"], tokenizer, cfg.trainer.batch_size, seed=cfg.trainer.seed)
-    val_batches = data_lib.loader(encoded["val"], tokenizer, cfg.trainer.eval_batch_size)
-    test_batches = data_lib.loader(encoded["test"], tokenizer, cfg.trainer.eval_batch_size)
 
     # ---- model: encoder + pooling + head, LoRA through PEFT ----
     torch.manual_seed(cfg.trainer.seed)
     encoder = build_encoder(cfg.model, weights)
     random_encoder_state = plain_state(encoder) if weights is None else None
-    model = attach_lora(
-        SentimentClassifier(encoder, cfg.model.pooling, cfg.model.head_dropout), cfg.lora, cfg.model.targets_map
-    ).to(device)
+    classifier = SentimentClassifier(encoder, cfg.model.pooling, cfg.model.head_dropout, cfg.model.layers_path)
+    model = attach_lora(classifier, cfg.lora, cfg.model.targets_map).to(device)
     params = count_params(model)
     log.info(
         "trainable %s of %s parameters (%s)", f"{params['trainable']:,}", f"{params['total']:,}", params["by_group"]
     )
+
+    # ---- the frozen prefix (embeddings + layers below the first adapter): live, dropout-free, or cached ----
+    depth = frozen_depth(classifier)
+    prefix_mode = cfg.trainer.frozen_prefix if depth is not None else "live"
+    rows = {name: encoded[name] for name in data_lib.SPLITS}
+    if prefix_mode == "cache":
+        cache_started = time.perf_counter()
+        classifier.cached_depth = depth
+        rows = {
+            name: cache_frozen_prefix(
+                classifier, encoded[name], depth, cfg.trainer.eval_batch_size, device, dtype, cfg.trainer.progress
+            )
+            for name in data_lib.SPLITS
+        }
+        n_layers = len(classifier.layers())
+        cached_what = "the whole encoder (pooled vectors)" if depth == n_layers else f"embeddings + {depth} layers"
+        log.info("frozen prefix: %s of %d cached in %.1f s", cached_what, n_layers, time.perf_counter() - cache_started)
+    train_batches = data_lib.loader(
+        rows["train"],
+        tokenizer,
+        cfg.trainer.batch_size,
+        seed=cfg.trainer.seed,
+        group_by_length=cfg.trainer.length_grouping,
+    )
+    # Evaluation runs length-sorted (less padding); predictions are put back in data order afterwards.
+    val_batches = data_lib.loader(
+        [rows["val"][i] for i in data_lib.length_order(rows["val"])], tokenizer, cfg.trainer.eval_batch_size
+    )
+    test_order = data_lib.length_order(rows["test"])
+    test_batches = data_lib.loader([rows["test"][i] for i in test_order], tokenizer, cfg.trainer.eval_batch_size)
 
     # ---- optimizer and schedule ----
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -190,6 +266,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float | tuple[float, ...]:
     history, best, best_state = [], None, None
     for epoch in range(1, cfg.trainer.epochs + 1):
         model.train()
+        if prefix_mode != "live":
+            for module in frozen_modules(classifier, depth):
+                module.eval()
         epoch_started, loss_sum, seen = time.perf_counter(), 0.0, 0
         bar = tqdm(
             train_batches,
@@ -200,8 +279,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float | tuple[float, ...]:
         )
         for batch in bar:
             labels = batch["labels"].to(device)
+            prefix = batch["prefix"].to(device) if "prefix" in batch else None
             with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-                logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), prefix=prefix)
             loss = loss_fn(logits.float(), labels)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
@@ -260,7 +340,9 @@ def train(cfg: DictConfig, run_dir: Path) -> float | tuple[float, ...]:
 
     # ---- test once, with the selected epoch's weights ----
     model.load_state_dict(best_state, strict=False)
-    test, test_labels, test_probs = evaluate(model, test_batches, device, dtype)
+    test, sorted_labels, sorted_probs = evaluate(model, test_batches, device, dtype)
+    test_labels, test_probs = np.empty_like(sorted_labels), np.empty_like(sorted_probs)
+    test_labels[test_order], test_probs[test_order] = sorted_labels, sorted_probs
     log.info(
         "selected epoch %d: val acc %.4f | test acc %.4f f1 %.4f auc %.4f",
         best["epoch"],

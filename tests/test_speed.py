@@ -1,0 +1,131 @@
+"""Speed levers leave results unchanged: frozen-prefix caching is exact, length grouping and length-sorted
+evaluation only reorder work, top_layers puts adapters where it says, the data memo changes nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import sentiment_lora.train as train_module
+from sentiment_lora import data as data_lib
+from sentiment_lora.errors import UserError
+from sentiment_lora.model import (
+    SentimentClassifier,
+    attach_lora,
+    build_encoder,
+    classifier_of,
+    frozen_depth,
+    matched_modules,
+)
+from sentiment_lora.train import train
+
+from .conftest import TINY_FAST, compose_config, write_reviews
+
+# 4 layers so that top_layers leaves a real frozen prefix below the adapters.
+DEEP_TINY = [*TINY_FAST, "model.arch.num_hidden_layers=4", "trainer.epochs=2", "save_adapter=false"]
+
+
+def run(tmp_path, name, overrides):
+    (tmp_path / name).mkdir()
+    train(compose_config(overrides), tmp_path / name)
+    return json.loads((tmp_path / name / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "lora_overrides",
+    [[], ["lora.top_layers=1"], ["lora.top_layers=3", "lora/targets=all"], ["lora/targets=head"]],
+    ids=["every-layer", "top-1", "top-3-all", "head-only"],
+)
+def test_cached_frozen_prefix_gives_the_numbers_of_the_uncached_dropout_free_prefix(tmp_path, lora_overrides):
+    reviews = write_reviews(tmp_path / "reviews.csv", n=120)
+    overrides = [*DEEP_TINY, "data=csv", f"data.path={reviews}", *lora_overrides]
+    recomputed = run(tmp_path, "eval", [*overrides, "trainer.frozen_prefix=eval"])
+    cached = run(tmp_path, "cache", [*overrides, "trainer.frozen_prefix=cache"])
+    for before, after in zip(recomputed["history"], cached["history"], strict=True):
+        assert after["train_loss"] == pytest.approx(before["train_loss"], abs=1e-5)
+        assert after["val_loss"] == pytest.approx(before["val_loss"], abs=1e-5)
+        assert after["val_accuracy"] == before["val_accuracy"]
+    assert cached["test"]["loss"] == pytest.approx(recomputed["test"]["loss"], abs=1e-5)
+    assert cached["test"]["accuracy"] == recomputed["test"]["accuracy"]
+    assert cached["params"] == recomputed["params"]
+
+
+def test_live_prefix_keeps_dropout_in_frozen_layers_so_it_differs_from_eval(tmp_path):
+    # The guard on the test above: were 'eval' a no-op, 'eval' and 'cache' could agree for the wrong reason.
+    reviews = write_reviews(tmp_path / "reviews.csv", n=120)
+    overrides = [*DEEP_TINY, "data=csv", f"data.path={reviews}", "lora.top_layers=1"]
+    live = run(tmp_path, "live", [*overrides, "trainer.frozen_prefix=live"])
+    dropout_free = run(tmp_path, "eval", [*overrides, "trainer.frozen_prefix=eval"])
+    assert live["history"][0]["train_loss"] != dropout_free["history"][0]["train_loss"]
+
+
+def deep_tiny_model(overrides):
+    cfg = compose_config(["model=tiny", "model.arch.num_hidden_layers=4", *overrides])
+    torch.manual_seed(0)
+    classifier = SentimentClassifier(build_encoder(cfg.model, None), "mean", 0.0, cfg.model.layers_path)
+    return attach_lora(classifier, cfg.lora, cfg.model.targets_map)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "adapted_layers", "depth"),
+    [
+        ([], {0, 1, 2, 3}, 0),
+        (["lora.top_layers=4"], {0, 1, 2, 3}, 0),
+        (["lora.top_layers=2"], {2, 3}, 2),
+        (["lora.top_layers=1", "lora/targets=all"], {3}, 3),
+        (["lora/targets=head"], set(), 4),
+    ],
+)
+def test_top_layers_puts_adapters_only_in_the_last_layers(overrides, adapted_layers, depth):
+    model = deep_tiny_model(overrides)
+    lora_modules = [name for name in matched_modules(model, r".*\.lora_A") if ".layer." in name]
+    assert {int(name.split(".layer.")[1].split(".")[0]) for name in lora_modules} == adapted_layers
+    assert frozen_depth(classifier_of(model)) == depth
+
+
+def test_top_layers_beyond_the_encoder_is_a_config_error():
+    with pytest.raises(UserError, match="lora.top_layers: 5 exceeds the encoder's 4 layers"):
+        deep_tiny_model(["lora.top_layers=5"])
+
+
+def test_length_grouped_batches_cover_every_review_once_pad_less_and_repeat_with_the_seed(tmp_path):
+    cfg = compose_config(["model=tiny", "data=csv", f"data.path={write_reviews(tmp_path / 'r.csv', n=60)}"])
+    tokenizer = train_module.load_tokenizer(cfg.model, None)
+    rows = [{"input_ids": list(range(1, n + 2)), "attention_mask": [1] * (n + 1), "labels": 0.0} for n in range(200)]
+
+    def batches(grouped, seed=3):
+        return [batch["input_ids"] for batch in data_lib.loader(rows, tokenizer, 8, seed=seed, group_by_length=grouped)]
+
+    grouped, shuffled = batches(True), batches(False)
+    for epoch in (grouped, shuffled):
+        seen = sorted(int((ids != 0).sum()) for batch in epoch for ids in batch)
+        assert seen == list(range(1, 201))
+    padded = {name: sum(b.numel() for b in epoch) for name, epoch in (("grouped", grouped), ("shuffled", shuffled))}
+    assert padded["grouped"] < 0.8 * padded["shuffled"]
+    assert [b.tolist() for b in batches(True)] == [b.tolist() for b in grouped]
+    assert [b.tolist() for b in batches(True, seed=4)] != [b.tolist() for b in grouped]
+
+
+def test_length_grouping_is_a_config_choice_that_still_learns(tmp_path):
+    reviews = write_reviews(tmp_path / "reviews.csv", n=160)
+    overrides = [*TINY_FAST, "trainer.epochs=3", "data=csv", f"data.path={reviews}", "save_adapter=false"]
+    grouped = run(tmp_path, "grouped", [*overrides, "trainer.length_grouping=true"])
+    shuffled = run(tmp_path, "shuffled", [*overrides, "trainer.length_grouping=false"])
+    assert grouped["speed"]["length_grouping"] and not shuffled["speed"]["length_grouping"]
+    assert grouped["history"][0]["train_loss"] != shuffled["history"][0]["train_loss"]  # batches really differ
+    assert grouped["data_fingerprint"] == shuffled["data_fingerprint"]
+
+
+def test_runs_in_one_process_read_and_tokenize_the_data_once(tmp_path, monkeypatch):
+    reviews = write_reviews(tmp_path / "reviews.csv", n=60)
+    loads = []
+    real_load = data_lib.load_splits
+    monkeypatch.setattr(data_lib, "load_splits", lambda cfg: loads.append(1) or real_load(cfg))
+    overrides = [*TINY_FAST, "trainer.epochs=1", "data=csv", f"data.path={reviews}", "save_adapter=false"]
+    first = run(tmp_path, "a", overrides)
+    second = run(tmp_path, "b", [*overrides, "lora.rank=2"])
+    third = run(tmp_path, "c", [*overrides, "trainer.max_length=16"])  # another tokenization: read again
+    assert len(loads) == 2
+    assert first["data_fingerprint"] == second["data_fingerprint"] == third["data_fingerprint"]
