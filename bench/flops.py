@@ -44,7 +44,7 @@ def matmul_peak(size: int, dtype: torch.dtype, repeats: int = 10) -> float:
 
 
 def build(overrides: list[str], attention: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     torch.manual_seed(0)
     encoder = build_encoder(cfg.model, resolve_weights(cfg.model))
@@ -71,9 +71,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--peak-size", type=int, default=2048)
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--override", action="append", default=[], help="extra config override (repeatable)")
     opts = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(opts.threads)
     dtype = torch.bfloat16 if opts.dtype == "bf16" else None
     model_args = ["model=distilbert", "model.source=random"] if opts.model == "distilbert" else ["model=minilm"]
     overrides = [*model_args, *opts.override]

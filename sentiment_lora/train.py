@@ -11,6 +11,7 @@ import math
 import shutil
 import sys
 import time
+from collections import OrderedDict
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -136,6 +137,21 @@ def prepare_data(data_cfg, tokenizer, max_length: int) -> tuple[dict, dict[str, 
     return _PREPARED[key]
 
 
+# Frozen-prefix outputs of the last few (encoder, depth, data) combinations: the trials of an in-process sweep
+# that freeze the same layers (every head-only trial, say) compute them once. Each entry holds one hidden state
+# per review, hence the small bound.
+_PREFIXES: OrderedDict[tuple, dict[str, list[dict]]] = OrderedDict()
+_PREFIXES_KEPT = 2
+
+
+def prefix_key(cfg: DictConfig, weights: str | None, depth: int, n_layers: int, dtype) -> tuple:
+    """What the frozen prefix's output depends on (dropout does not: the prefix runs without it)."""
+    encoder = weights or f"random init, seed {cfg.trainer.seed}"
+    pooling = cfg.model.pooling if depth == n_layers else None
+    data = (OmegaConf.to_yaml(cfg.data), cfg.trainer.max_length)
+    return (encoder, OmegaConf.to_yaml(cfg.model.arch), cfg.model.tokenizer, pooling, depth, data, str(dtype))
+
+
 def cache_frozen_prefix(classifier, rows: list[dict], depth: int, batch_size: int, device, dtype, progress: bool):
     """Each review's frozen-prefix output, computed once without dropout, attached to a copy of its row."""
     order = data_lib.length_order(rows)
@@ -223,19 +239,28 @@ def train(cfg: DictConfig, run_dir: Path) -> float | tuple[float, ...]:
     # ---- the frozen prefix (embeddings + layers below the first adapter): live, dropout-free, or cached ----
     depth = frozen_depth(classifier)
     prefix_mode = cfg.trainer.frozen_prefix if depth is not None else "live"
-    rows = {name: encoded[name] for name in data_lib.SPLITS}
+    rows, prefix_cache_s = {name: encoded[name] for name in data_lib.SPLITS}, 0.0
     if prefix_mode == "cache":
         cache_started = time.perf_counter()
         classifier.cached_depth = depth
-        rows = {
-            name: cache_frozen_prefix(
-                classifier, encoded[name], depth, cfg.trainer.eval_batch_size, device, dtype, cfg.trainer.progress
-            )
-            for name in data_lib.SPLITS
-        }
         n_layers = len(classifier.layers())
+        key = prefix_key(cfg, weights, depth, n_layers, dtype)
+        reused = key in _PREFIXES
+        if not reused:
+            _PREFIXES[key] = {
+                name: cache_frozen_prefix(
+                    classifier, encoded[name], depth, cfg.trainer.eval_batch_size, device, dtype, cfg.trainer.progress
+                )
+                for name in data_lib.SPLITS
+            }
+            while len(_PREFIXES) > _PREFIXES_KEPT:
+                _PREFIXES.popitem(last=False)
+        _PREFIXES.move_to_end(key)
+        rows = _PREFIXES[key]
+        prefix_cache_s = time.perf_counter() - cache_started
         cached_what = "the whole encoder (pooled vectors)" if depth == n_layers else f"embeddings + {depth} layers"
-        log.info("frozen prefix: %s of %d cached in %.1f s", cached_what, n_layers, time.perf_counter() - cache_started)
+        how = "reused from an earlier run in this process" if reused else f"computed in {prefix_cache_s:.1f} s"
+        log.info("frozen prefix: %s of %d, %s", cached_what, n_layers, how)
     train_batches = data_lib.loader(
         rows["train"],
         tokenizer,
@@ -368,6 +393,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | tuple[float, ...]:
         "epochs_run": len(history),
         "device": str(device),
         "precision": "bf16" if dtype else "fp32",
+        "prefix_cache_s": prefix_cache_s,
         "time_s": time.perf_counter() - started,
     }
     write_json_atomic(run_dir / METRICS_FILE, metrics)
@@ -410,6 +436,8 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
 
 def unknown_group_option(args: list[str]) -> str | None:
     """Hydra reports `model=foo` in a dozen lines; this names the group and its options in one."""
+    if any(arg.startswith("hydra.searchpath") for arg in args):
+        return None  # options may come from other config folders: leave the check to Hydra
     for arg in args:
         key, sep, value = arg.lstrip("+").partition("=")
         group = Path(CONF_DIR) / key

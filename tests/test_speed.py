@@ -4,6 +4,7 @@ evaluation only reorder work, top_layers puts adapters where it says, the data m
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,3 +130,37 @@ def test_runs_in_one_process_read_and_tokenize_the_data_once(tmp_path, monkeypat
     third = run(tmp_path, "c", [*overrides, "trainer.max_length=16"])  # another tokenization: read again
     assert len(loads) == 2
     assert first["data_fingerprint"] == second["data_fingerprint"] == third["data_fingerprint"]
+
+
+def test_runs_in_one_process_that_freeze_the_same_layers_compute_the_prefix_once_and_exactly(tmp_path, monkeypatch):
+    reviews = write_reviews(tmp_path / "reviews.csv", n=120)
+    overrides = [*DEEP_TINY, "data=csv", f"data.path={reviews}", "trainer.frozen_prefix=cache", "lora.top_layers=2"]
+    computed = []
+    real_cache = train_module.cache_frozen_prefix
+    monkeypatch.setattr(
+        train_module, "cache_frozen_prefix", lambda *args: computed.append(args[2]) or real_cache(*args)
+    )
+    run(tmp_path, "a", overrides)
+    reused = run(tmp_path, "b", [*overrides, "lora.rank=2", "optimizer.lr=3e-3"])  # same frozen layers: reused
+    run(tmp_path, "c", [*overrides, "lora.top_layers=1"])  # one more frozen layer: computed
+    assert computed == [2, 2, 2, 3, 3, 3]  # one call per split (train, val, test) and prefix depth
+    train_module._PREFIXES.clear()
+    fresh = run(tmp_path, "d", [*overrides, "lora.rank=2", "optimizer.lr=3e-3"])
+    for a, b in zip(fresh["history"], reused["history"], strict=True):
+        assert (b["train_loss"], b["val_loss"]) == pytest.approx((a["train_loss"], a["val_loss"]), abs=1e-6)
+    assert reused["test"]["loss"] == pytest.approx(fresh["test"]["loss"], abs=1e-6)
+
+
+def test_the_sweep_benchmark_compares_the_same_search_through_both_paths():
+    from .test_config import compose_with_hydra
+
+    bench_conf = f"hydra.searchpath=[file://{Path(__file__).resolve().parents[1] / 'bench' / 'conf'}]"
+    plain = compose_with_hydra([bench_conf, "hparams_search=bench_plain"])
+    fast = compose_with_hydra([bench_conf, "hparams_search=bench_fast"])
+    assert plain.hydra.sweeper._target_.endswith(".OptunaSweeper")  # hydra-optuna-sweeper's own
+    assert fast.hydra.sweeper._target_.endswith("LoraOptunaSweeper") and fast.hydra.sweeper.pruner is not None
+    for key in ("params", "n_trials", "direction"):
+        assert plain.hydra.sweeper[key] == fast.hydra.sweeper[key]
+    assert plain.hydra.sweeper.sampler == fast.hydra.sweeper.sampler
+    assert (plain.trainer.frozen_prefix, fast.trainer.frozen_prefix) == ("live", "cache")
+    assert not plain.trainer.length_grouping and plain.model.attention_dropout is None

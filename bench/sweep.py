@@ -1,0 +1,102 @@
+"""Sweep wall time: the same Optuna search through the plain path and through sentiment-lora's fast path.
+
+    python bench/sweep.py                       # both, 8 trials each (about 15 + 4 minutes here)
+    python bench/sweep.py --paths fast --trials 4
+
+plain: hydra-optuna-sweeper's own sweeper (`hparams_search=bench_plain`), no pruning, speed levers off.
+fast:  the lora_optuna sweeper with median pruning (`hparams_search=bench_fast`), length-grouped batches, attention
+       dropout off, frozen-prefix caching.
+Both search bench/conf/hparams_search/bench_plain.yaml's space (rank, alpha, target preset incl. head-only,
+top_layers, learning rate) with TPE seed 1234 on the same IMDB sample. Each path runs as one
+`python -m sentiment_lora.train -m ...` process, timed from start to exit, so imports, data preparation and every
+trial are counted. Results are read back from each trial's metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH_CONF = Path(__file__).resolve().parent / "conf"
+
+
+def run_sweep(path: str, trials: int, data: list[str], out: Path) -> dict:
+    command = [
+        sys.executable,
+        "-m",
+        "sentiment_lora.train",
+        "-m",
+        f"hydra.searchpath=[file://{BENCH_CONF}]",
+        f"hparams_search=bench_{path}",
+        f"hydra.sweeper.n_trials={trials}",
+        f"hydra.sweep.dir={out}",
+        *data,
+    ]
+    if path == "fast":
+        command.append(f"hydra.sweeper.storage=sqlite:///{out}/study.db")
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        sys.exit(f"error: the {path} sweep failed:\n{done.stderr[-3000:]}")
+    trials_run = [json.loads(p.read_text()) for p in sorted(out.glob("*/metrics.json"))]
+    complete = [t for t in trials_run if t["status"] == "complete"]
+    best = max(complete, key=lambda t: t["val"]["accuracy"])
+    return {
+        "wall_s": wall,
+        "complete": len(complete),
+        "pruned": sum(t["status"] == "pruned" for t in trials_run),
+        "failed": sum(t["status"] == "failed" for t in trials_run),
+        "epochs": sum(t.get("epochs_run", 0) for t in trials_run),
+        "best_val": best["val"]["accuracy"],
+        "best": f"r{best['lora']['rank']} a{best['lora']['alpha']:g} {'+'.join(best['lora']['targets'])} "
+        f"top{best['lora']['top_layers']}",
+        "trials": [
+            f"{t['status']} {'+'.join(t['lora']['targets'])} top{t['lora']['top_layers']} "
+            f"val {((t.get('val') or {}).get('accuracy') or float('nan')):.3f} {t.get('time_s', 0):.0f}s"
+            for t in trials_run
+        ],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--paths", default="plain,fast", help="comma-separated: plain, fast; ratios are vs the first")
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--n-samples", type=int, default=400, help="balanced IMDB sample, split 60/30/10")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--keep", type=Path, help="keep the sweep directories here instead of a temporary folder")
+    opts = parser.parse_args()
+    data = [
+        f"data.n_samples={opts.n_samples}",
+        "data.val_fraction=0.3",
+        "data.test_fraction=0.1",
+        f"trainer.max_length={opts.max_length}",
+        f"trainer.epochs={opts.epochs}",
+    ]
+    print(f"# {opts.trials} trials, MiniLM, {' '.join(data)}", flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        root = opts.keep or Path(scratch)
+        for path in opts.paths.split(","):
+            results[path] = run_sweep(path, opts.trials, data, root / path)
+            print(f"  {path}: {results[path]}", flush=True)
+    base = results[next(iter(results))]["wall_s"]
+    print("\n| path | wall s | speed-up | complete | pruned | failed | epochs run | best val acc | best trial |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for path, r in results.items():
+        print(
+            f"| {path} | {r['wall_s']:.0f} | {base / r['wall_s']:.2f}x | {r['complete']} | {r['pruned']} | "
+            f"{r['failed']} | {r['epochs']} | {r['best_val']:.3f} | {r['best']} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
