@@ -209,17 +209,15 @@ def loader(
     """Training batches (seed given): seeded shuffle, or seeded length-grouped batches. Evaluation batches (no
     seed): in the order of `rows`, which `length_order` sorts so each batch pads to little more than its own.
     """
-    sampler = None
-    if seed is not None and group_by_length:
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    if generator is not None and group_by_length:
         lengths = [len(row["input_ids"]) for row in rows]
-        generator = torch.Generator().manual_seed(seed)
         sampler = LengthGroupedSampler(batch_size, lengths=lengths, generator=generator)
-    generator = torch.Generator().manual_seed(seed) if seed is not None and sampler is None else None
+        return DataLoader(rows, batch_size=batch_size, sampler=sampler, collate_fn=PaddingCollator(tokenizer))
     return DataLoader(
         rows,
         batch_size=batch_size,
-        shuffle=seed is not None and sampler is None,
-        sampler=sampler,
+        shuffle=generator is not None,
         generator=generator,
         collate_fn=PaddingCollator(tokenizer),
     )
