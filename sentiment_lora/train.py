@@ -152,22 +152,21 @@ def prefix_key(cfg: DictConfig, weights: str | None, depth: int, n_layers: int, 
     return (encoder, OmegaConf.to_yaml(cfg.model.arch), cfg.model.tokenizer, pooling, depth, data, str(dtype))
 
 
-def cache_frozen_prefix(classifier, rows: list[dict], depth: int, batch_size: int, device, dtype, progress: bool):
+def cache_frozen_prefix(
+    classifier, rows: list[dict], depth: int, tokenizer, batch_size: int, device, dtype, progress: bool
+) -> list[dict]:
     """Each review's frozen-prefix output, computed once without dropout, attached to a copy of its row."""
     order = data_lib.length_order(rows)
+    # The collator pads as the loaders do; a DataLoader here would draw from the global RNG and shift dropout.
+    collate = data_lib.PaddingCollator(tokenizer)
     cached: list[dict] = [{} for _ in rows]
     classifier.eval()
     for start in tqdm(range(0, len(rows), batch_size), desc="caching frozen prefix", leave=False, disable=not progress):
         chunk = order[start : start + batch_size]
-        width = max(len(rows[index]["input_ids"]) for index in chunk)
-        ids = torch.zeros(len(chunk), width, dtype=torch.long)
-        mask = torch.zeros(len(chunk), width, dtype=torch.long)
-        for position, index in enumerate(chunk):
-            length = len(rows[index]["input_ids"])
-            ids[position, :length] = torch.tensor(rows[index]["input_ids"])
-            mask[position, :length] = 1
+        batch = collate([rows[index] for index in chunk])
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-            output = classifier.frozen_output(ids.to(device), mask.to(device), depth).float().cpu()
+            output = classifier.frozen_output(ids, mask, depth).float().cpu()
         for position, index in enumerate(chunk):
             length = len(rows[index]["input_ids"])
             state = output[position] if output.dim() == 2 else output[position, :length]
@@ -175,14 +174,19 @@ def cache_frozen_prefix(classifier, rows: list[dict], depth: int, batch_size: in
     return cached
 
 
+def batch_logits(model, batch: dict[str, torch.Tensor], device, dtype) -> torch.Tensor:
+    """Logits of one batch: from token ids, or from the cached frozen prefix when the batch carries one."""
+    prefix = batch["prefix"].to(device) if "prefix" in batch else None
+    with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+        return model(batch["input_ids"].to(device), batch["attention_mask"].to(device), prefix=prefix)
+
+
 @torch.inference_mode()
 def evaluate(model, batches, device, dtype) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     model.eval()
     probs, labels, loss_sum = [], [], 0.0
     for batch in batches:
-        prefix = batch["prefix"].to(device) if "prefix" in batch else None
-        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-            logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), prefix=prefix).float()
+        logits = batch_logits(model, batch, device, dtype).float()
         target = batch["labels"].to(device)
         loss_sum += torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum").item()
         probs.append(torch.sigmoid(logits).cpu())
@@ -249,7 +253,14 @@ def train(cfg: DictConfig, run_dir: Path) -> float | tuple[float, ...]:
         if not reused:
             _PREFIXES[key] = {
                 name: cache_frozen_prefix(
-                    classifier, encoded[name], depth, cfg.trainer.eval_batch_size, device, dtype, cfg.trainer.progress
+                    classifier,
+                    encoded[name],
+                    depth,
+                    tokenizer,
+                    cfg.trainer.eval_batch_size,
+                    device,
+                    dtype,
+                    cfg.trainer.progress,
                 )
                 for name in data_lib.SPLITS
             }
@@ -304,10 +315,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float | tuple[float, ...]:
         )
         for batch in bar:
             labels = batch["labels"].to(device)
-            prefix = batch["prefix"].to(device) if "prefix" in batch else None
-            with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-                logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), prefix=prefix)
-            loss = loss_fn(logits.float(), labels)
+            loss = loss_fn(batch_logits(model, batch, device, dtype).float(), labels)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss is {loss.item()} at epoch {epoch}, batch {seen // cfg.trainer.batch_size + 1}"
