@@ -15,13 +15,14 @@ trial are counted. Results are read back from each trial's metrics.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from sentiment_lora.results import METRICS_FILE, read_metrics
 
 BENCH_CONF = Path(__file__).resolve().parent / "conf"
 
@@ -45,7 +46,7 @@ def run_sweep(path: str, trials: int, data: list[str], out: Path) -> dict:
     wall = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"error: the {path} sweep failed:\n{done.stderr[-3000:]}")
-    trials_run = [json.loads(p.read_text()) for p in sorted(out.glob("*/metrics.json"))]
+    trials_run = [read_metrics(p.parent) for p in sorted(out.glob(f"*/{METRICS_FILE}"))]
     complete = [t for t in trials_run if t["status"] == "complete"]
     best = max(complete, key=lambda t: t["val"]["accuracy"])
     return {

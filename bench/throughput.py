@@ -17,7 +17,6 @@ setup and the final test pass are left out on both sides. Prints one table; numb
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -33,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sentiment_lora import data as data_lib  # noqa: E402
 from sentiment_lora.model import build_encoder, load_tokenizer, resolve_weights  # noqa: E402
+from sentiment_lora.results import read_metrics  # noqa: E402
 from sentiment_lora.train import CONF_DIR, train  # noqa: E402
 
 # sentiment-lora configurations by name: no lever, one lever at a time, all of them (see README "Speed").
@@ -126,7 +126,7 @@ def sentiment_lora_run(overrides: list[str], out_dir: Path) -> dict:
         cfg = compose(config_name="config", overrides=overrides)
     out_dir.mkdir(parents=True, exist_ok=True)
     train(cfg, out_dir)
-    metrics = json.loads((out_dir / "metrics.json").read_text())
+    metrics = read_metrics(out_dir)
     # The frozen-prefix cache is built before the first epoch: it counts as training time.
     wall = metrics["prefix_cache_s"] + sum(epoch["time_s"] for epoch in metrics["history"])
     return {"wall_s": wall, "val_accuracy": metrics["history"][-1]["val_accuracy"]}
