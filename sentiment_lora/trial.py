@@ -25,30 +25,50 @@ def make_pruner(pruner_cfg):
     return instantiate(pruner_cfg, _execution_whitelist_=("optuna.pruners.*",))
 
 
+# The per-epoch validation metric each objective is judged by (trainable_params has none: it never changes).
+EPOCH_METRIC = {"val_accuracy": "accuracy", "val_loss": "loss"}
+
+
 class TrialReporter:
-    def __init__(self, trial_id: int, sweeper_cfg, run_dir: Path) -> None:
+    """The epoch hook (loop.EpochHook) of a sweep trial: reports each epoch's value, asks the pruner."""
+
+    def __init__(self, trial_id: int, sweeper_cfg, run_dir: Path, objective: str) -> None:
         import optuna
 
         pruner = make_pruner(sweeper_cfg.get("pruner"))
         study = optuna.load_study(study_name=sweeper_cfg.study_name, storage=sweeper_cfg.storage, pruner=pruner)
         self.trial = optuna.trial.Trial(study, trial_id)
         self.trial.set_user_attr("run_dir", str(run_dir.resolve()))
-        # Optuna cannot record intermediate values of multi-objective trials (nor prune them).
-        self.reports = len(study.directions) == 1
+        # The pruner judges the epoch by the sweep's first objective, as the study's direction expects. Optuna
+        # cannot record intermediate values of multi-objective trials (nor prune them).
+        self.objective = objective
+        self.reports = len(study.directions) == 1 and objective in EPOCH_METRIC
 
-    def should_stop(self, epoch: int, value: float) -> bool:
+    def __call__(self, epoch: int, val: dict[str, float]) -> bool:
         if not self.reports:
             return False
-        self.trial.report(value, step=epoch)
+        self.last = (epoch, val[EPOCH_METRIC[self.objective]])
+        self.trial.report(self.last[1], step=epoch)
         return self.trial.should_prune()
 
+    def stopped(self) -> Exception:
+        import optuna
 
-def reporter_for(trial_cfg, run_dir: Path) -> TrialReporter | None:
-    """A reporter when this job is a trial of a lora_optuna sweep with a storage, else None."""
-    if trial_cfg.id is None or not HydraConfig.initialized():
+        epoch, value = self.last
+        return optuna.TrialPruned(f"pruned after epoch {epoch} at {self.objective} {value:.4f}")
+
+
+def reporter_for(cfg, run_dir: Path) -> TrialReporter | None:
+    """The epoch hook when this job is a trial of a lora_optuna sweep with a storage, else None."""
+    if cfg.trial.id is None or not HydraConfig.initialized():
         return None
     sweeper_cfg = HydraConfig.get().sweeper
     if not sweeper_cfg.get("storage"):
-        log.warning("trial %s: the sweep has no storage, so epochs cannot be reported for pruning", trial_cfg.number)
+        log.warning("trial %s: the sweep has no storage, so epochs cannot be reported for pruning", cfg.trial.number)
         return None
-    return TrialReporter(trial_cfg.id, sweeper_cfg, run_dir)
+    return TrialReporter(cfg.trial.id, sweeper_cfg, run_dir, cfg.objectives[0])
+
+
+def is_pruned(error: BaseException) -> bool:
+    """Whether a job's exception is Optuna's 'pruned' signal (checked without importing optuna otherwise)."""
+    return type(error).__name__ == "TrialPruned" and type(error).__module__.startswith("optuna")

@@ -12,14 +12,17 @@ import torch
 from omegaconf import OmegaConf
 
 from sentiment_lora import data as data_lib
+from sentiment_lora.loop import TrainingDiverged, evaluate
 from sentiment_lora.model import load_trained
-from sentiment_lora.train import cli, evaluate, train
+from sentiment_lora.run import train
+from sentiment_lora.train import cli
 
 from .conftest import TINY_FAST, compose_config, run_cli, write_reviews
 
 METRIC_KEYS = {"accuracy", "f1", "precision", "recall", "roc_auc", "loss", "n"}
 
 
+@pytest.mark.slow
 def test_cli_run_writes_complete_artefacts_and_the_adapter_reproduces_test_predictions(tmp_path, reviews_csv):
     run_dir = tmp_path / "run"
     done = run_cli([*TINY_FAST, "data=csv", f"data.path={reviews_csv}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
@@ -43,12 +46,13 @@ def test_cli_run_writes_complete_artefacts_and_the_adapter_reproduces_test_predi
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     model, tokenizer = load_trained(cfg.model, run_dir)
     rows = data_lib.encode(data_lib.load_splits(cfg.data)["test"], tokenizer, cfg.trainer.max_length)
-    test, _, probs = evaluate(model, data_lib.loader(rows, tokenizer, 4), torch.device("cpu"), None)
+    test, _, probs = evaluate(model, rows, tokenizer, 4, torch.device("cpu"), None)
     saved = pd.read_csv(run_dir / "test_predictions.csv")
     np.testing.assert_allclose(probs, saved["prob"].to_numpy(), rtol=0, atol=1e-5)
     assert test["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
 
 
+@pytest.mark.slow
 def test_train_returns_the_selected_val_accuracy_and_is_reproducible(tmp_path, reviews_csv):
     overrides = [*TINY_FAST, "trainer.epochs=3", "data=csv", f"data.path={reviews_csv}", "lora/targets=qkv"]
     results = []
@@ -137,12 +141,10 @@ def test_distilbert_without_weights_fails_fast_and_names_the_ways_out(monkeypatc
 
 
 def test_nan_loss_stops_the_run_with_a_clear_error(tmp_path, reviews_csv, monkeypatch):
-    import sentiment_lora.train as train_module
-
     def nan_loss():
         return lambda logits, labels: (logits * float("nan")).mean()
 
-    monkeypatch.setattr(train_module.torch.nn, "BCEWithLogitsLoss", nan_loss)
-    with pytest.raises(train_module.TrainingDiverged, match="loss is nan at epoch 1, batch 1"):
+    monkeypatch.setattr(torch.nn, "BCEWithLogitsLoss", nan_loss)
+    with pytest.raises(TrainingDiverged, match="loss is nan at epoch 1, batch 1"):
         train(compose_config([*TINY_FAST, "data=csv", f"data.path={reviews_csv}"]), tmp_path)
     assert not (tmp_path / "metrics.json").exists()

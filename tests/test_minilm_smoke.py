@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from .conftest import compose_config, write_reviews
 
 
+@pytest.mark.slow
 def test_minilm_trains_a_few_dozen_reviews_offline(tmp_path, monkeypatch):
-    from sentiment_lora.train import train
+    from sentiment_lora.run import train
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     csv_path = write_reviews(tmp_path / "reviews.csv", n=48)

@@ -15,7 +15,7 @@ from sentiment_lora.model import (
     matched_modules,
     target_pattern,
 )
-from sentiment_lora.train import dry_run
+from sentiment_lora.run import dry_run
 
 from .conftest import compose_config, run_cli
 
@@ -31,6 +31,7 @@ def lora(rank: int, fan_in: int, fan_out: int) -> int:
 ATTN = lora(4, H, H)  # one of q/k/v/out_lin at rank 4
 
 
+@pytest.mark.slow
 def test_seed_config_counts_via_cli_dry_run(tmp_path):
     done = run_cli(["model=distilbert", "dry_run=true", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -16,6 +16,9 @@ import pytest
 
 from .conftest import write_reviews
 
+# A PostgreSQL server and two sweep processes: tens of seconds.
+pytestmark = pytest.mark.slow
+
 
 def _postgres_bin() -> Path | None:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or (

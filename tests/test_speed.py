@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import sentiment_lora.train as train_module
 from sentiment_lora import data as data_lib
+from sentiment_lora import memo, prefix
 from sentiment_lora.errors import UserError
 from sentiment_lora.model import (
     SentimentClassifier,
@@ -18,9 +18,10 @@ from sentiment_lora.model import (
     build_encoder,
     classifier_of,
     frozen_depth,
+    load_tokenizer,
     matched_modules,
 )
-from sentiment_lora.train import train
+from sentiment_lora.run import train
 
 from .conftest import TINY_FAST, compose_config, write_reviews
 
@@ -34,6 +35,7 @@ def run(tmp_path, name, overrides):
     return json.loads((tmp_path / name / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "lora_overrides",
     [[], ["lora.top_layers=1"], ["lora.top_layers=3", "lora/targets=all"], ["lora/targets=head"]],
@@ -53,6 +55,7 @@ def test_cached_frozen_prefix_gives_the_numbers_of_the_uncached_dropout_free_pre
     assert cached["params"] == recomputed["params"]
 
 
+@pytest.mark.slow
 def test_live_prefix_keeps_dropout_in_frozen_layers_so_it_differs_from_eval(tmp_path):
     # The guard on the test above: were 'eval' a no-op, 'eval' and 'cache' could agree for the wrong reason.
     reviews = write_reviews(tmp_path / "reviews.csv", n=120)
@@ -93,7 +96,7 @@ def test_top_layers_beyond_the_encoder_is_a_config_error():
 
 def test_length_grouped_batches_cover_every_review_once_pad_less_and_repeat_with_the_seed(tmp_path):
     cfg = compose_config(["model=tiny", "data=csv", f"data.path={write_reviews(tmp_path / 'r.csv', n=60)}"])
-    tokenizer = train_module.load_tokenizer(cfg.model, None)
+    tokenizer = load_tokenizer(cfg.model, None)
     rows = [{"input_ids": list(range(1, n + 2)), "attention_mask": [1] * (n + 1), "labels": 0.0} for n in range(200)]
 
     def batches(grouped, seed=3):
@@ -109,6 +112,7 @@ def test_length_grouped_batches_cover_every_review_once_pad_less_and_repeat_with
     assert [b.tolist() for b in batches(True, seed=4)] != [b.tolist() for b in grouped]
 
 
+@pytest.mark.slow
 def test_length_grouping_is_a_config_choice_that_still_learns(tmp_path):
     reviews = write_reviews(tmp_path / "reviews.csv", n=160)
     overrides = [*TINY_FAST, "trainer.epochs=3", "data=csv", f"data.path={reviews}", "save_adapter=false"]
@@ -119,6 +123,7 @@ def test_length_grouping_is_a_config_choice_that_still_learns(tmp_path):
     assert grouped["data_fingerprint"] == shuffled["data_fingerprint"]
 
 
+@pytest.mark.slow
 def test_runs_in_one_process_read_and_tokenize_the_data_once(tmp_path, monkeypatch):
     reviews = write_reviews(tmp_path / "reviews.csv", n=60)
     loads = []
@@ -132,19 +137,18 @@ def test_runs_in_one_process_read_and_tokenize_the_data_once(tmp_path, monkeypat
     assert first["data_fingerprint"] == second["data_fingerprint"] == third["data_fingerprint"]
 
 
+@pytest.mark.slow
 def test_runs_in_one_process_that_freeze_the_same_layers_compute_the_prefix_once_and_exactly(tmp_path, monkeypatch):
     reviews = write_reviews(tmp_path / "reviews.csv", n=120)
     overrides = [*DEEP_TINY, "data=csv", f"data.path={reviews}", "trainer.frozen_prefix=cache", "lora.top_layers=2"]
     computed = []
-    real_cache = train_module.cache_frozen_prefix
-    monkeypatch.setattr(
-        train_module, "cache_frozen_prefix", lambda *args: computed.append(args[2]) or real_cache(*args)
-    )
+    real_cache = prefix.cache_frozen_prefix
+    monkeypatch.setattr(prefix, "cache_frozen_prefix", lambda *args: computed.append(args[2]) or real_cache(*args))
     run(tmp_path, "a", overrides)
     reused = run(tmp_path, "b", [*overrides, "lora.rank=2", "optimizer.lr=3e-3"])  # same frozen layers: reused
     run(tmp_path, "c", [*overrides, "lora.top_layers=1"])  # one more frozen layer: computed
     assert computed == [2, 2, 2, 3, 3, 3]  # one call per split (train, val, test) and prefix depth
-    train_module._PREFIXES.clear()
+    memo.clear_all()
     fresh = run(tmp_path, "d", [*overrides, "lora.rank=2", "optimizer.lr=3e-3"])
     for a, b in zip(fresh["history"], reused["history"], strict=True):
         assert (b["train_loss"], b["val_loss"]) == pytest.approx((a["train_loss"], a["val_loss"]), abs=1e-6)

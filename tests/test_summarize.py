@@ -57,6 +57,7 @@ def summarize(*args, cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_table_rows_order_pareto_csv_and_plot(sweep_dir, tmp_path):
     done = summarize(sweep_dir, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -80,6 +81,7 @@ def test_wilson_interval_is_the_textbook_value():
     assert low == pytest.approx(0.4902, abs=1e-4) and high == pytest.approx(0.9433, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_empty_input_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     done = summarize(tmp_path / "empty", cwd=tmp_path)
@@ -89,6 +91,7 @@ def test_empty_input_is_a_clear_error(tmp_path):
     assert done.returncode == 2 and "nothing to summarize" in done.stderr
 
 
+@pytest.mark.slow
 def test_baseline_row_uses_the_same_split(tmp_path):
     from .conftest import write_reviews
 
@@ -108,6 +111,7 @@ def test_baseline_row_uses_the_same_split(tmp_path):
     assert table.returncode == 0 and "reference" in table.stdout and "tfidf-logreg" in table.stdout
 
 
+@pytest.mark.slow
 def test_overlapping_inputs_give_one_row_per_run(sweep_dir, tmp_path):
     done = summarize(sweep_dir, sweep_dir / "a", sweep_dir / "b", cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -18,6 +18,9 @@ from .conftest import REPO, write_reviews
 
 TINY = ["model=tiny", "trainer.max_length=32", "trainer.batch_size=16", "trainer.progress=false", "data=csv"]
 
+# Multi-trial sweeps through the real CLI and tiny models: seconds each.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def sweep_env(tmp_path, monkeypatch):

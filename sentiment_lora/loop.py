@@ -1,0 +1,151 @@
+"""Fit and evaluate: the epoch loop every configuration shares, and inference that returns predictions in data
+order. Nothing here knows about sweeps: a per-epoch hook (a sweep's pruner, say) may ask the loop to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from sentiment_lora import data as data_lib
+from sentiment_lora.metrics import classification_metrics
+from sentiment_lora.runtime import autocast
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: this run stops, a sweep goes on."""
+
+
+class EpochHook(Protocol):
+    """Called after each epoch with its validation metrics; True stops training (a pruned sweep trial)."""
+
+    def __call__(self, epoch: int, val: dict[str, float]) -> bool: ...
+
+    def stopped(self) -> Exception:
+        """The exception that tells the sweeper this run was stopped."""
+        ...
+
+
+@dataclass
+class Fitted:
+    best: dict  # the selected epoch's validation metrics, plus its "epoch"
+    history: list[dict]  # per epoch: train loss, validation accuracy and loss, timings
+    stopped: bool  # the epoch hook stopped training before the last epoch
+
+    def record(self) -> dict:
+        return {"val": self.best, "history": self.history, "epochs_run": len(self.history)}
+
+
+def batch_logits(model, batch: dict[str, torch.Tensor], device, dtype) -> torch.Tensor:
+    """Logits of one batch: from token ids, or from the cached frozen prefix when the batch carries one."""
+    prefix = batch["prefix"].to(device) if "prefix" in batch else None
+    with autocast(device, dtype):
+        return model(batch["input_ids"].to(device), batch["attention_mask"].to(device), prefix=prefix)
+
+
+@torch.inference_mode()
+def evaluate(model, rows: list[dict], tokenizer, batch_size: int, device, dtype):
+    """Metrics, labels and probabilities of `rows`, in the order of `rows`.
+
+    Batches run longest first (each pads to little more than its own length); predictions are put back.
+    """
+    model.eval()
+    order = data_lib.length_order(rows)
+    probs, labels, loss_sum = [], [], 0.0
+    for batch in data_lib.loader([rows[index] for index in order], tokenizer, batch_size):
+        logits = batch_logits(model, batch, device, dtype).float()
+        target = batch["labels"].to(device)
+        loss_sum += torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum").item()
+        probs.append(torch.sigmoid(logits).cpu())
+        labels.append(target.cpu())
+    sorted_probs, sorted_labels = torch.cat(probs).numpy(), torch.cat(labels).numpy()
+    probs_np, labels_np = np.empty_like(sorted_probs), np.empty_like(sorted_labels)
+    probs_np[order], labels_np[order] = sorted_probs, sorted_labels
+    return classification_metrics(labels_np, probs_np, loss_sum / len(labels_np)), labels_np, probs_np
+
+
+def fit(
+    model,
+    batches,
+    validate: Callable[[], dict[str, float]],
+    optimizer,
+    scheduler,
+    trainer_cfg,
+    device,
+    dtype,
+    frozen: list[torch.nn.Module] = (),
+    on_epoch: EpochHook | None = None,
+) -> Fitted:
+    """Train `trainer_cfg.epochs` epochs, validate after each, and leave the best epoch's trainable weights in
+    the model. Best: higher validation accuracy; on a tie, lower validation loss. `frozen` modules stay in eval
+    mode (no dropout) while the rest trains.
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    history, best, best_state = [], None, None
+    for epoch in range(1, trainer_cfg.epochs + 1):
+        model.train()
+        for module in frozen:
+            module.eval()
+        started, loss_sum, seen = time.perf_counter(), 0.0, 0
+        bar = tqdm(
+            batches,
+            desc=f"epoch {epoch}/{trainer_cfg.epochs}",
+            disable=not trainer_cfg.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for step, batch in enumerate(bar, start=1):
+            labels = batch["labels"].to(device)
+            loss = loss_fn(batch_logits(model, batch, device, dtype).float(), labels)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch}, batch {step}")
+            loss.backward()
+            if trainer_cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(trainable, trainer_cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum, seen = loss_sum + loss.item() * len(labels), seen + len(labels)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        train_time = time.perf_counter() - started
+        val = validate()
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": loss_sum / seen,
+                "val_accuracy": val["accuracy"],
+                "val_loss": val["loss"],
+                "train_time_s": train_time,
+                "train_samples_per_s": seen / train_time,
+                "time_s": time.perf_counter() - started,
+            }
+        )
+        log_epoch(history[-1])
+        if best is None or (val["accuracy"], -val["loss"]) > (best["accuracy"], -best["loss"]):
+            best = {**val, "epoch": epoch}
+            best_state = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+        if on_epoch is not None and on_epoch(epoch, val):
+            return Fitted(best, history, stopped=True)
+    model.load_state_dict(best_state, strict=False)
+    return Fitted(best, history, stopped=False)
+
+
+def log_epoch(entry: dict) -> None:
+    log.info(
+        "epoch %d: train loss %.4f | val acc %.4f loss %.4f | %.1f samples/s",
+        entry["epoch"],
+        entry["train_loss"],
+        entry["val_accuracy"],
+        entry["val_loss"],
+        entry["train_samples_per_s"],
+    )

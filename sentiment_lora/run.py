@@ -1,0 +1,104 @@
+"""One training run, top to bottom: setup -> data -> model -> fit -> test -> record.
+
+Every configuration and every sweep trial runs `train`. It returns what `cfg.objectives` names (the selected
+epoch's validation accuracy by default), the value a sweeper optimizes. Side concerns live elsewhere: where
+weights and data come from (sources.py), the per-process memo (memo.py), the frozen-prefix modes (prefix.py),
+the epoch loop (loop.py), the record (results.py), the sweep's pruning hook (trial.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from sentiment_lora import data as data_lib
+from sentiment_lora import prefix, results
+from sentiment_lora.config import validate
+from sentiment_lora.loop import EpochHook, evaluate, fit
+from sentiment_lora.model import attach_lora, build_classifier, count_params, load_tokenizer, plain_state, save_trained
+from sentiment_lora.runtime import make_optimizer, make_scheduler, pick_device, pick_dtype, precision_name
+from sentiment_lora.sources import resolve_weights
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tuple[float, ...]:
+    validate(cfg)
+    trainer = cfg.trainer
+    if trainer.num_threads:
+        torch.set_num_threads(trainer.num_threads)
+    if cfg.dry_run:
+        return dry_run(cfg, run_dir)
+    started = time.perf_counter()
+    device = pick_device(trainer.device)
+    dtype = pick_dtype(trainer.precision, device)
+    log.info("run dir %s | device %s | precision %s", run_dir, device, precision_name(dtype))
+
+    # ---- data: sample, strip HTML, stratified split, tokenize (weights resolved first: fail fast) ----
+    weights = resolve_weights(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, weights)
+    splits, encoded = data_lib.prepare(cfg.data, tokenizer, trainer.max_length)
+    log.info("data %s: %s", cfg.data.name, {name: len(rows) for name, rows in encoded.items()})
+
+    # ---- model: encoder + pooling + head, LoRA through PEFT; the frozen layers below it live, eval or cached ----
+    torch.manual_seed(trainer.seed)
+    classifier = build_classifier(cfg.model, weights)
+    random_encoder_state = plain_state(classifier.encoder) if weights is None else None
+    model = attach_lora(classifier, cfg.lora, cfg.model.targets_map).to(device)
+    params = count_params(model)
+    log.info("trainable %s of %s parameters %s", f"{params['trainable']:,}", f"{params['total']:,}", params["by_group"])
+    frozen = prefix.prepare(cfg, classifier, encoded, weights, tokenizer, device, dtype)
+    rows = frozen.rows
+
+    # ---- fit: epochs, validation after each, the best epoch's weights kept ----
+    batches = data_lib.loader(rows["train"], tokenizer, trainer.batch_size, trainer.seed, trainer.length_grouping)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optimizer)
+    scheduler = make_scheduler(optimizer, cfg.optimizer, trainer.epochs * len(batches))
+
+    def evaluate_split(name: str):
+        return evaluate(model, rows[name], tokenizer, trainer.eval_batch_size, device, dtype)
+
+    fitted = fit(model, batches, lambda: evaluate_split("val")[0], optimizer, scheduler, trainer, device, dtype,
+                 frozen=frozen.modules, on_epoch=on_epoch)  # fmt: skip
+    if fitted.stopped:  # the sweep's pruner stopped this trial: record what it did; the test split stays unseen
+        elapsed = time.perf_counter() - started
+        results.write_record(run_dir, "pruned", cfg, params=params, **fitted.record(), time_s=elapsed)
+        raise on_epoch.stopped()
+
+    # ---- test once, with the selected epoch's weights ----
+    test, test_labels, test_probs = evaluate_split("test")
+    log.info("selected epoch %d: val acc %.4f | test acc %.4f f1 %.4f auc %.4f", fitted.best["epoch"],
+             fitted.best["accuracy"], test["accuracy"], test["f1"], test["roc_auc"])  # fmt: skip
+
+    # ---- artefacts; metrics.json last, so its presence means the run completed ----
+    if cfg.save_adapter:
+        save_trained(model, run_dir, random_encoder_state)
+    results.write_predictions(run_dir, test_labels, test_probs)
+    results.write_record(
+        run_dir, "complete", cfg, data_fingerprint=data_lib.fingerprint(splits),
+        split_sizes={name: len(split_rows) for name, split_rows in encoded.items()}, params=params,
+        **fitted.record(), test=test, device=str(device), precision=precision_name(dtype),
+        prefix_cache_s=frozen.seconds, time_s=time.perf_counter() - started,
+    )  # fmt: skip
+    best = fitted.best
+    values = {"val_accuracy": best["accuracy"], "val_loss": best["loss"], "trainable_params": params["trainable"]}
+    returned = [float(values[name]) for name in cfg.objectives]
+    return returned[0] if len(returned) == 1 else tuple(returned)
+
+
+def dry_run(cfg, run_dir: Path) -> float:
+    """Parameter counts of the configured architecture at random init: no weights, no data, no network."""
+    torch.manual_seed(cfg.trainer.seed)
+    params = count_params(attach_lora(build_classifier(cfg.model, None), cfg.lora, cfg.model.targets_map))
+    results.write_record(run_dir, "dry_run", cfg, params=params)
+    groups = params["by_group"]
+    print(
+        f"{cfg.model.name} lora r={cfg.lora.rank} targets={list(cfg.lora.targets)}: "
+        f"trainable {params['trainable']:,} of {params['total']:,} ({params['trainable_pct']:.3f}%) "
+        f"= lora {groups['lora']:,} + head {groups['head']:,}"
+    )
+    return math.nan

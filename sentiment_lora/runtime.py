@@ -1,0 +1,69 @@
+"""Where and how a run computes: device, autocast precision, threads, optimizer and learning-rate schedule."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from transformers import get_scheduler
+
+from sentiment_lora.errors import UserError
+
+
+def _adam_kwargs(cfg) -> dict:
+    return {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "betas": tuple(cfg.betas)}
+
+
+# Dispatch tables for config choices; config.CHOICES lists the same names (a test keeps the two equal).
+OPTIMIZERS = {
+    "adamw": lambda params, cfg: torch.optim.AdamW(params, **_adam_kwargs(cfg)),
+    "adam": lambda params, cfg: torch.optim.Adam(params, **_adam_kwargs(cfg)),
+    "sgd": lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum),
+}
+# Config name -> transformers' schedule name.
+SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"config trainer.device: '{requested}' requested but no CUDA device is available")
+    return torch.device(requested)
+
+
+def cpu_supports_bf16() -> bool:
+    # oneDNN's own check: true on CPUs with avx512_bf16 or AMX, where bf16 matmuls are native.
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check and check())
+
+
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    supported = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_supports_bf16()
+    return torch.bfloat16 if supported else None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+
+def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:
+    return OPTIMIZERS[cfg.name](parameters, cfg)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int):
+    return get_scheduler(
+        SCHEDULES[cfg.scheduler],
+        optimizer,
+        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
