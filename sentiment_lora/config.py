@@ -156,6 +156,13 @@ class TrainerConfig:
         "live",
         choices=("live", "eval", "cache"),
     )
+    checkpoint: bool = _help(
+        "Save a checkpoint (trainable weights, optimizer, schedule, random states, history) in the run directory "
+        "after every epoch. Re-running the same command with hydra.run.dir=<that directory> resumes after the last "
+        "completed epoch and ends with the metrics of an uninterrupted run.",
+        True,
+    )
+    keep_checkpoint: bool = _help("Keep checkpoint.safetensors after the run ends (removed by default).", False)
 
 
 @dataclass

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from sentiment_lora import data as data_lib
+from sentiment_lora.checkpoint import Checkpoint
 from sentiment_lora.metrics import classification_metrics
 from sentiment_lora.runtime import autocast
 
@@ -73,6 +74,28 @@ def evaluate(model, rows: list[dict], tokenizer, batch_size: int, device, dtype)
     return classification_metrics(labels_np, probs_np, loss_sum / len(labels_np)), labels_np, probs_np
 
 
+def train_epoch(model, batches, optimizer, scheduler, trainer_cfg, epoch: int, device, dtype) -> tuple[float, int]:
+    """One pass over the training batches; returns the mean training loss and the number of reviews seen."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    loss_sum, seen = 0.0, 0
+    bar = tqdm(batches, desc=f"epoch {epoch}/{trainer_cfg.epochs}", disable=not trainer_cfg.progress, leave=False)
+    for step, batch in enumerate(bar, start=1):
+        labels = batch["labels"].to(device)
+        loss = loss_fn(batch_logits(model, batch, device, dtype).float(), labels)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch}, batch {step}")
+        loss.backward()
+        if trainer_cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(trainable, trainer_cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum, seen = loss_sum + loss.item() * len(labels), seen + len(labels)
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+    return loss_sum / seen, seen
+
+
 def fit(
     model,
     batches,
@@ -84,45 +107,27 @@ def fit(
     dtype,
     frozen: list[torch.nn.Module] = (),
     on_epoch: EpochHook | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> Fitted:
     """Train `trainer_cfg.epochs` epochs, validate after each, and leave the best epoch's trainable weights in
     the model. Best: higher validation accuracy; on a tie, lower validation loss. `frozen` modules stay in eval
-    mode (no dropout) while the rest trains.
+    mode (no dropout) while the rest trains. With a checkpoint, each epoch ends saved, and a saved run resumes.
     """
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    history, best, best_state = [], None, None
-    for epoch in range(1, trainer_cfg.epochs + 1):
+    done, history, best, best_state = 0, [], None, None
+    if checkpoint is not None and (saved := checkpoint.restore(model, optimizer, scheduler, batches)):
+        done, history, best, best_state = saved
+    for epoch in range(done + 1, trainer_cfg.epochs + 1):
         model.train()
         for module in frozen:
             module.eval()
-        started, loss_sum, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(
-            batches,
-            desc=f"epoch {epoch}/{trainer_cfg.epochs}",
-            disable=not trainer_cfg.progress,
-            leave=False,
-            dynamic_ncols=True,
-        )
-        for step, batch in enumerate(bar, start=1):
-            labels = batch["labels"].to(device)
-            loss = loss_fn(batch_logits(model, batch, device, dtype).float(), labels)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch}, batch {step}")
-            loss.backward()
-            if trainer_cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(trainable, trainer_cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum, seen = loss_sum + loss.item() * len(labels), seen + len(labels)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        started = time.perf_counter()
+        train_loss, seen = train_epoch(model, batches, optimizer, scheduler, trainer_cfg, epoch, device, dtype)
         train_time = time.perf_counter() - started
         val = validate()
         history.append(
             {
                 "epoch": epoch,
-                "train_loss": loss_sum / seen,
+                "train_loss": train_loss,
                 "val_accuracy": val["accuracy"],
                 "val_loss": val["loss"],
                 "train_time_s": train_time,
@@ -134,6 +139,8 @@ def fit(
         if best is None or (val["accuracy"], -val["loss"]) > (best["accuracy"], -best["loss"]):
             best = {**val, "epoch": epoch}
             best_state = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+        if checkpoint is not None:
+            checkpoint.save(epoch, model, optimizer, scheduler, batches, history, best, best_state)
         if on_epoch is not None and on_epoch(epoch, val):
             return Fitted(best, history, stopped=True)
     model.load_state_dict(best_state, strict=False)

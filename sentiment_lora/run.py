@@ -17,6 +17,7 @@ import torch
 
 from sentiment_lora import data as data_lib
 from sentiment_lora import prefix, results
+from sentiment_lora.checkpoint import Checkpoint
 from sentiment_lora.config import validate
 from sentiment_lora.loop import EpochHook, evaluate, fit
 from sentiment_lora.model import attach_lora, build_classifier, count_params, load_tokenizer, plain_state, save_trained
@@ -62,11 +63,13 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
     def evaluate_split(name: str):
         return evaluate(model, rows[name], tokenizer, trainer.eval_batch_size, device, dtype)
 
+    checkpoint = Checkpoint(run_dir, cfg)  # saved after every epoch; a re-run in this run directory resumes
     fitted = fit(model, batches, lambda: evaluate_split("val")[0], optimizer, scheduler, trainer, device, dtype,
-                 frozen=frozen.modules, on_epoch=on_epoch)  # fmt: skip
+                 frozen=frozen.modules, on_epoch=on_epoch, checkpoint=checkpoint)  # fmt: skip
     if fitted.stopped:  # the sweep's pruner stopped this trial: record what it did; the test split stays unseen
         elapsed = time.perf_counter() - started
         results.write_record(run_dir, "pruned", cfg, params=params, **fitted.record(), time_s=elapsed)
+        checkpoint.finish()
         raise on_epoch.stopped()
 
     # ---- test once, with the selected epoch's weights ----
@@ -84,6 +87,7 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
         **fitted.record(), test=test, device=str(device), precision=precision_name(dtype),
         prefix_cache_s=frozen.seconds, time_s=time.perf_counter() - started,
     )  # fmt: skip
+    checkpoint.finish()
     best = fitted.best
     values = {"val_accuracy": best["accuracy"], "val_loss": best["loss"], "trainable_params": params["trainable"]}
     returned = [float(values[name]) for name in cfg.objectives]

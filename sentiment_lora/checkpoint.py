@@ -1,0 +1,130 @@
+"""End-of-epoch checkpoints, so a killed run resumes from its last completed epoch and ends with the metrics of
+an uninterrupted run.
+
+One safetensors file in the run directory holds every tensor a resumed epoch needs (trainable weights, the best
+epoch's weights, optimizer moments, the global/CUDA/sampler random states); its metadata holds the rest as JSON
+(epoch, history, the selected epoch, optimizer groups, scheduler state, a digest of the config). Safetensors,
+not torch.save: loading a checkpoint never unpickles anything. Written to a temporary file and renamed, so a kill
+during the write leaves the previous epoch's checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+
+from sentiment_lora.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+# Keys that do not change a run's numbers: a resume may differ in them.
+_NOT_RESULTS = {"trainer": ("progress", "num_threads", "checkpoint", "keep_checkpoint")}
+
+
+def config_digest(cfg) -> str:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    for group, keys in _NOT_RESULTS.items():
+        for key in keys:
+            plain.get(group, {}).pop(key, None)
+    plain.pop("trial", None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _sampler_generator(batches) -> torch.Generator | None:
+    """The generator that orders training batches (the shuffling DataLoader's, or its length-grouped sampler's)."""
+    return getattr(batches.sampler, "generator", None) or batches.generator
+
+
+class Checkpoint:
+    """trainer.checkpoint turns saving and resuming on; trainer.keep_checkpoint keeps the file once the run ends."""
+
+    def __init__(self, run_dir: Path, cfg) -> None:
+        self.path = Path(run_dir) / CHECKPOINT_FILE
+        self.digest = config_digest(cfg)
+        self.enabled, self.keep = cfg.trainer.checkpoint, cfg.trainer.keep_checkpoint
+
+    def save(self, epoch: int, model, optimizer, scheduler, batches, history: list, best: dict, best_state: dict):
+        if not self.enabled:
+            return
+        tensors = {f"param/{name}": p.detach() for name, p in model.named_parameters() if p.requires_grad}
+        tensors |= {f"best/{name}": value for name, value in best_state.items()}
+        optimizer_state = optimizer.state_dict()
+        moments = {}
+        for index, state in optimizer_state["state"].items():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    tensors[f"optim/{index}/{key}"] = value
+                else:
+                    moments.setdefault(str(index), {})[key] = value
+        tensors["rng/torch"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            tensors |= {f"rng/cuda/{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())}
+        if (generator := _sampler_generator(batches)) is not None:
+            tensors["rng/sampler"] = generator.get_state()
+        meta = {
+            "digest": self.digest,
+            "epoch": epoch,
+            "history": history,
+            "best": best,
+            "optimizer_groups": optimizer_state["param_groups"],
+            "optimizer_scalars": moments,
+            "scheduler": scheduler.state_dict(),
+        }
+        tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
+        handle, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        os.close(handle)
+        save_file(tensors, tmp, metadata={"state": json.dumps(meta, default=list)})
+        os.replace(tmp, self.path)
+
+    def restore(self, model, optimizer, scheduler, batches) -> tuple[int, list, dict, dict] | None:
+        """(last completed epoch, history, best, best_state) with model, optimizer, scheduler and random states
+        set as they were after that epoch; None when there is no checkpoint."""
+        if not self.enabled or not self.path.exists():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as handle:
+            meta = json.loads(handle.metadata()["state"])
+        if meta["digest"] != self.digest:
+            raise UserError(
+                f"{self.path} is a checkpoint of another configuration; re-run with the same overrides to resume, "
+                "or use a new run directory"
+            )
+        tensors = load_file(str(self.path))
+        device = next(model.parameters()).device
+        params = {name[len("param/") :]: value for name, value in tensors.items() if name.startswith("param/")}
+        model.load_state_dict({name: value.to(device) for name, value in params.items()}, strict=False)
+        state: dict[int, dict] = {}
+        for name, value in tensors.items():
+            if name.startswith("optim/"):
+                _, index, key = name.split("/", 2)
+                state.setdefault(int(index), {})[key] = value.to(device)
+        for index, scalars in meta["optimizer_scalars"].items():
+            state.setdefault(int(index), {}).update(scalars)
+        optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_groups"]})
+        scheduler.load_state_dict(meta["scheduler"])
+        torch.set_rng_state(tensors["rng/torch"])
+        cuda_states = [tensors[f"rng/cuda/{i}"] for i in range(torch.cuda.device_count()) if f"rng/cuda/{i}" in tensors]
+        if cuda_states:
+            torch.cuda.set_rng_state_all(cuda_states)
+        if "rng/sampler" in tensors:
+            _sampler_generator(batches).set_state(tensors["rng/sampler"])
+        best_state = {
+            name[len("best/") :]: value.to(device) for name, value in tensors.items() if name.startswith("best/")
+        }
+        log.info("resuming from %s after epoch %d", self.path, meta["epoch"])
+        return meta["epoch"], meta["history"], meta["best"], best_state
+
+    def finish(self) -> None:
+        """The run has ended (complete, or pruned): nothing is left to resume."""
+        if not self.keep:
+            self.path.unlink(missing_ok=True)

@@ -1,0 +1,99 @@
+"""A run killed between epochs resumes from its checkpoint and ends with the metrics of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from sentiment_lora.checkpoint import CHECKPOINT_FILE, Checkpoint
+from sentiment_lora.errors import UserError
+from sentiment_lora.run import train
+
+from .conftest import TINY_FAST, compose_config, run_cli, write_reviews
+
+
+class Killed(BaseException):
+    """Stands in for a kill: raised right after an epoch's checkpoint is written."""
+
+
+def kill_after_epoch(monkeypatch, killed_after: int) -> None:
+    real_save = Checkpoint.save
+
+    def save_then_die(self, epoch, *args):
+        real_save(self, epoch, *args)
+        if epoch == killed_after:
+            raise Killed
+
+    monkeypatch.setattr(Checkpoint, "save", save_then_die)
+
+
+def results_of(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = [{k: v for k, v in h.items() if not k.endswith("_s")} for h in metrics["history"]]  # timings differ
+    return history, metrics["val"], metrics["test"], pd.read_csv(run_dir / "test_predictions.csv")
+
+
+# Pinned precisions: resuming replays the same operations in the same order, so the numbers are equal, not close.
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["trainer.precision=fp32", "trainer.length_grouping=true"],
+        ["trainer.precision=bf16", "trainer.length_grouping=false", "trainer.frozen_prefix=cache", "lora.top_layers=1"],
+    ],
+    ids=["fp32-grouped", "bf16-shuffled-cached"],
+)
+def test_a_run_killed_between_epochs_resumes_to_the_uninterrupted_metrics(tmp_path, monkeypatch, extra):
+    reviews = write_reviews(tmp_path / "reviews.csv", n=80)
+    cfg = compose_config([*TINY_FAST, "trainer.epochs=3", "data=csv", f"data.path={reviews}", *extra])
+    (tmp_path / "whole").mkdir(), (tmp_path / "killed").mkdir()
+    train(cfg, tmp_path / "whole")
+
+    with monkeypatch.context() as patch:
+        kill_after_epoch(patch, killed_after=2)
+        with pytest.raises(Killed):
+            train(cfg, tmp_path / "killed")
+    assert (tmp_path / "killed" / CHECKPOINT_FILE).exists() and not (tmp_path / "killed" / "metrics.json").exists()
+    train(cfg, tmp_path / "killed")  # the re-run: resumes after epoch 2
+
+    whole, resumed = results_of(tmp_path / "whole"), results_of(tmp_path / "killed")
+    assert resumed[:3] == whole[:3]
+    pd.testing.assert_frame_equal(resumed[3], whole[3])
+    assert not (tmp_path / "killed" / CHECKPOINT_FILE).exists()  # removed once the run completed
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(tmp_path, monkeypatch):
+    reviews = write_reviews(tmp_path / "reviews.csv", n=40)
+    overrides = [*TINY_FAST, "data=csv", f"data.path={reviews}", "trainer.precision=fp32"]
+    with monkeypatch.context() as patch:
+        kill_after_epoch(patch, killed_after=1)
+        with pytest.raises(Killed):
+            train(compose_config(overrides), tmp_path)
+    with pytest.raises(UserError, match="checkpoint of another configuration"):
+        train(compose_config([*overrides, "lora.rank=2"]), tmp_path)
+
+
+def test_keep_checkpoint_keeps_it_and_checkpoint_false_writes_none(tmp_path):
+    reviews = write_reviews(tmp_path / "reviews.csv", n=40)
+    overrides = [*TINY_FAST, "data=csv", f"data.path={reviews}", "trainer.precision=fp32"]
+    (tmp_path / "kept").mkdir(), (tmp_path / "none").mkdir()
+    train(compose_config([*overrides, "trainer.keep_checkpoint=true"]), tmp_path / "kept")
+    assert (tmp_path / "kept" / CHECKPOINT_FILE).exists()
+    train(compose_config([*overrides, "trainer.checkpoint=false", "trainer.keep_checkpoint=true"]), tmp_path / "none")
+    assert not (tmp_path / "none" / CHECKPOINT_FILE).exists()
+
+
+@pytest.mark.slow
+def test_the_documented_rerun_resumes_through_the_command_line(tmp_path, monkeypatch):
+    reviews = write_reviews(tmp_path / "reviews.csv", n=80)
+    args = [*TINY_FAST, "trainer.epochs=3", "trainer.precision=fp32", "data=csv", f"data.path={reviews}"]
+    with monkeypatch.context() as patch:
+        kill_after_epoch(patch, killed_after=1)
+        with pytest.raises(Killed):
+            train(compose_config(args), tmp_path / "run") if (tmp_path / "run").mkdir() is None else None
+    done = run_cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resuming from" in (tmp_path / "run" / "train.log").read_text()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
