@@ -122,6 +122,13 @@ class DataConfig:
     test_fraction: float = _help("Share of the data for test (stratified).", 0.1)
     seed: int = _help("Seed of the sample and the split; kept apart from trainer.seed so runs share one split.", 0)
     strip_html: bool = _help("Strip HTML markup with BeautifulSoup before tokenizing.", True)
+    truncation: str = _help(
+        "Which tokens of a review longer than trainer.max_length are kept: the first (head), the last (tail), or "
+        "the first data.head_fraction of them plus the last rest (head_tail).",
+        "head",
+        choices=("head", "tail", "head_tail"),
+    )
+    head_fraction: float = _help("Share of the kept tokens taken from the start under truncation=head_tail.", 0.25)
     cache_dir: str | None = _help(
         "Where downloaded data is cached; null = $SENTIMENT_LORA_CACHE or ~/.cache/sentiment-lora.", None
     )
@@ -243,6 +250,8 @@ def validate(cfg: Any) -> None:
     fractions = cfg.data.val_fraction + cfg.data.test_fraction
     if cfg.data.val_fraction <= 0 or cfg.data.test_fraction <= 0 or fractions >= 1:
         _fail("data.val_fraction/test_fraction", f"need both > 0 and sum < 1, got {fractions:g}")
+    if not 0 < cfg.data.head_fraction < 1:
+        _fail("data.head_fraction", f"must be in (0, 1), got {cfg.data.head_fraction}")
     if cfg.data.n_samples is not None and cfg.data.n_samples < 10:
         _fail("data.n_samples", f"must be >= 10 or null, got {cfg.data.n_samples}")
     for key in ("epochs", "batch_size", "eval_batch_size", "max_length"):

@@ -43,6 +43,7 @@ def identifiers(cfg) -> dict[str, Any]:
             "path": cfg.data.path,
             "n_samples": cfg.data.n_samples,
             "seed": cfg.data.seed,
+            "truncation": cfg.data.truncation,
         },
         "seed": cfg.trainer.seed,
         # Speed levers that can change results, so tables can tell runs apart.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from sentiment_lora.data import balanced_sample, fingerprint, read_labelled_csv, split, strip_html
+from sentiment_lora.data import balanced_sample, encode, fingerprint, read_labelled_csv, split, strip_html, truncate
 from sentiment_lora.errors import UserError
 
 from .conftest import write_reviews
@@ -92,3 +92,27 @@ def test_split_is_stratified_disjoint_and_deterministic(tmp_path):
     assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
     assert fingerprint(parts) == fingerprint(split(frame, 0.1, 0.1, seed=0))
     assert fingerprint(parts) != fingerprint(split(frame, 0.1, 0.1, seed=1))
+
+
+@pytest.mark.parametrize(
+    "truncation,expected",
+    [("head", [0, 1, 2, 3, 4, 5]), ("tail", [4, 5, 6, 7, 8, 9]), ("head_tail", [0, 1, 6, 7, 8, 9])],
+)
+def test_truncation_keeps_the_configured_tokens(truncation, expected):
+    assert truncate(list(range(10)), 6, truncation, head_fraction=0.3) == expected  # head_tail: round(0.3*6)=2
+    assert truncate([1, 2], 6, truncation, head_fraction=0.3) == [1, 2]  # short reviews are left whole
+
+
+def test_encode_wraps_truncated_tokens_in_the_models_special_tokens():
+    from sentiment_lora.model import load_tokenizer
+    from sentiment_lora.sources import package_model_path
+
+    tokenizer = load_tokenizer(None, package_model_path())
+    frame = pd.DataFrame({"text": ["first words " + "middle " * 50 + "last verdict great"], "label": [1]})
+    rows = {cut: encode(frame, tokenizer, 12, truncation=cut)[0]["input_ids"] for cut in ("head", "tail", "head_tail")}
+    words = {cut: tokenizer.convert_ids_to_tokens(ids) for cut, ids in rows.items()}
+    assert all(len(ids) == 12 and ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
+               for ids in rows.values())  # fmt: skip
+    assert words["head"][1:3] == ["first", "words"] and words["tail"][-4:-1] == ["last", "verdict", "great"]
+    assert words["head_tail"][1:3] == ["first", "words"] and words["head_tail"][-4:-1] == ["last", "verdict", "great"]
+    assert encode(frame, tokenizer, 12)[0]["input_ids"] == rows["head"]
