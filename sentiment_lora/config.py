@@ -193,6 +193,12 @@ class Config:
         factory=lambda: ["val_accuracy"],
         choices=OBJECTIVES,
     )
+    seeds: list[int] | None = _help(
+        "Replicates: train the configuration once per seed (each sets trainer.seed) in <run dir>/seed_<seed>/, and "
+        "return the mean of the objectives over the seeds. In an Optuna sweep the pruner judges a trial by its first "
+        "seed; the other seeds run in full once the first has. null: one run with trainer.seed.",
+        None,
+    )
     trial: TrialConfig = field(default_factory=TrialConfig)
 
 
@@ -243,6 +249,8 @@ def validate(cfg: Any) -> None:
     for target in cfg.lora.targets:
         if target != "head" and target not in cfg.model.targets_map:
             _fail("model.targets_map", f"model '{cfg.model.name}' does not map target '{target}'")
+    if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)):
+        _fail("seeds", f"needs distinct seeds, got {list(cfg.seeds)}")
     if cfg.optimizer.lr <= 0:
         _fail("optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
     if cfg.data.source == "csv" and not cfg.data.path and not cfg.dry_run:

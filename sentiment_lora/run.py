@@ -8,12 +8,15 @@ the epoch loop (loop.py), the record (results.py), the sweep's pruning hook (tri
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from omegaconf import open_dict
 
 from sentiment_lora import data as data_lib
 from sentiment_lora import prefix, results
@@ -92,6 +95,26 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
     values = {"val_accuracy": best["accuracy"], "val_loss": best["loss"], "trainable_params": params["trainable"]}
     returned = [float(values[name]) for name in cfg.objectives]
     return returned[0] if len(returned) == 1 else tuple(returned)
+
+
+def train_seeds(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tuple[float, ...]:
+    """`train`, or with cfg.seeds one run per seed in seed_<seed>/ subdirectories, returning the mean objective(s).
+
+    Only the first seed reports to the epoch hook: a sweep's pruner judges the trial by it.
+    """
+    if not cfg.seeds or cfg.dry_run:
+        return train(cfg, run_dir, on_epoch)
+    validate(cfg)
+    values = []
+    for index, seed in enumerate(cfg.seeds):
+        seed_cfg = copy.deepcopy(cfg)
+        with open_dict(seed_cfg):
+            seed_cfg.trainer.seed, seed_cfg.seeds = seed, None
+        (run_dir / f"seed_{seed}").mkdir(parents=True, exist_ok=True)
+        values.append(train(seed_cfg, run_dir / f"seed_{seed}", on_epoch if index == 0 else None))
+    log.info("seeds %s: objectives %s", list(cfg.seeds), values)
+    means = np.mean(np.array(values, dtype=float).reshape(len(values), -1), axis=0).tolist()
+    return means[0] if len(means) == 1 else tuple(means)
 
 
 def dry_run(cfg, run_dir: Path) -> float:

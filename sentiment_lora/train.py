@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from sentiment_lora import results, trial
 from sentiment_lora.config import CONF_DIR, register_configs
 from sentiment_lora.errors import UserError
-from sentiment_lora.run import train
+from sentiment_lora.run import train_seeds
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        return train(cfg, run_dir, on_epoch=trial.reporter_for(cfg, run_dir))
+        return train_seeds(cfg, run_dir, on_epoch=trial.reporter_for(cfg, run_dir))
     except Exception as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             if not isinstance(err, UserError):

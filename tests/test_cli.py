@@ -148,3 +148,23 @@ def test_nan_loss_stops_the_run_with_a_clear_error(tmp_path, reviews_csv, monkey
     with pytest.raises(TrainingDiverged, match="loss is nan at epoch 1, batch 1"):
         train(compose_config([*TINY_FAST, "data=csv", f"data.path={reviews_csv}"]), tmp_path)
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_seed_replicates_run_once_per_seed_and_return_the_mean(tmp_path, reviews_csv):
+    from sentiment_lora.run import train_seeds
+
+    cfg = compose_config([*TINY_FAST, "trainer.epochs=1", "data=csv", f"data.path={reviews_csv}", "seeds=[3,5]"])
+    returned = train_seeds(cfg, tmp_path)
+    runs = {seed: json.loads((tmp_path / f"seed_{seed}" / "metrics.json").read_text()) for seed in (3, 5)}
+    assert [runs[seed]["seed"] for seed in (3, 5)] == [3, 5]
+    assert runs[3]["data_fingerprint"] == runs[5]["data_fingerprint"]
+    assert returned == pytest.approx((runs[3]["val"]["accuracy"] + runs[5]["val"]["accuracy"]) / 2)
+    assert not (tmp_path / "metrics.json").exists()  # the replicates' records are the seeds' own
+
+
+def test_seeds_must_be_distinct(tmp_path, reviews_csv):
+    from sentiment_lora.errors import UserError
+    from sentiment_lora.run import train_seeds
+
+    with pytest.raises(UserError, match="seeds"):
+        train_seeds(compose_config([*TINY_FAST, "data=csv", f"data.path={reviews_csv}", "seeds=[3,3]"]), tmp_path)
