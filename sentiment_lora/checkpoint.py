@@ -10,7 +10,6 @@ during the write leaves the previous epoch's checkpoint intact.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,25 +17,14 @@ import tempfile
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
 from sentiment_lora.errors import UserError
+from sentiment_lora.results import config_digest
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
-# Keys that do not change a run's numbers: a resume may differ in them.
-_NOT_RESULTS = {"trainer": ("progress", "num_threads", "checkpoint", "keep_checkpoint")}
-
-
-def config_digest(cfg) -> str:
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    for group, keys in _NOT_RESULTS.items():
-        for key in keys:
-            plain.get(group, {}).pop(key, None)
-    plain.pop("trial", None)
-    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _sampler_generator(batches) -> torch.Generator | None:

@@ -136,10 +136,11 @@ def prepare(data_cfg, tokenizer, max_length: int) -> tuple[dict[str, pd.DataFram
     return splits, encoded
 
 
-def fingerprint(splits: dict[str, pd.DataFrame]) -> str:
-    """Short hash of the exact texts and labels of every split: runs with equal fingerprints saw equal data."""
+def fingerprint(splits: dict[str, pd.DataFrame], names: tuple[str, ...] = SPLITS) -> str:
+    """Short hash of the exact texts and labels of the named splits: runs with equal fingerprints saw equal data.
+    With names=("val", "test") it identifies the evaluation sets, which runs trained on other samples may share."""
     digest = hashlib.sha256()
-    for name in SPLITS:
+    for name in names:
         for text, label in zip(splits[name]["text"], splits[name]["label"], strict=True):
             digest.update(f"{name}\t{label}\t{text}\n".encode())
     return digest.hexdigest()[:16]

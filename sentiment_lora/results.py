@@ -3,6 +3,7 @@ test predictions."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -53,7 +54,35 @@ def identifiers(cfg) -> dict[str, Any]:
             "attention_dropout": cfg.model.attention_dropout,
         },
         "trial": {"id": cfg.trial.id, "number": cfg.trial.number},
+        "config_id": config_id(cfg),
     }
+
+
+# Keys that cannot change a run's numbers: runs that differ only in them are the same configuration.
+NOT_RESULTS = (
+    "trainer.progress", "trainer.num_threads", "trainer.checkpoint", "trainer.keep_checkpoint", "trial", "seeds",
+    "save_adapter", "data.cache_dir",
+)  # fmt: skip
+
+
+def config_digest(cfg, ignore: tuple[str, ...] = ()) -> str:
+    """A short hash of everything in the config that can change a run's numbers (and of nothing in `ignore`)."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    for key in (*NOT_RESULTS, *ignore):
+        *parents, last = key.split(".")
+        node = plain
+        for parent in parents:
+            node = node.get(parent) or {}
+        node.pop(last, None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_id(cfg) -> str:
+    """The configuration a run belongs to: its config without the training seed (replicates share it)."""
+    return config_digest(cfg, ignore=("trainer.seed",))
 
 
 def write_record(run_dir: Path, status: str, cfg, **fields: Any) -> None:

@@ -86,6 +86,7 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
     results.write_predictions(run_dir, test_labels, test_probs)
     results.write_record(
         run_dir, "complete", cfg, data_fingerprint=data_lib.fingerprint(splits),
+        eval_fingerprint=data_lib.fingerprint(splits, ("val", "test")),
         split_sizes={name: len(split_rows) for name, split_rows in encoded.items()}, params=params,
         **fitted.record(), test=test, device=str(device), precision=precision_name(dtype),
         prefix_cache_s=frozen.seconds, time_s=time.perf_counter() - started,

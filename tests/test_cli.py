@@ -158,6 +158,8 @@ def test_seed_replicates_run_once_per_seed_and_return_the_mean(tmp_path, reviews
     runs = {seed: json.loads((tmp_path / f"seed_{seed}" / "metrics.json").read_text()) for seed in (3, 5)}
     assert [runs[seed]["seed"] for seed in (3, 5)] == [3, 5]
     assert runs[3]["data_fingerprint"] == runs[5]["data_fingerprint"]
+    assert runs[3]["config_id"] == runs[5]["config_id"]  # replicates of one configuration
+    assert runs[3]["eval_fingerprint"] == runs[5]["eval_fingerprint"]
     assert returned == pytest.approx((runs[3]["val"]["accuracy"] + runs[5]["val"]["accuracy"]) / 2)
     assert not (tmp_path / "metrics.json").exists()  # the replicates' records are the seeds' own
 
@@ -168,3 +170,12 @@ def test_seeds_must_be_distinct(tmp_path, reviews_csv):
 
     with pytest.raises(UserError, match="seeds"):
         train_seeds(compose_config([*TINY_FAST, "data=csv", f"data.path={reviews_csv}", "seeds=[3,3]"]), tmp_path)
+
+
+def test_config_id_ignores_the_seed_and_what_cannot_change_numbers_but_not_the_rest():
+    from sentiment_lora.results import config_id
+
+    base = config_id(compose_config(["model=tiny"]))
+    assert config_id(compose_config(["model=tiny", "trainer.seed=7", "trainer.progress=false"])) == base
+    assert config_id(compose_config(["model=tiny", "optimizer.lr=1e-3"])) != base
+    assert config_id(compose_config(["model=tiny", "data.truncation=tail"])) != base
