@@ -23,17 +23,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
 from sentiment_lora import data as data_lib
-from sentiment_lora.config import register_configs, validate
+from sentiment_lora.config import CONF_DIR, register_configs, validate
 from sentiment_lora.errors import UserError
 from sentiment_lora.metrics import classification_metrics
-from sentiment_lora.results import METRICS_FILE, write_json_atomic
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+from sentiment_lora.results import METRICS_FILE, write_json_atomic, write_predictions
 
 
 def run(overrides: list[str], out_dir: Path) -> dict:
     register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, job_name="baseline_tfidf"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), job_name="baseline_tfidf"):
         cfg = compose(config_name="config", overrides=overrides)
     validate(cfg)
     started = time.perf_counter()
@@ -61,6 +59,7 @@ def run(overrides: list[str], out_dir: Path) -> dict:
         "data": {"name": cfg.data.name, "source": cfg.data.source, "path": cfg.data.path,
                  "n_samples": cfg.data.n_samples, "seed": cfg.data.seed},
         "data_fingerprint": data_lib.fingerprint(splits),
+        "eval_fingerprint": data_lib.fingerprint(splits, ("val", "test")),
         "split_sizes": {name: len(splits[name]) for name in data_lib.SPLITS},
         "params": {"trainable": n_params, "total": n_params, "trainable_pct": 100.0,
                    "by_group": {"lora": 0, "head": 0, "encoder": 0}},
@@ -71,6 +70,7 @@ def run(overrides: list[str], out_dir: Path) -> dict:
         "time_s": time.perf_counter() - started,
     }  # fmt: skip
     out_dir.mkdir(parents=True, exist_ok=True)
+    write_predictions(out_dir, y["test"], probs)  # per-review, so summarize can pair it with every run
     write_json_atomic(out_dir / METRICS_FILE, metrics)
     return metrics
 

@@ -1,0 +1,135 @@
+"""Configurations, not runs: replicates grouped, compared review by review, only ever against like.
+
+Runs are grouped first by their evaluation sets (`eval_fingerprint`: runs tested on other reviews get their own
+table, never a ranking with these), then by configuration (`config_id`: the config without the training seed).
+Each configuration's row gives its seeds' mean and interval; the best configuration is the one with the highest
+mean validation accuracy (selection on validation, never on test), and every other configuration is compared with
+it, and with the reference row (TF-IDF) when there is one, on the test reviews (sentiment_lora.stats: paired test,
+paired bootstrap interval, Holm's correction within each family of comparisons).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sentiment_lora.results import PREDICTIONS_FILE
+from sentiment_lora.stats import compare, holm, seed_summary
+
+ALPHA = 0.05
+
+
+def correctness(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, 0/1 correctness) of a run's test predictions in data order, or None when it has none."""
+    path = Path(run_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path).sort_values("row")
+    labels = frame["label"].to_numpy(dtype=int)
+    return labels, (frame["prediction"].to_numpy(dtype=int) == labels).astype(int)
+
+
+def _describe(runs: pd.DataFrame) -> dict:
+    first = runs.iloc[0]
+    test, val = seed_summary(runs["test_acc"].tolist()), seed_summary(runs["val_acc"].tolist())
+    return {
+        "config": first["config_id"],
+        "model": first["model"],
+        "targets": first["targets"],
+        "rank": first["rank"],
+        "alpha": first["alpha"],
+        "trainable": first["trainable"],
+        "seeds": test["n"],
+        "val_acc": val["mean"],
+        "test_acc": test["mean"],
+        "test_sd": test["sd"],
+        # Several seeds: the t-interval of the mean over seeds; one seed: the Wilson interval over reviews.
+        "test_low": test["low"] if test["n"] > 1 else first["test_low"],
+        "test_high": test["high"] if test["n"] > 1 else first["test_high"],
+        "state": first["state"],
+    }
+
+
+def _paired(rows: pd.DataFrame, matrices: dict, against: np.ndarray, prefix: str, skip: str | None) -> None:
+    """Adds prefix_diff/_low/_high/_p (Holm-adjusted) columns: each row's test accuracy minus `against`'s."""
+    results = {}
+    for config in rows.index:
+        if config != skip and config in matrices:
+            results[config] = compare(matrices[config], against)
+    adjusted = dict(zip(results, holm([r.p for r in results.values()]), strict=True))
+    for column in ("diff", "low", "high", "p"):
+        rows[f"{prefix}_{column}"] = np.nan
+    for config, result in results.items():
+        rows.loc[config, [f"{prefix}_diff", f"{prefix}_low", f"{prefix}_high", f"{prefix}_p"]] = [
+            result.diff, result.low, result.high, adjusted[config]
+        ]  # fmt: skip
+
+
+def rank_group(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One evaluation group's runs (complete ones and references) -> one row per configuration."""
+    notes: list[str] = []
+    complete = runs[runs["state"] == "complete"]
+    references = runs[runs["state"] == "reference"]
+    rows = pd.DataFrame([_describe(group) for _, group in complete.groupby("config_id", sort=False)])
+    if rows.empty:
+        return rows, notes
+    rows = rows.set_index("config", drop=False)
+    matrices, labels = {}, None
+    for config, group in complete.groupby("config_id", sort=False):
+        loaded = [correctness(run) for run in group["run"]]
+        if any(item is None for item in loaded):
+            notes.append(f"configuration {config}: a run has no {PREDICTIONS_FILE}; it is not compared")
+            continue
+        if labels is None:
+            labels = loaded[0][0]
+        if any(not np.array_equal(item[0], labels) for item in loaded):
+            notes.append(f"configuration {config}: test labels differ from the group's; it is not compared")
+            continue
+        matrices[config] = np.stack([item[1] for item in loaded])
+    best = rows["val_acc"].idxmax()
+    rows["best"] = rows.index == best
+    if best in matrices:
+        _paired(rows, matrices, matrices[best], "vs_best", skip=best)
+        rows["tied_with_best"] = rows["best"] | (rows["vs_best_p"] >= ALPHA)
+    reference = references.iloc[0] if len(references) else None
+    if reference is not None and (loaded := correctness(reference["run"])) is not None:
+        if labels is not None and np.array_equal(loaded[0], labels):
+            _paired(rows, matrices, loaded[1], "vs_reference", skip=None)
+            rows.attrs["reference"] = {"model": reference["model"], "test_acc": reference["test_acc"]}
+        else:
+            notes.append(f"reference {reference['run']}: other test labels than the runs; not compared")
+    rows["pareto"] = _pareto(rows)
+    return rows.sort_values("val_acc", ascending=False).reset_index(drop=True), notes
+
+
+def _pareto(rows: pd.DataFrame) -> pd.Series:
+    """Configurations no other beats on mean validation accuracy without more trainable parameters."""
+    marks = pd.Series(False, index=rows.index)
+    for index, row in rows.iterrows():
+        better = rows[
+            (rows["val_acc"] >= row["val_acc"])
+            & (rows["trainable"] <= row["trainable"])
+            & ((rows["val_acc"] > row["val_acc"]) | (rows["trainable"] < row["trainable"]))
+        ]
+        marks[index] = better.empty
+    return marks
+
+
+def rank(runs: pd.DataFrame) -> tuple[list[tuple[str, pd.DataFrame]], list[str]]:
+    """Per evaluation group (largest first): its configuration table."""
+    tables, notes = [], []
+    usable = runs[runs["state"].isin(["complete", "reference"]) & runs["eval_fingerprint"].notna()]
+    groups = sorted(usable.groupby("eval_fingerprint"), key=lambda item: -len(item[1]))
+    if len(groups) > 1:
+        notes.append(
+            f"{len(groups)} different evaluation sets: one table each; runs on different test reviews are never "
+            "ranked together"
+        )
+    for fingerprint, group in groups:
+        table, group_notes = rank_group(group)
+        if not table.empty:
+            tables.append((fingerprint, table))
+        notes.extend(group_notes)
+    return tables, notes
