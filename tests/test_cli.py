@@ -109,9 +109,18 @@ BAD_CSVS = {
         (["lora.rank=0"], "lora.rank: must be >= 1"),
         (["model=bert-large"], "unknown model 'bert-large'; choose from distilbert, minilm, tiny"),
         (["lora/targets=qz"], "unknown lora/targets 'qz'"),
+        (["trainer.device=tpu"], "unknown device 'tpu'"),
+        (["trainer.num_threads=-1"], "trainer.num_threads: must be >= 1 or null, got -1"),
+        (["model.head_dropout=1.5"], "model.head_dropout: must be in [0, 1), got 1.5"),
+        (["model.attention_dropout=2"], "model.attention_dropout: must be in [0, 1) or null, got 2"),
+        (["trainer.grad_clip=-1"], "trainer.grad_clip: must be > 0 or null, got -1"),
+        (["data.n_samples=10"], "data.n_samples: must be >= 20 or null, got 10"),
     ],
-    ids=["missing_file", *BAD_CSVS, "unknown_target", "rank_zero", "unknown_model", "unknown_preset"],
-)
+    ids=[
+        "missing_file", *BAD_CSVS, "unknown_target", "rank_zero", "unknown_model", "unknown_preset", "device_tpu",
+        "threads_negative", "head_dropout", "attention_dropout", "grad_clip_negative", "n_samples_10",
+    ],
+)  # fmt: skip
 def test_user_errors_are_one_line_with_nonzero_exit_and_leave_nothing(monkeypatch, capsys, tmp_path, args, expected):
     for name, (content, _) in BAD_CSVS.items():
         (tmp_path / f"{name}.csv").write_text(content)
