@@ -40,7 +40,7 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
 
     # ---- data: sample, strip HTML, stratified split, tokenize (weights resolved first: fail fast) ----
     weights = resolve_weights(cfg.model)
-    tokenizer = load_tokenizer(cfg.model, weights)
+    tokenizer = load_tokenizer(cfg.model, weights, trainer.max_length)  # refuses a max_length the model lacks
     splits, encoded = data_lib.prepare(cfg.data, tokenizer, trainer.max_length)
     log.info("data %s: %s", cfg.data.name, {name: len(rows) for name, rows in encoded.items()})
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
+from transformers import AutoConfig, AutoModel
 
 from sentiment_lora import data as data_lib
 from sentiment_lora.loop import TrainingDiverged, evaluate
@@ -92,6 +93,7 @@ def run_in_process(monkeypatch, capsys, tmp_path, args):
     return exit_info.value.code, capsys.readouterr().err
 
 
+GOOD_CSV = ["data=csv", "data.path=reviews.csv"]
 BAD_CSVS = {
     "missing_column": ("review,label\ngreat,1\n", "no column 'text'"),
     "bad_label": ("text,label\ngreat,1\nawful,3\n", "data row 2"),
@@ -115,15 +117,28 @@ BAD_CSVS = {
         (["model.attention_dropout=2"], "model.attention_dropout: must be in [0, 1) or null, got 2"),
         (["trainer.grad_clip=-1"], "trainer.grad_clip: must be > 0 or null, got -1"),
         (["data.n_samples=10"], "data.n_samples: must be >= 20 or null, got 10"),
+        (["lora.rank=33", "dry_run=true"], "lora.rank: 33 exceeds the width of encoder.encoder.layer.0.attention"),
+        ([*GOOD_CSV, "trainer.max_length=513"], "trainer.max_length: 513 exceeds the 512 positions of model 'tiny'"),
+        ([*GOOD_CSV, "trainer.max_length=2"], "trainer.max_length: 2 leaves no token of text"),
+        ([*GOOD_CSV, "model.path=weights_only"], "model.path=weights_only: no tokenizer vocabulary there (found "
+                                                 "config.json, model.safetensors)"),
+        ([*GOOD_CSV, "model.tokenizer=nowhere"], "model.tokenizer=nowhere: cannot load a tokenizer"),
     ],
     ids=[
         "missing_file", *BAD_CSVS, "unknown_target", "rank_zero", "unknown_model", "unknown_preset", "device_tpu",
         "threads_negative", "head_dropout", "attention_dropout", "grad_clip_negative", "n_samples_10",
+        "rank_above_width", "max_length_above_positions", "max_length_only_special_tokens", "weights_without_tokenizer",
+        "tokenizer_not_found",
     ],
 )  # fmt: skip
 def test_user_errors_are_one_line_with_nonzero_exit_and_leave_nothing(monkeypatch, capsys, tmp_path, args, expected):
     for name, (content, _) in BAD_CSVS.items():
         (tmp_path / f"{name}.csv").write_text(content)
+    write_reviews(tmp_path / "reviews.csv", n=40)
+    if "model.path=weights_only" in args:  # config.json + model.safetensors, no tokenizer files
+        config = AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+        AutoModel.from_config(config).save_pretrained(tmp_path / "weights_only")
+        capsys.readouterr()  # its progress bar is no part of the CLI's output
     if not any(arg.startswith("model=") for arg in args):
         args = ["model=tiny", *args]
     args = [*args, "trainer.progress=false", "trainer.epochs=1"]
