@@ -75,10 +75,12 @@ def test_train_returns_the_selected_val_accuracy_and_is_reproducible(tmp_path, r
 
 
 def test_head_target_run_saves_and_reloads(tmp_path, reviews_csv):
-    overrides = [*TINY_FAST, "data=csv", f"data.path={reviews_csv}", "lora/targets=all"]
+    overrides = [*TINY_FAST, "data=csv", f"data.path={reviews_csv}", "lora/targets=all", "data.n_samples=1000"]
     train(compose_config(overrides), tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["params"]["by_group"]["head"] == 0
+    # What was used, not what was asked: the CSV has 80 reviews.
+    assert (metrics["data"]["n_samples"], metrics["data"]["duplicates_dropped"]) == (80, 0)
     cfg = compose_config(overrides)
     model, _ = load_trained(cfg.model, tmp_path)
     assert any("head.lora_A" in name for name, _ in model.named_parameters())
@@ -99,13 +101,21 @@ BAD_CSVS = {
     "bad_label": ("text,label\ngreat,1\nawful,3\n", "data row 2"),
     "empty_text": ("text,label\ngreat,1\n,0\n", "empty text"),
     "header_only": ("text,label\n", "header only"),
-}
+    "boolean_labels": ("text,label\ngreat,True\nawful,False\n", "data row 1: label True is not one of"),
+    "six_rows": ("text,label\n" + "".join(f"review {i},{i % 2}\n" for i in range(6)), "takes 10 distinct reviews per "
+                 "class at val_fraction=0.1, test_fraction=0.1; there are 3 negative and 3 positive"),
+    "opposite_labels": ("text,label\n" + "".join(f"review {i},{i % 2}\n" for i in range(30)) + "review 3,0\n",
+                        "data rows 4 and 31 hold the same review with opposite labels (1 and 0)"),
+    "markup_only": ("text,label\n" + "".join(f"review {i},{i % 2}\n" for i in range(30)) + "<br/>,0\n",
+                    "markup_only.csv: column 'text', data row 31: no text left once HTML is stripped"),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "args,expected",
     [
         (["data=csv", "data.path=missing.csv"], "missing.csv: not found"),
+        (["data=csv", "data.path=."], "data file .: is a directory, not a CSV file"),
         *[(["data=csv", f"data.path={name}.csv"], message) for name, (_, message) in BAD_CSVS.items()],
         (["lora.targets=[q,attn]"], "unknown target 'attn'"),
         (["lora.rank=0"], "lora.rank: must be >= 1"),
@@ -125,8 +135,8 @@ BAD_CSVS = {
         ([*GOOD_CSV, "model.tokenizer=nowhere"], "model.tokenizer=nowhere: cannot load a tokenizer"),
     ],
     ids=[
-        "missing_file", *BAD_CSVS, "unknown_target", "rank_zero", "unknown_model", "unknown_preset", "device_tpu",
-        "threads_negative", "head_dropout", "attention_dropout", "grad_clip_negative", "n_samples_10",
+        "missing_file", "directory", *BAD_CSVS, "unknown_target", "rank_zero", "unknown_model", "unknown_preset",
+        "device_tpu", "threads_negative", "head_dropout", "attention_dropout", "grad_clip_negative", "n_samples_10",
         "rank_above_width", "max_length_above_positions", "max_length_only_special_tokens", "weights_without_tokenizer",
         "tokenizer_not_found",
     ],
