@@ -35,7 +35,7 @@ def run(overrides: list[str], out_dir: Path) -> dict:
         cfg = compose(config_name="config", overrides=overrides)
     validate(cfg)
     started = time.perf_counter()
-    splits = data_lib.load_splits(cfg.data)
+    splits, data_facts = data_lib.load_data(cfg.data)
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
     x_train = vectorizer.fit_transform(splits["train"]["text"])
     x_val, x_test = vectorizer.transform(splits["val"]["text"]), vectorizer.transform(splits["test"]["text"])
@@ -56,8 +56,8 @@ def run(overrides: list[str], out_dir: Path) -> dict:
         "status": "reference",
         "model": {"name": "tfidf-logreg", "source": "sklearn", "pretrained": None, "path": None, "pooling": None},
         "lora": {"rank": None, "alpha": None, "dropout": None, "targets": []},
-        "data": {"name": cfg.data.name, "source": cfg.data.source, "path": cfg.data.path,
-                 "n_samples": cfg.data.n_samples, "seed": cfg.data.seed},
+        "data": {"name": cfg.data.name, "source": cfg.data.source, "path": cfg.data.path, "seed": cfg.data.seed,
+                 **data_facts},
         "data_fingerprint": data_lib.fingerprint(splits),
         "eval_fingerprint": data_lib.fingerprint(splits, ("val", "test")),
         "split_sizes": {name: len(splits[name]) for name in data_lib.SPLITS},

@@ -7,6 +7,8 @@ split fractions) live in `validate`, which raises `UserError` with one line nami
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +28,46 @@ TARGETS = ("q", "k", "v", "output", "ffn", "head")
 OBJECTIVES = ("val_accuracy", "val_loss", "trainable_params")
 
 
-def _help(text: str, default: Any = MISSING, factory: Any = None, choices: tuple[str, ...] = ()) -> Any:
-    """A field with help text; `choices` are the allowed values, the one table validation and help read."""
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric key: bounds inclusive unless open; NaN and infinities never pass."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+AT_LEAST_ONE = Range(1)
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+PROBABILITY = Range(0, 1, high_open=True)  # a dropout of 1 zeroes everything
+SHARE = Range(0, 1, low_open=True, high_open=True)
+SEED = Range(0, 2**32 - 1)  # numpy's and scikit-learn's random_state range
+
+
+def _help(
+    text: str, default: Any = MISSING, factory: Any = None, choices: tuple[str, ...] = (), within: Range | None = None
+) -> Any:
+    """A field with help text; `choices` are the allowed values and `within` the allowed range of a number (each
+    item of a list), the one table validation and help read."""
     if choices:
         text = f"{text} One of: {', '.join(choices)}."
-    metadata = {"help": text, "choices": choices}
+    if within is not None:
+        text = f"{text} Must be {within}."
+    metadata = {"help": text, "choices": choices, "within": within}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -69,9 +106,11 @@ class ModelConfig:
         factory=dict,
     )
     attention_dropout: float | None = _help(
-        "Override the attention-probability dropout of the encoder; null keeps the model's own value.", None
+        "Override the attention-probability dropout of the encoder; null keeps the model's own value.",
+        None,
+        within=PROBABILITY,
     )
-    head_dropout: float = _help("Dropout on the pooled vector before the classifier head.", 0.1)
+    head_dropout: float = _help("Dropout on the pooled vector before the classifier head.", 0.1, within=PROBABILITY)
     layers_path: str = _help(
         "Attribute path of the encoder's list of transformer layers (BERT: encoder.layer, DistilBERT: "
         "transformer.layer); lora.top_layers and trainer.frozen_prefix count layers along it.",
@@ -81,9 +120,9 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    rank: int = _help("LoRA rank r (>= 1).", 4)
-    alpha: float = _help("LoRA alpha; the update is scaled by alpha / rank.", 16.0)
-    dropout: float = _help("Dropout on the input of each LoRA adapter.", 0.05)
+    rank: int = _help("LoRA rank r, at most the width of each adapted layer.", 4, within=AT_LEAST_ONE)
+    alpha: float = _help("LoRA alpha; the update is scaled by alpha / rank.", 16.0, within=POSITIVE)
+    dropout: float = _help("Dropout on the input of each LoRA adapter.", 0.05, within=PROBABILITY)
     targets: list[str] = _help(
         "Abstract modules that get LoRA, from {q, k, v, output, ffn, head}. Without 'head' the single-unit head "
         "is trained fully; with 'head' its weight stays frozen at its seeded init and LoRA adapts it.",
@@ -94,18 +133,21 @@ class LoraConfig:
         "Put adapters only in the last N encoder layers; null adapts every layer. The layers below stay frozen, "
         "which trainer.frozen_prefix=cache can compute once instead of every step.",
         None,
+        within=AT_LEAST_ONE,
     )
 
 
 @dataclass
 class OptimizerConfig:
     name: str = _help("The optimizer.", "adamw", choices=("adamw", "adam", "sgd"))
-    lr: float = _help("Peak learning rate.", 5e-4)
-    weight_decay: float = _help("Weight decay (decoupled for adamw, L2 for adam and sgd).", 0.01)
-    momentum: float = _help("Momentum (sgd only).", 0.9)
-    betas: list[float] = _help("Adam betas.", factory=lambda: [0.9, 0.999])
+    lr: float = _help("Peak learning rate.", 5e-4, within=POSITIVE)
+    weight_decay: float = _help("Weight decay (decoupled for adamw, L2 for adam and sgd).", 0.01, within=NON_NEGATIVE)
+    momentum: float = _help("Momentum (sgd only).", 0.9, within=PROBABILITY)
+    betas: list[float] = _help("Adam betas: two numbers.", factory=lambda: [0.9, 0.999], within=PROBABILITY)
     scheduler: str = _help("Learning-rate schedule after warmup.", "linear", choices=("linear", "cosine", "constant"))
-    warmup_ratio: float = _help("Fraction of all optimizer steps spent warming up linearly from 0.", 0.06)
+    warmup_ratio: float = _help(
+        "Fraction of all optimizer steps spent warming up linearly from 0.", 0.06, within=Range(0, 1)
+    )
 
 
 @dataclass
@@ -116,11 +158,17 @@ class DataConfig:
     text_column: str = _help("Column holding the review text.", "text")
     label_column: str = _help("Column holding the label: 0/1, or negative/positive, neg/pos (any case).", "label")
     n_samples: int | None = _help(
-        "Balanced sample size drawn deterministically (half per class); null uses every row.", None
+        "Balanced sample size drawn deterministically (half per class) from the distinct reviews; null uses every "
+        "distinct review. Every split needs a review of each class: at least 1 / (the smallest split's share) per "
+        "class, 10 per class for the default fractions.",
+        None,
+        within=AT_LEAST_ONE,
     )
-    val_fraction: float = _help("Share of the data for validation (stratified).", 0.1)
-    test_fraction: float = _help("Share of the data for test (stratified).", 0.1)
-    seed: int = _help("Seed of the sample and the split; kept apart from trainer.seed so runs share one split.", 0)
+    val_fraction: float = _help("Share of the data for validation (stratified).", 0.1, within=SHARE)
+    test_fraction: float = _help("Share of the data for test (stratified).", 0.1, within=SHARE)
+    seed: int = _help(
+        "Seed of the sample and the split; kept apart from trainer.seed so runs share one split.", 0, within=SEED
+    )
     strip_html: bool = _help("Strip HTML markup with BeautifulSoup before tokenizing.", True)
     truncation: str = _help(
         "Which tokens of a review longer than trainer.max_length are kept: the first (head), the last (tail), or "
@@ -128,7 +176,9 @@ class DataConfig:
         "head",
         choices=("head", "tail", "head_tail"),
     )
-    head_fraction: float = _help("Share of the kept tokens taken from the start under truncation=head_tail.", 0.25)
+    head_fraction: float = _help(
+        "Share of the kept tokens taken from the start under truncation=head_tail.", 0.25, within=SHARE
+    )
     cache_dir: str | None = _help(
         "Where downloaded data is cached; null = $SENTIMENT_LORA_CACHE or ~/.cache/sentiment-lora.", None
     )
@@ -136,19 +186,25 @@ class DataConfig:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = _help("Training epochs; the best epoch on validation is kept.", 3)
-    batch_size: int = _help("Training batch size.", 16)
-    eval_batch_size: int = _help("Batch size for validation and test.", 64)
-    max_length: int = _help("Tokens per review after truncation.", 256)
-    seed: int = _help("Seed of initialisation, dropout and batch order.", 42)
+    epochs: int = _help("Training epochs; the best epoch on validation is kept.", 3, within=AT_LEAST_ONE)
+    batch_size: int = _help("Training batch size.", 16, within=AT_LEAST_ONE)
+    eval_batch_size: int = _help("Batch size for validation and test.", 64, within=AT_LEAST_ONE)
+    max_length: int = _help(
+        "Tokens per review after truncation, special tokens included; at most the model's position limit.",
+        256,
+        within=AT_LEAST_ONE,
+    )
+    seed: int = _help("Seed of initialisation, dropout and batch order.", 42, within=SEED)
     device: str = _help("auto (cuda if present, else cpu), cpu, cuda or cuda:N.", "auto")
     precision: str = _help(
         "auto (bf16 autocast where the CPU or GPU supports it, else fp32), bf16 or fp32.",
         "auto",
         choices=("auto", "bf16", "fp32"),
     )
-    grad_clip: float | None = _help("Clip the gradient norm to this value; null disables clipping.", 1.0)
-    num_threads: int | None = _help("torch CPU threads; null leaves torch's default.", None)
+    grad_clip: float | None = _help(
+        "Clip the gradient norm to this value; null disables clipping.", 1.0, within=POSITIVE
+    )
+    num_threads: int | None = _help("torch CPU threads; null leaves torch's default.", None, within=AT_LEAST_ONE)
     progress: bool = _help("Show a tqdm progress bar per epoch.", True)
     length_grouping: bool = _help(
         "Training batches of similar length (transformers' LengthGroupedSampler, seeded), so less padding is "
@@ -198,6 +254,7 @@ class Config:
         "return the mean of the objectives over the seeds. In an Optuna sweep the pruner judges a trial by its first "
         "seed; the other seeds run in full once the first has. null: one run with trainer.seed.",
         None,
+        within=SEED,
     )
     trial: TrialConfig = field(default_factory=TrialConfig)
 
@@ -210,18 +267,34 @@ def _fail(key: str, problem: str) -> None:
     raise UserError(f"config {key}: {problem}")
 
 
-def _choice_fields(node: Any = Config, prefix: str = "") -> list[tuple[str, tuple[str, ...]]]:
+def _fields_with(meta: str, node: Any = Config, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, field) of every field whose metadata sets `meta`, nested configs included."""
     found = []
     for item in fields(node):
-        if item.metadata.get("choices"):
-            found.append((prefix + item.name, item.metadata["choices"]))
+        if item.metadata.get(meta):
+            found.append((prefix + item.name, item))
         elif is_dataclass(item.default_factory):
-            found.extend(_choice_fields(item.default_factory, f"{prefix}{item.name}."))
+            found.extend(_fields_with(meta, item.default_factory, f"{prefix}{item.name}."))
     return found
 
 
 # Dotted key -> allowed values, read from the dataclass fields: validation, help text and tests use this table.
-CHOICES: dict[str, tuple[str, ...]] = dict(_choice_fields())
+CHOICES: dict[str, tuple[str, ...]] = {key: item.metadata["choices"] for key, item in _fields_with("choices")}
+# Dotted key -> allowed range of every numeric key (and whether null is allowed), from the same fields.
+RANGES: dict[str, tuple[Range, bool]] = {
+    key: (item.metadata["within"], "None" in str(item.type)) for key, item in _fields_with("within")
+}
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def per_class_minimum(val_fraction: float, test_fraction: float) -> int:
+    """Reviews of each class that give every split at least one of them: 1 / the smallest split's share.
+
+    Enough for scikit-learn's stratified split at these fractions (its sizes round up, and data.split passes
+    them as whole numbers); a tighter bound would depend on its rounding and on the other class's count.
+    """
+    smallest = min(val_fraction, test_fraction, 1 - val_fraction - test_fraction)
+    return math.ceil(1 / smallest - 1e-9)  # 1 / 0.1 must stay 10 through float rounding
 
 
 def _get(cfg: Any, key: str) -> Any:
@@ -231,17 +304,27 @@ def _get(cfg: Any, key: str) -> Any:
 
 
 def validate(cfg: Any) -> None:
-    """Semantic checks a dataclass type cannot express; one line per problem, naming the key."""
+    """Semantic checks a dataclass type cannot express; one line per problem, naming the key. Checks that need the
+    model (lora.rank against layer widths, trainer.max_length against positions) run where it is built."""
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         noun = {"lora.targets": "target", "objectives": "objective"}.get(key, "value")
         for item in [value] if isinstance(value, str) else list(value):
             if item not in allowed:
                 _fail(key, f"unknown {noun} '{item}'; choose from {', '.join(allowed)}")
-    if cfg.lora.rank < 1:
-        _fail("lora.rank", f"must be >= 1, got {cfg.lora.rank}")
-    if not 0.0 <= cfg.lora.dropout < 1.0:
-        _fail("lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout}")
+    for key, (within, nullable) in RANGES.items():
+        value = _get(cfg, key)
+        if value is None:
+            continue
+        if isinstance(value, (int, float)):
+            if value not in within:
+                _fail(key, f"must be {within}{' or null' * nullable}, got {value}")
+        elif any(item not in within for item in value):
+            _fail(key, f"each must be {within}, got {list(value)}")
+    if len(cfg.optimizer.betas) != 2:
+        _fail("optimizer.betas", f"needs two numbers, got {list(cfg.optimizer.betas)}")
+    if not DEVICE.fullmatch(cfg.trainer.device):
+        _fail("trainer.device", f"unknown device '{cfg.trainer.device}'; choose from auto, cpu, cuda, cuda:N")
     if not cfg.lora.targets:
         _fail("lora.targets", "is empty; name at least one of " + ", ".join(TARGETS))
     if len(set(cfg.lora.targets)) != len(cfg.lora.targets):
@@ -251,19 +334,15 @@ def validate(cfg: Any) -> None:
             _fail("model.targets_map", f"model '{cfg.model.name}' does not map target '{target}'")
     if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)):
         _fail("seeds", f"needs distinct seeds, got {list(cfg.seeds)}")
-    if cfg.optimizer.lr <= 0:
-        _fail("optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
     if cfg.data.source == "csv" and not cfg.data.path and not cfg.dry_run:
         _fail("data.path", "is required for data=csv (data.path=/path/to/reviews.csv)")
-    fractions = cfg.data.val_fraction + cfg.data.test_fraction
-    if cfg.data.val_fraction <= 0 or cfg.data.test_fraction <= 0 or fractions >= 1:
-        _fail("data.val_fraction/test_fraction", f"need both > 0 and sum < 1, got {fractions:g}")
-    if not 0 < cfg.data.head_fraction < 1:
-        _fail("data.head_fraction", f"must be in (0, 1), got {cfg.data.head_fraction}")
-    if cfg.data.n_samples is not None and cfg.data.n_samples < 10:
-        _fail("data.n_samples", f"must be >= 10 or null, got {cfg.data.n_samples}")
-    for key in ("epochs", "batch_size", "eval_batch_size", "max_length"):
-        if getattr(cfg.trainer, key) < 1:
-            _fail(f"trainer.{key}", f"must be >= 1, got {getattr(cfg.trainer, key)}")
-    if cfg.lora.top_layers is not None and cfg.lora.top_layers < 1:
-        _fail("lora.top_layers", f"must be >= 1 or null, got {cfg.lora.top_layers}")
+    val_fraction, test_fraction = cfg.data.val_fraction, cfg.data.test_fraction
+    if val_fraction + test_fraction >= 1:
+        _fail("data.val_fraction/test_fraction", f"must sum to < 1, got {val_fraction + test_fraction:g}")
+    per_class = per_class_minimum(val_fraction, test_fraction)
+    if cfg.data.n_samples is not None and cfg.data.n_samples < 2 * per_class:
+        _fail(
+            "data.n_samples",
+            f"must be >= {2 * per_class} or null, got {cfg.data.n_samples}: with val_fraction={val_fraction:g}, "
+            f"test_fraction={test_fraction:g} every split gets a review of each class only from {per_class} per class",
+        )

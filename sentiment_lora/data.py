@@ -1,4 +1,5 @@
-"""Reviews in, tokenized batches out: CSV validation, HTML stripping, sampling, the stratified split, batches.
+"""Reviews in, tokenized batches out: CSV validation, HTML stripping, duplicates, sampling, the stratified split,
+batches.
 
 Where the IMDB file comes from is sources.py's concern."""
 
@@ -6,9 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
@@ -19,6 +22,7 @@ from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from sentiment_lora import memo
+from sentiment_lora.config import per_class_minimum
 from sentiment_lora.errors import UserError
 from sentiment_lora.sources import imdb_csv
 
@@ -39,20 +43,25 @@ def strip_html(text: str) -> str:
 
 
 def _label_value(raw: object) -> int | None:
-    if isinstance(raw, bool):
-        return int(raw)
+    # True/False is not a label: a boolean column (is_spam, has_spoilers, ...) is more likely the wrong column.
+    if isinstance(raw, (bool, np.bool_)):
+        return None
     if isinstance(raw, (int, float)):
         return int(raw) if raw in (0, 1) else None
     return LABEL_WORDS.get(str(raw).strip().lower())
 
 
 def read_labelled_csv(path: str | Path, text_column: str, label_column: str) -> pd.DataFrame:
-    """A validated frame with columns text (str) and label (0/1); every problem is one UserError line."""
+    """A validated frame with columns text (str) and label (0/1), indexed by data row - 1; every problem is one
+    UserError line."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"data file {path}: is a directory, not a CSV file")
     if not path.is_file():
         raise UserError(f"data file {path}: not found")
     try:
-        frame = pd.read_csv(path, dtype={text_column: "string"}, keep_default_na=True)
+        # No NA values: a review reading "None" or "NA" is a text like any other, an empty field an empty text.
+        frame = pd.read_csv(path, dtype={text_column: "string"}, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise UserError(f"data file {path}: is empty (no header, no rows)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
@@ -68,11 +77,11 @@ def read_labelled_csv(path: str | Path, text_column: str, label_column: str) -> 
         raise UserError(f"data file {path}: header only, no data rows")
     texts = frame[text_column]
     for index, text in texts.items():
-        if pd.isna(text) or not str(text).strip():
+        if not text.strip():
             raise UserError(f"data file {path}: column '{text_column}', data row {index + 1}: empty text")
     labels: list[int] = []
     for index, raw in frame[label_column].items():
-        value = None if pd.isna(raw) else _label_value(raw)
+        value = _label_value(raw)
         if value is None:
             raise UserError(
                 f"data file {path}: column '{label_column}', data row {index + 1}: label {raw!r} is not one of "
@@ -82,58 +91,112 @@ def read_labelled_csv(path: str | Path, text_column: str, label_column: str) -> 
     return pd.DataFrame({"text": texts.astype(str).to_numpy(), "label": labels})
 
 
-def balanced_sample(frame: pd.DataFrame, n_samples: int | None, seed: int) -> pd.DataFrame:
+def distinct_reviews(frame: pd.DataFrame, path: Path, text_column: str, html: bool) -> tuple[pd.DataFrame, int]:
+    """The reviews as the model sees them (HTML stripped when `html`), each text once, and how many were dropped.
+
+    Texts are compared with whitespace collapsed, so a review copied with other line breaks or markup is one
+    review: otherwise a copy could land in train and another in val or test. The frame keeps its index (data
+    row - 1), so messages name the row of the file.
+    """
+    if html:
+        frame = frame.assign(text=frame["text"].map(strip_html))
+        empty = frame.index[frame["text"] == ""]
+        if len(empty):
+            raise UserError(
+                f"data file {path}: column '{text_column}', data row {empty[0] + 1}: no text left once HTML is stripped"
+            )
+    key = frame["text"].str.split().str.join(" ")
+    # Refused rather than resolved: which label is right is the user's call, and dropping both copies would hide
+    # a labelling error that likely has siblings. The IMDB reviews have no such pair.
+    first_label = frame.groupby(key, sort=False)["label"].transform("first")
+    clashes = frame.index[frame["label"] != first_label]
+    if len(clashes):
+        row = clashes[0]
+        first = key.index[key == key[row]][0]
+        raise UserError(
+            f"data file {path}: data rows {first + 1} and {row + 1} hold the same review with opposite labels "
+            f"({frame['label'][first]} and {frame['label'][row]}); correct or remove one"
+        )
+    repeated = key.duplicated()
+    if repeated.any():
+        log.info("data file %s: dropped %d duplicate reviews (same text once stripped)", path, repeated.sum())
+    return frame[~repeated], int(repeated.sum())
+
+
+def _class_counts(frame: pd.DataFrame) -> str:
+    counts = frame["label"].value_counts()
+    return f"{counts.get(0, 0)} negative and {counts.get(1, 0)} positive"
+
+
+def balanced_sample(frame: pd.DataFrame, n_samples: int | None, seed: int, source: str = "data") -> pd.DataFrame:
     if n_samples is None or n_samples >= len(frame):
         return frame.reset_index(drop=True)
     per_class = n_samples // 2
     counts = frame["label"].value_counts()
-    if counts.min() < per_class or len(counts) < 2:
+    if len(counts) < 2 or counts.min() < per_class:
         raise UserError(
-            f"data.n_samples={n_samples} needs {per_class} reviews per class; classes hold {counts.to_dict()}"
+            f"{source}: data.n_samples={n_samples} needs {per_class} distinct reviews per class; there are "
+            f"{_class_counts(frame)}"
         )
     parts = [frame[frame["label"] == label].sample(n=per_class, random_state=seed) for label in (0, 1)]
     return pd.concat(parts).sample(frac=1.0, random_state=seed).reset_index(drop=True)
 
 
-def split(frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> dict[str, pd.DataFrame]:
-    """Stratified train/val/test split, deterministic in seed."""
+def split(
+    frame: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int, source: str = "data"
+) -> dict[str, pd.DataFrame]:
+    """Stratified train/val/test split, deterministic in seed, with a review of each class in every split."""
+    per_class = per_class_minimum(val_fraction, test_fraction)
     counts = frame["label"].value_counts()
-    if len(counts) < 2 or counts.min() < 3:
-        raise UserError(f"need at least 3 reviews of each label for a stratified split; have {counts.to_dict()}")
+    if len(counts) < 2 or counts.min() < per_class:
+        raise UserError(
+            f"{source}: a review of each class in every split takes {per_class} distinct reviews per class at "
+            f"val_fraction={val_fraction:g}, test_fraction={test_fraction:g}; there are {_class_counts(frame)}"
+        )
+    # Sizes as whole numbers, rounded up as scikit-learn rounds a fraction, but without its float noise
+    # (0.28 / 0.32 * 16 is 14.000000000000002, which it would round up to 15).
     held_out = val_fraction + test_fraction
-    train, rest = train_test_split(frame, test_size=held_out, stratify=frame["label"], random_state=seed)
-    val, test = train_test_split(rest, test_size=test_fraction / held_out, stratify=rest["label"], random_state=seed)
+    n_held_out = math.ceil(held_out * len(frame) - 1e-9)
+    n_test = math.ceil(test_fraction / held_out * n_held_out - 1e-9)
+    train, rest = train_test_split(frame, test_size=n_held_out, stratify=frame["label"], random_state=seed)
+    val, test = train_test_split(rest, test_size=n_test, stratify=rest["label"], random_state=seed)
     return {name: part.reset_index(drop=True) for name, part in zip(SPLITS, (train, val, test), strict=True)}
 
 
-def load_splits(data_cfg) -> dict[str, pd.DataFrame]:
-    """The configured data, HTML-stripped, sampled and split."""
+def load_data(data_cfg) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
+    """The configured data: HTML-stripped, each review once, sampled and split; and what metrics.json records of
+    it (`n_samples`: the reviews used, `duplicates_dropped`)."""
     if data_cfg.source == "imdb":
-        frame = read_labelled_csv(imdb_csv(data_cfg.cache_dir), data_cfg.text_column, data_cfg.label_column)
+        path = imdb_csv(data_cfg.cache_dir)
     else:
-        frame = read_labelled_csv(data_cfg.path, data_cfg.text_column, data_cfg.label_column)
-    frame = balanced_sample(frame, data_cfg.n_samples, data_cfg.seed)
-    if data_cfg.strip_html:
-        frame["text"] = frame["text"].map(strip_html)
-        empty = frame.index[frame["text"] == ""]
-        if len(empty):
-            raise UserError(f"data: review {empty[0] + 1} of the sample is empty once HTML is stripped")
-    return split(frame, data_cfg.val_fraction, data_cfg.test_fraction, data_cfg.seed)
+        path = Path(data_cfg.path).expanduser()
+    frame = read_labelled_csv(path, data_cfg.text_column, data_cfg.label_column)
+    frame, duplicates = distinct_reviews(frame, path, data_cfg.text_column, data_cfg.strip_html)
+    source = f"data file {path}"
+    frame = balanced_sample(frame, data_cfg.n_samples, data_cfg.seed, source)
+    splits = split(frame, data_cfg.val_fraction, data_cfg.test_fraction, data_cfg.seed, source)
+    return splits, {"n_samples": len(frame), "duplicates_dropped": duplicates}
 
 
-def prepare(data_cfg, tokenizer, max_length: int) -> tuple[dict[str, pd.DataFrame], dict[str, list[dict]]]:
-    """The splits and their tokenized rows, computed once per process for a given data config and tokenization."""
+def load_splits(data_cfg) -> dict[str, pd.DataFrame]:
+    """The configured data, HTML-stripped, each review once, sampled and split."""
+    return load_data(data_cfg)[0]
+
+
+def prepare(data_cfg, tokenizer, max_length: int) -> tuple[dict[str, pd.DataFrame], dict[str, list[dict]], dict]:
+    """The splits, their tokenized rows and load_data's facts, computed once per process for a given data config
+    and tokenization."""
     key = (OmegaConf.to_yaml(data_cfg), str(tokenizer.name_or_path), max_length)
 
     def compute():
-        splits = load_splits(data_cfg)
+        splits, facts = load_data(data_cfg)
         cut = {"truncation": data_cfg.truncation, "head_fraction": data_cfg.head_fraction}
-        return splits, {name: encode(splits[name], tokenizer, max_length, **cut) for name in SPLITS}
+        return splits, {name: encode(splits[name], tokenizer, max_length, **cut) for name in SPLITS}, facts
 
-    (splits, encoded), reused = memo.TOKENIZED_SPLITS.get(key, compute)
+    (splits, encoded, facts), reused = memo.TOKENIZED_SPLITS.get(key, compute)
     if reused:
         log.info("data: reusing this process's tokenized splits")
-    return splits, encoded
+    return splits, encoded, facts
 
 
 def fingerprint(splits: dict[str, pd.DataFrame], names: tuple[str, ...] = SPLITS) -> str:

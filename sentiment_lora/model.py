@@ -129,19 +129,27 @@ def _config_overrides(model_cfg, model_type: str) -> dict[str, float]:
     return {ATTENTION_DROPOUT_KEY[model_type]: model_cfg.attention_dropout}
 
 
-def build_encoder(model_cfg, weights: str | None) -> nn.Module:
-    """Pretrained weights when given (safetensors only, no remote code), else random init from model.arch."""
+def encoder_config(model_cfg, weights: str | None):
+    """The encoder's transformers config: loaded with the weights, else built from model.arch; overrides applied."""
     if weights is None:
         arch = dict(model_cfg.arch)
         model_type = arch.pop("model_type", None)
         if model_type is None:
             raise UserError(f"model '{model_cfg.name}': model.arch needs a model_type to build a random-init model")
         arch.update(_config_overrides(model_cfg, model_type))
-        return AutoModel.from_config(AutoConfig.for_model(model_type, **arch))
+        return AutoConfig.for_model(model_type, **arch)
     config = AutoConfig.from_pretrained(weights, trust_remote_code=False)
-    config_kwargs = _config_overrides(model_cfg, config.model_type)
+    config.update(_config_overrides(model_cfg, config.model_type))
+    return config
+
+
+def build_encoder(model_cfg, weights: str | None) -> nn.Module:
+    """Pretrained weights when given (safetensors only, no remote code), else random init from model.arch."""
+    config = encoder_config(model_cfg, weights)
+    if weights is None:
+        return AutoModel.from_config(config)
     try:
-        return AutoModel.from_pretrained(weights, use_safetensors=True, trust_remote_code=False, **config_kwargs)
+        return AutoModel.from_pretrained(weights, config=config, use_safetensors=True, trust_remote_code=False)
     except OSError as err:
         raise UserError(f"model '{model_cfg.name}': cannot load safetensors weights from {weights}: {err}") from None
 
@@ -152,8 +160,43 @@ def build_classifier(model_cfg, weights: str | None) -> SentimentClassifier:
     return SentimentClassifier(encoder, model_cfg.pooling, model_cfg.head_dropout, model_cfg.layers_path)
 
 
-def load_tokenizer(model_cfg, weights: str | None):
-    return AutoTokenizer.from_pretrained(tokenizer_source(model_cfg, weights), trust_remote_code=False)
+def load_tokenizer(model_cfg, weights: str | None, max_length: int | None = None):
+    """The tokenizer that goes with the weights; with max_length, checked to fit the encoder (check_max_length)."""
+    source = tokenizer_source(model_cfg, weights)
+    key = "model.path" if model_cfg.path else "model.tokenizer" if weights is None else f"model '{model_cfg.name}'"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{key}={source}: cannot load a tokenizer from it ({reason})") from None
+    # From a folder with config.json but no vocabulary files, transformers builds a tokenizer of special tokens
+    # alone: every review would become [CLS] [UNK] ... [SEP] and the run would train on nothing.
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        folder = Path(source)
+        found = ", ".join(sorted(p.name for p in folder.iterdir())) if folder.is_dir() else "nothing"
+        raise UserError(
+            f"{key}={source}: no tokenizer vocabulary there (found {found}); save the model's tokenizer files "
+            "beside its weights (tokenizer.json or vocab.txt, as tokenizer.save_pretrained writes them)"
+        )
+    if max_length is not None:
+        check_max_length(model_cfg, weights, tokenizer, max_length)
+    return tokenizer
+
+
+def check_max_length(model_cfg, weights: str | None, tokenizer, max_length: int) -> None:
+    """trainer.max_length against the encoder's position limit and the special tokens the tokenizer adds."""
+    positions = getattr(encoder_config(model_cfg, weights), "max_position_embeddings", None)
+    if positions is not None and max_length > positions:
+        raise UserError(
+            f"config trainer.max_length: {max_length} exceeds the {positions} positions of model "
+            f"'{model_cfg.name}'; use {positions} or less"
+        )
+    specials = tokenizer.num_special_tokens_to_add()
+    if max_length <= specials:
+        raise UserError(
+            f"config trainer.max_length: {max_length} leaves no token of text beside the tokenizer's {specials} "
+            "special tokens"
+        )
 
 
 def layer_filter(layers_path: str, n_layers: int, top_layers: int | None) -> str:
@@ -187,8 +230,11 @@ def matched_modules(model: nn.Module, pattern: str) -> list[str]:
     return [name for name, module in model.named_modules() if name and re.fullmatch(pattern, name)]
 
 
-def check_targets(model: nn.Module, targets_map: dict[str, list[str]], targets: list[str], only_layers: str) -> None:
-    """Every requested target must select at least one Linear layer, and nothing but Linear layers."""
+def check_targets(
+    model: nn.Module, targets_map: dict[str, list[str]], targets: list[str], only_layers: str, rank: int
+) -> None:
+    """Every requested target must select at least one Linear layer, nothing but Linear layers, and layers at
+    least `rank` wide."""
     modules = dict(model.named_modules())
     for target in targets:
         names = matched_modules(model, target_pattern(targets_map, [target], only_layers))
@@ -197,6 +243,17 @@ def check_targets(model: nn.Module, targets_map: dict[str, list[str]], targets: 
         wrong = [name for name in names if not isinstance(modules[name], nn.Linear)]
         if wrong:
             raise UserError(f"model.targets_map: '{target}' selects non-Linear module {wrong[0]}")
+        for name in names:
+            layer = modules[name]
+            # An update of an out x in matrix has rank at most min(out, in); a larger rank only adds parameters.
+            # The head has one output by design, so it is held to its input width: lora.rank is shared with the
+            # encoder's targets, and the documented head presets run at rank 4.
+            width = layer.in_features if target == "head" else min(layer.in_features, layer.out_features)
+            if rank > width:
+                raise UserError(
+                    f"config lora.rank: {rank} exceeds the width of {name} ({layer.in_features} -> "
+                    f"{layer.out_features}); use lora.rank={width} or less"
+                )
 
 
 def attach_lora(model: SentimentClassifier, lora_cfg, targets_map: dict[str, list[str]]) -> peft.PeftModel:
@@ -207,7 +264,7 @@ def attach_lora(model: SentimentClassifier, lora_cfg, targets_map: dict[str, lis
     """
     targets = list(lora_cfg.targets)
     only_layers = layer_filter(model.layers_path, len(model.layers()), lora_cfg.get("top_layers"))
-    check_targets(model, targets_map, targets, only_layers)
+    check_targets(model, targets_map, targets, only_layers, lora_cfg.rank)
     config = peft.LoraConfig(
         r=lora_cfg.rank,
         lora_alpha=lora_cfg.alpha,

@@ -86,10 +86,14 @@ def config_id(cfg) -> str:
 
 
 def write_record(run_dir: Path, status: str, cfg, **fields: Any) -> None:
-    """metrics.json for a run of any status: the status, the run's identifiers, then the given fields."""
+    """metrics.json for a run of any status: the status, the run's identifiers, then the given fields. A dict field
+    named like an identifier group adds to it (`data`: what was used beside what was asked)."""
     if status not in STATUSES:
         raise ValueError(f"unknown run status {status!r}")
-    write_json_atomic(Path(run_dir) / METRICS_FILE, {"status": status, **identifiers(cfg), **fields})
+    record = {"status": status, **identifiers(cfg)}
+    for key, value in fields.items():
+        record[key] = {**record[key], **value} if isinstance(record.get(key), dict) else value
+    write_json_atomic(Path(run_dir) / METRICS_FILE, record)
 
 
 def _jsonable(value: Any) -> Any:

@@ -44,8 +44,8 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
 
     # ---- data: sample, strip HTML, stratified split, tokenize (weights resolved first: fail fast) ----
     weights = resolve_weights(cfg.model)
-    tokenizer = load_tokenizer(cfg.model, weights)
-    splits, encoded = data_lib.prepare(cfg.data, tokenizer, trainer.max_length)
+    tokenizer = load_tokenizer(cfg.model, weights, trainer.max_length)  # refuses a max_length the model lacks
+    splits, encoded, data_facts = data_lib.prepare(cfg.data, tokenizer, trainer.max_length)
     log.info("data %s: %s", cfg.data.name, {name: len(rows) for name, rows in encoded.items()})
 
     # ---- model: encoder + pooling + head, LoRA through PEFT; the frozen layers below it live, eval or cached ----
@@ -71,7 +71,7 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
                  frozen=frozen.modules, on_epoch=on_epoch, checkpoint=checkpoint)  # fmt: skip
     if fitted.stopped:  # the sweep's pruner stopped this trial: record what it did; the test split stays unseen
         elapsed = time.perf_counter() - started
-        results.write_record(run_dir, "pruned", cfg, params=params, **fitted.record(), time_s=elapsed)
+        results.write_record(run_dir, "pruned", cfg, data=data_facts, params=params, **fitted.record(), time_s=elapsed)
         checkpoint.finish()
         raise on_epoch.stopped()
 
@@ -85,7 +85,7 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
         save_trained(model, run_dir, random_encoder_state)
     results.write_predictions(run_dir, test_labels, test_probs)
     results.write_record(
-        run_dir, "complete", cfg, data_fingerprint=data_lib.fingerprint(splits),
+        run_dir, "complete", cfg, data=data_facts, data_fingerprint=data_lib.fingerprint(splits),
         eval_fingerprint=data_lib.fingerprint(splits, ("val", "test")),
         split_sizes={name: len(split_rows) for name, split_rows in encoded.items()}, params=params,
         **fitted.record(), test=test, device=str(device), precision=precision_name(dtype),

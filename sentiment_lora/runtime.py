@@ -29,7 +29,11 @@ def pick_device(requested: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"config trainer.device: '{requested}' requested but no CUDA device is available")
-    return torch.device(requested)
+    device = torch.device(requested)
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.index is not None and device.index >= count:
+        raise UserError(f"config trainer.device: '{requested}' requested but CUDA has {count} devices")
+    return device
 
 
 def cpu_supports_bf16() -> bool:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
+from transformers import AutoConfig, AutoModel
 
 from sentiment_lora import data as data_lib
 from sentiment_lora.loop import TrainingDiverged, evaluate
@@ -74,10 +75,12 @@ def test_train_returns_the_selected_val_accuracy_and_is_reproducible(tmp_path, r
 
 
 def test_head_target_run_saves_and_reloads(tmp_path, reviews_csv):
-    overrides = [*TINY_FAST, "data=csv", f"data.path={reviews_csv}", "lora/targets=all"]
+    overrides = [*TINY_FAST, "data=csv", f"data.path={reviews_csv}", "lora/targets=all", "data.n_samples=1000"]
     train(compose_config(overrides), tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["params"]["by_group"]["head"] == 0
+    # What was used, not what was asked: the CSV has 80 reviews.
+    assert (metrics["data"]["n_samples"], metrics["data"]["duplicates_dropped"]) == (80, 0)
     cfg = compose_config(overrides)
     model, _ = load_trained(cfg.model, tmp_path)
     assert any("head.lora_A" in name for name, _ in model.named_parameters())
@@ -92,29 +95,60 @@ def run_in_process(monkeypatch, capsys, tmp_path, args):
     return exit_info.value.code, capsys.readouterr().err
 
 
+GOOD_CSV = ["data=csv", "data.path=reviews.csv"]
 BAD_CSVS = {
     "missing_column": ("review,label\ngreat,1\n", "no column 'text'"),
     "bad_label": ("text,label\ngreat,1\nawful,3\n", "data row 2"),
     "empty_text": ("text,label\ngreat,1\n,0\n", "empty text"),
     "header_only": ("text,label\n", "header only"),
-}
+    "boolean_labels": ("text,label\ngreat,True\nawful,False\n", "data row 1: label True is not one of"),
+    "six_rows": ("text,label\n" + "".join(f"review {i},{i % 2}\n" for i in range(6)), "takes 10 distinct reviews per "
+                 "class at val_fraction=0.1, test_fraction=0.1; there are 3 negative and 3 positive"),
+    "opposite_labels": ("text,label\n" + "".join(f"review {i},{i % 2}\n" for i in range(30)) + "review 3,0\n",
+                        "data rows 4 and 31 hold the same review with opposite labels (1 and 0)"),
+    "markup_only": ("text,label\n" + "".join(f"review {i},{i % 2}\n" for i in range(30)) + "<br/>,0\n",
+                    "markup_only.csv: column 'text', data row 31: no text left once HTML is stripped"),
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(
     "args,expected",
     [
         (["data=csv", "data.path=missing.csv"], "missing.csv: not found"),
+        (["data=csv", "data.path=."], "data file .: is a directory, not a CSV file"),
         *[(["data=csv", f"data.path={name}.csv"], message) for name, (_, message) in BAD_CSVS.items()],
         (["lora.targets=[q,attn]"], "unknown target 'attn'"),
         (["lora.rank=0"], "lora.rank: must be >= 1"),
         (["model=bert-large"], "unknown model 'bert-large'; choose from distilbert, minilm, tiny"),
         (["lora/targets=qz"], "unknown lora/targets 'qz'"),
+        (["trainer.device=tpu"], "unknown device 'tpu'"),
+        (["trainer.num_threads=-1"], "trainer.num_threads: must be >= 1 or null, got -1"),
+        (["model.head_dropout=1.5"], "model.head_dropout: must be in [0, 1), got 1.5"),
+        (["model.attention_dropout=2"], "model.attention_dropout: must be in [0, 1) or null, got 2"),
+        (["trainer.grad_clip=-1"], "trainer.grad_clip: must be > 0 or null, got -1"),
+        (["data.n_samples=10"], "data.n_samples: must be >= 20 or null, got 10"),
+        (["lora.rank=33", "dry_run=true"], "lora.rank: 33 exceeds the width of encoder.encoder.layer.0.attention"),
+        ([*GOOD_CSV, "trainer.max_length=513"], "trainer.max_length: 513 exceeds the 512 positions of model 'tiny'"),
+        ([*GOOD_CSV, "trainer.max_length=2"], "trainer.max_length: 2 leaves no token of text"),
+        ([*GOOD_CSV, "model.path=weights_only"], "model.path=weights_only: no tokenizer vocabulary there (found "
+                                                 "config.json, model.safetensors)"),
+        ([*GOOD_CSV, "model.tokenizer=nowhere"], "model.tokenizer=nowhere: cannot load a tokenizer"),
     ],
-    ids=["missing_file", *BAD_CSVS, "unknown_target", "rank_zero", "unknown_model", "unknown_preset"],
-)
+    ids=[
+        "missing_file", "directory", *BAD_CSVS, "unknown_target", "rank_zero", "unknown_model", "unknown_preset",
+        "device_tpu", "threads_negative", "head_dropout", "attention_dropout", "grad_clip_negative", "n_samples_10",
+        "rank_above_width", "max_length_above_positions", "max_length_only_special_tokens", "weights_without_tokenizer",
+        "tokenizer_not_found",
+    ],
+)  # fmt: skip
 def test_user_errors_are_one_line_with_nonzero_exit_and_leave_nothing(monkeypatch, capsys, tmp_path, args, expected):
     for name, (content, _) in BAD_CSVS.items():
         (tmp_path / f"{name}.csv").write_text(content)
+    write_reviews(tmp_path / "reviews.csv", n=40)
+    if "model.path=weights_only" in args:  # config.json + model.safetensors, no tokenizer files
+        config = AutoConfig.for_model("bert", hidden_size=32, num_hidden_layers=1, num_attention_heads=2)
+        AutoModel.from_config(config).save_pretrained(tmp_path / "weights_only")
+        capsys.readouterr()  # its progress bar is no part of the CLI's output
     if not any(arg.startswith("model=") for arg in args):
         args = ["model=tiny", *args]
     args = [*args, "trainer.progress=false", "trainer.epochs=1"]

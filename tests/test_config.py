@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields, is_dataclass
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from sentiment_lora.config import TARGETS, validate
+from sentiment_lora.config import RANGES, TARGETS, Config, validate
 from sentiment_lora.errors import UserError
 
 from .conftest import CONF, compose_config
@@ -80,6 +82,29 @@ def test_wrong_type_is_rejected_by_the_schema():
         ("trainer.precision=fp8", "trainer.precision"),
         ("trainer.epochs=0", "trainer.epochs"),
         ("data.val_fraction=0.95", "data.val_fraction"),
+        # Every numeric key has a range (see test_every_numeric_key_has_a_range).
+        ("trainer.grad_clip=-1", "trainer.grad_clip: must be > 0 or null, got -1"),
+        ("trainer.grad_clip=0", "trainer.grad_clip: must be > 0 or null"),
+        ("lora.alpha=-1", "lora.alpha: must be > 0, got -1"),
+        ("lora.top_layers=0", "lora.top_layers: must be >= 1 or null"),
+        ("optimizer.warmup_ratio=2", "optimizer.warmup_ratio: must be in [0, 1], got 2"),
+        ("optimizer.weight_decay=-0.1", "optimizer.weight_decay: must be >= 0"),
+        ("optimizer.momentum=1.5", "optimizer.momentum: must be in [0, 1)"),
+        ("optimizer.betas=[0.9,1.0]", "optimizer.betas: each must be in [0, 1), got [0.9, 1.0]"),
+        ("optimizer.betas=[0.9]", "optimizer.betas: needs two numbers"),
+        ("optimizer.lr=inf", "optimizer.lr: must be > 0, got inf"),
+        ("optimizer.lr=nan", "optimizer.lr: must be > 0, got nan"),
+        ("model.head_dropout=1.5", "model.head_dropout: must be in [0, 1), got 1.5"),
+        ("model.attention_dropout=2", "model.attention_dropout: must be in [0, 1) or null, got 2"),
+        ("trainer.num_threads=-1", "trainer.num_threads: must be >= 1 or null, got -1"),
+        ("trainer.device=tpu", "trainer.device: unknown device 'tpu'; choose from auto, cpu, cuda, cuda:N"),
+        ("trainer.batch_size=0", "trainer.batch_size: must be >= 1"),
+        ("trainer.eval_batch_size=0", "trainer.eval_batch_size: must be >= 1"),
+        ("trainer.max_length=0", "trainer.max_length: must be >= 1"),
+        ("trainer.seed=-1", "trainer.seed: must be in [0, 4294967295]"),
+        ("data.seed=-1", "data.seed: must be in [0, 4294967295], got -1"),
+        ("data.test_fraction=0", "data.test_fraction: must be in (0, 1)"),
+        ("data.n_samples=10", "data.n_samples: must be >= 20 or null, got 10"),
     ],
 )
 def test_semantic_errors_name_the_key(override, key):
@@ -88,6 +113,32 @@ def test_semantic_errors_name_the_key(override, key):
         validate(cfg)
     message = str(err.value)
     assert key in message and "\n" not in message
+
+
+def test_every_numeric_key_has_a_range():
+    def numeric_keys(node, prefix=""):
+        for item in fields(node):
+            if is_dataclass(item.default_factory):
+                yield from numeric_keys(item.default_factory, f"{prefix}{item.name}.")
+            elif any(name in str(item.type) for name in ("int", "float")):
+                yield prefix + item.name
+
+    # trial.id and trial.number are set by the sweeper, not by a user.
+    assert set(numeric_keys(Config)) - {"trial.id", "trial.number"} == set(RANGES)
+
+
+@pytest.mark.parametrize(
+    "fractions,per_class",
+    [((0.1, 0.1), 10), ((0.2, 0.1), 10), ((0.3, 0.3), 4), ((0.05, 0.05), 20), ((0.45, 0.45), 10), ((0.4, 0.4), 5)],
+)
+def test_n_samples_minimum_follows_the_fractions(fractions, per_class):
+    val, test = fractions
+    split = [f"data.val_fraction={val}", f"data.test_fraction={test}"]
+    validate(compose_config([*split, f"data.n_samples={2 * per_class}"]))
+    with pytest.raises(
+        UserError, match=f"must be >= {2 * per_class} or null, got {2 * per_class - 1}.*{per_class} per"
+    ):
+        validate(compose_config([*split, f"data.n_samples={2 * per_class - 1}"]))
 
 
 def test_csv_data_needs_a_path():
@@ -126,3 +177,15 @@ def test_pruner_group(pruner):
 def test_launchers_compose(launcher):
     cfg = compose_with_hydra(["hparams_search=lora_optuna", f"hydra/launcher={launcher}"])
     assert cfg.hydra.launcher._target_.startswith("hydra_plugins.")
+
+
+def test_a_cuda_device_beyond_the_count_is_one_line(monkeypatch):
+    import torch
+
+    from sentiment_lora.runtime import pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(UserError, match="trainer.device: 'cuda:1' requested but CUDA has 1 devices"):
+        pick_device("cuda:1")

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from sentiment_lora.data import balanced_sample, encode, fingerprint, read_labelled_csv, split, strip_html, truncate
+from sentiment_lora.config import DataConfig
+from sentiment_lora.data import (
+    balanced_sample,
+    encode,
+    fingerprint,
+    load_data,
+    read_labelled_csv,
+    split,
+    strip_html,
+    truncate,
+)
 from sentiment_lora.errors import UserError
 
 from .conftest import write_reviews
@@ -43,6 +53,7 @@ def write(tmp_path, text: str, name: str = "bad.csv"):
         ("text,label\ngood,1\n,0\n", ["column 'text'", "data row 2", "empty text"]),
         ("text,label\ngood,1\n   ,0\n", ["data row 2", "empty text"]),
         ("text,label\ngood,\n", ["data row 1"]),
+        ("text,label\ngood,True\nbad,False\n", ["column 'label'", "data row 1", "label True is not one of"]),
     ],
 )
 def test_bad_csv_is_one_line_naming_the_problem(tmp_path, content, fragments):
@@ -58,6 +69,92 @@ def test_bad_csv_is_one_line_naming_the_problem(tmp_path, content, fragments):
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="not found"):
         read_labelled_csv(tmp_path / "nope.csv", "text", "label")
+
+
+def test_a_directory_is_not_reported_missing(tmp_path):
+    with pytest.raises(UserError, match=f"data file {tmp_path}: is a directory, not a CSV file"):
+        read_labelled_csv(tmp_path, "text", "label")
+
+
+def test_texts_that_read_like_missing_values_are_texts(tmp_path):
+    path = write(tmp_path, "text,label\nNone,1\nNA,0\nnull,1\nn/a,0\n")
+    assert list(read_labelled_csv(path, "text", "label")["text"]) == ["None", "NA", "null", "n/a"]
+
+
+def csv_config(path, **overrides) -> DataConfig:
+    return DataConfig(name="csv", source="csv", path=str(path), **overrides)
+
+
+def test_duplicates_are_dropped_before_sampling_and_splitting(tmp_path):
+    lines = write_reviews(tmp_path / "once.csv", n=40).read_text().splitlines()
+    twice = write(tmp_path, "\n".join([*lines, *lines[1:]]) + "\n", "twice.csv")
+    splits, facts = load_data(csv_config(twice))
+    assert facts == {"n_samples": 40, "duplicates_dropped": 40}
+    texts = [set(splits[name]["text"]) for name in ("train", "val", "test")]
+    assert sum(len(part) for part in texts) == 40
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
+    assert fingerprint(splits) == fingerprint(load_data(csv_config(tmp_path / "once.csv"))[0])
+    # n_samples counts distinct reviews.
+    assert load_data(csv_config(twice, n_samples=30))[1] == {"n_samples": 30, "duplicates_dropped": 40}
+
+
+def test_reviews_that_differ_only_in_markup_or_spacing_are_one_review(tmp_path):
+    rows = "".join(f"review number {i},{i % 2}\n" for i in range(20))
+    path = write(tmp_path, f'text,label\n<p>great  film</p>,1\n{rows}great film,1\n"great\nfilm ",1\n')
+    assert load_data(csv_config(path))[1] == {"n_samples": 21, "duplicates_dropped": 2}
+    assert load_data(csv_config(path, strip_html=False))[1]["duplicates_dropped"] == 1  # markup counts then
+
+
+def test_one_review_with_opposite_labels_names_both_data_rows(tmp_path):
+    rows = "".join(f"review number {i},{i % 2}\n" for i in range(20))
+    path = write(tmp_path, f"text,label\n{rows}Great film!,positive\n<b>Great</b> film!,neg\n")
+    with pytest.raises(UserError) as err:
+        load_data(csv_config(path))
+    assert str(err.value) == (
+        f"data file {path}: data rows 21 and 22 hold the same review with opposite labels (1 and 0); "
+        "correct or remove one"
+    )
+
+
+@pytest.mark.parametrize("n_samples", [None, 20])
+def test_a_review_of_markup_alone_names_the_file_and_its_data_row(tmp_path, n_samples):
+    rows = "".join(f"review number {i},{i % 2}\n" for i in range(40))
+    path = write(tmp_path, f"text,label\n{rows}<br /><br />,1\n")
+    with pytest.raises(UserError) as err:
+        load_data(csv_config(path, n_samples=n_samples))
+    assert str(err.value) == f"data file {path}: column 'text', data row 41: no text left once HTML is stripped"
+
+
+def test_n_samples_above_the_data_records_what_was_used(tmp_path):
+    path = write_reviews(tmp_path / "r.csv", n=40)
+    assert load_data(csv_config(path, n_samples=1000))[1] == {"n_samples": 40, "duplicates_dropped": 0}
+    assert load_data(csv_config(path, n_samples=21))[1]["n_samples"] == 20  # half per class
+
+
+@pytest.mark.parametrize("rows", [6, 8, 10, 12, 19])
+def test_too_few_reviews_per_class_for_the_split_is_one_exact_line(tmp_path, rows):
+    path = write_reviews(tmp_path / "small.csv", n=rows)
+    with pytest.raises(UserError) as err:
+        load_data(csv_config(path))
+    negative, positive = (rows + 1) // 2, rows // 2
+    assert str(err.value) == (
+        f"data file {path}: a review of each class in every split takes 10 distinct reviews per class at "
+        f"val_fraction=0.1, test_fraction=0.1; there are {negative} negative and {positive} positive"
+    )
+
+
+@pytest.mark.parametrize(
+    "val,test,per_class,more",
+    [(0.1, 0.1, 10, 0), (0.1, 0.1, 10, 37), (0.3, 0.3, 4, 0), (0.04, 0.28, 25, 0), (0.45, 0.45, 10, 3)],
+)
+def test_the_minimum_per_class_gives_every_split_both_classes(val, test, per_class, more):
+    frame = pd.DataFrame({"text": [f"r{i}" for i in range(2 * per_class + more)]})
+    frame["label"] = [int(i < per_class) for i in range(len(frame))]
+    for seed in range(5):
+        for part in split(frame, val, test, seed=seed).values():
+            assert set(part["label"]) == {0, 1}
+    with pytest.raises(UserError, match=f"takes {per_class} distinct reviews per class"):
+        split(frame.iloc[1:], val, test, seed=0)
 
 
 def test_label_spellings_and_custom_columns(tmp_path):
@@ -104,10 +201,11 @@ def test_truncation_keeps_the_configured_tokens(truncation, expected):
 
 
 def test_encode_wraps_truncated_tokens_in_the_models_special_tokens():
-    from sentiment_lora.model import load_tokenizer
+    from transformers import AutoTokenizer
+
     from sentiment_lora.sources import package_model_path
 
-    tokenizer = load_tokenizer(None, package_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(package_model_path())
     frame = pd.DataFrame({"text": ["first words " + "middle " * 50 + "last verdict great"], "label": [1]})
     rows = {cut: encode(frame, tokenizer, 12, truncation=cut)[0]["input_ids"] for cut in ("head", "tail", "head_tail")}
     words = {cut: tokenizer.convert_ids_to_tokens(ids) for cut, ids in rows.items()}

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from sentiment_lora.errors import UserError
 from sentiment_lora.model import (
     SentimentClassifier,
     attach_lora,
@@ -111,3 +112,15 @@ def test_head_trained_fully_unless_lora_adapts_it():
     )
     assert all("lora_" in n for n, p in model.named_parameters() if p.requires_grad)
     assert count_params(model)["by_group"]["head"] == 0
+
+
+@pytest.mark.parametrize("targets,rank,widest", [("all", 32, None), ("all", 33, "32 -> 32"), ("ffn", 33, "32 -> 64")])
+def test_rank_is_at_most_the_width_of_each_adapted_layer(targets, rank, widest):
+    # tiny: hidden 32, FFN 64; the head (32 -> 1) is held to its input width.
+    cfg = compose_config(["model=tiny", f"lora/targets={targets}", f"lora.rank={rank}"])
+    classifier = SentimentClassifier(build_encoder(cfg.model, None), "mean", 0.0)
+    if widest is None:
+        attach_lora(classifier, cfg.lora, cfg.model.targets_map)
+        return
+    with pytest.raises(UserError, match=rf"lora.rank: {rank} exceeds the width of .*\({widest}\); use lora.rank=32"):
+        attach_lora(classifier, cfg.lora, cfg.model.targets_map)

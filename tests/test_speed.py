@@ -127,8 +127,8 @@ def test_length_grouping_is_a_config_choice_that_still_learns(tmp_path):
 def test_runs_in_one_process_read_and_tokenize_the_data_once(tmp_path, monkeypatch):
     reviews = write_reviews(tmp_path / "reviews.csv", n=60)
     loads = []
-    real_load = data_lib.load_splits
-    monkeypatch.setattr(data_lib, "load_splits", lambda cfg: loads.append(1) or real_load(cfg))
+    real_load = data_lib.load_data
+    monkeypatch.setattr(data_lib, "load_data", lambda cfg: loads.append(1) or real_load(cfg))
     overrides = [*TINY_FAST, "trainer.epochs=1", "data=csv", f"data.path={reviews}", "save_adapter=false"]
     first = run(tmp_path, "a", overrides)
     second = run(tmp_path, "b", [*overrides, "lora.rank=2"])
