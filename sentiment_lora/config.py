@@ -164,6 +164,27 @@ class DataConfig:
         None,
         within=AT_LEAST_ONE,
     )
+    n_train: int | None = _help(
+        "With data.n_val/n_test: the training sample, balanced, drawn after the evaluation sets; null: every "
+        "review they leave.",
+        None,
+        within=Range(2),
+    )
+    n_val: int | None = _help(
+        "Validation reviews drawn (balanced) from the pool after the test set; with data.n_test it replaces the "
+        "fractions, so the evaluation sets do not depend on the training sample.",
+        None,
+        within=Range(2),
+    )
+    n_test: int | None = _help(
+        "Test reviews drawn (balanced) first from the whole pool; set together with data.n_val.", None, within=Range(2)
+    )
+    split_column: str | None = _help(
+        "A column naming each row's split (train; val, validation or dev; test): the file's own split is used.", None
+    )
+    train_path: str | None = _help("Given splits as three files: the training CSV (with val_path, test_path).", None)
+    val_path: str | None = _help("Given splits: the validation CSV.", None)
+    test_path: str | None = _help("Given splits: the test CSV.", None)
     val_fraction: float = _help("Share of the data for validation (stratified).", 0.1, within=SHARE)
     test_fraction: float = _help("Share of the data for test (stratified).", 0.1, within=SHARE)
     seed: int = _help(
@@ -303,6 +324,23 @@ def _get(cfg: Any, key: str) -> Any:
     return cfg
 
 
+def _validate_data_layout(data: Any, dry_run: bool) -> None:
+    """One way to split at a time, with what it needs."""
+    given_files = [data.train_path, data.val_path, data.test_path]
+    if any(given_files) and not all(given_files):
+        _fail("data.train_path/val_path/test_path", "give all three files, or none")
+    if all(given_files) and (data.split_column or data.n_test is not None):
+        _fail("data.train_path", "given split files exclude data.split_column and data.n_val/n_test")
+    if (data.n_val is None) != (data.n_test is None):
+        _fail("data.n_val/n_test", "set both to draw evaluation sets from the pool, or neither")
+    if data.n_test is not None and data.n_samples is not None:
+        _fail("data.n_samples", "is not used when data.n_val/n_test draw the evaluation sets: set data.n_train")
+    if data.n_test is not None and data.split_column:
+        _fail("data.split_column", "excludes data.n_val/n_test: the file's own split is used")
+    if data.source == "csv" and not data.path and not all(given_files) and not dry_run:
+        _fail("data.path", "is required for data=csv (data.path=/path/to/reviews.csv)")
+
+
 def validate(cfg: Any) -> None:
     """Semantic checks a dataclass type cannot express; one line per problem, naming the key. Checks that need the
     model (lora.rank against layer widths, trainer.max_length against positions) run where it is built."""
@@ -334,8 +372,7 @@ def validate(cfg: Any) -> None:
             _fail("model.targets_map", f"model '{cfg.model.name}' does not map target '{target}'")
     if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)):
         _fail("seeds", f"needs distinct seeds, got {list(cfg.seeds)}")
-    if cfg.data.source == "csv" and not cfg.data.path and not cfg.dry_run:
-        _fail("data.path", "is required for data=csv (data.path=/path/to/reviews.csv)")
+    _validate_data_layout(cfg.data, cfg.dry_run)
     val_fraction, test_fraction = cfg.data.val_fraction, cfg.data.test_fraction
     if val_fraction + test_fraction >= 1:
         _fail("data.val_fraction/test_fraction", f"must sum to < 1, got {val_fraction + test_fraction:g}")

@@ -25,6 +25,7 @@ from sentiment_lora import memo
 from sentiment_lora.config import per_class_minimum
 from sentiment_lora.errors import UserError
 from sentiment_lora.sources import imdb_csv
+from sentiment_lora.splits import column_splits, disjoint, pool_splits
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,11 @@ def _label_value(raw: object) -> int | None:
     return LABEL_WORDS.get(str(raw).strip().lower())
 
 
-def read_labelled_csv(path: str | Path, text_column: str, label_column: str) -> pd.DataFrame:
-    """A validated frame with columns text (str) and label (0/1), indexed by data row - 1; every problem is one
-    UserError line."""
+def read_labelled_csv(
+    path: str | Path, text_column: str, label_column: str, split_column: str | None = None
+) -> pd.DataFrame:
+    """A validated frame with columns text (str) and label (0/1), plus `split` when a split column is named,
+    indexed by data row - 1; every problem is one UserError line."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"data file {path}: is a directory, not a CSV file")
@@ -67,11 +70,12 @@ def read_labelled_csv(path: str | Path, text_column: str, label_column: str) -> 
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"data file {path}: cannot be parsed as CSV ({first_line})") from None
-    for column in (text_column, label_column):
-        if column not in frame.columns:
+    for column in (text_column, label_column, split_column):
+        if column is not None and column not in frame.columns:
             found = ", ".join(map(str, frame.columns))
             raise UserError(
-                f"data file {path}: no column '{column}' (columns: {found}); set data.text_column/label_column"
+                f"data file {path}: no column '{column}' (columns: {found}); "
+                + ("set data.split_column" if column == split_column else "set data.text_column/label_column")
             )
     if frame.empty:
         raise UserError(f"data file {path}: header only, no data rows")
@@ -88,7 +92,10 @@ def read_labelled_csv(path: str | Path, text_column: str, label_column: str) -> 
                 "0/1, negative/positive, neg/pos"
             )
         labels.append(value)
-    return pd.DataFrame({"text": texts.astype(str).to_numpy(), "label": labels})
+    result = pd.DataFrame({"text": texts.astype(str).to_numpy(), "label": labels})
+    if split_column is not None:
+        result["split"] = frame[split_column].astype(str).to_numpy()
+    return result
 
 
 def distinct_reviews(frame: pd.DataFrame, path: Path, text_column: str, html: bool) -> tuple[pd.DataFrame, int]:
@@ -164,18 +171,39 @@ def split(
 
 
 def load_data(data_cfg) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
-    """The configured data: HTML-stripped, each review once, sampled and split; and what metrics.json records of
-    it (`n_samples`: the reviews used, `duplicates_dropped`)."""
-    if data_cfg.source == "imdb":
-        path = imdb_csv(data_cfg.cache_dir)
-    else:
-        path = Path(data_cfg.path).expanduser()
-    frame = read_labelled_csv(path, data_cfg.text_column, data_cfg.label_column)
+    """The configured data: HTML-stripped, each review once, split (see splits.py for the three ways); and what
+    metrics.json records of it (`n_samples`: the reviews used, `duplicates_dropped`, `train_dropped_as_in_eval`)."""
+    columns = (data_cfg.text_column, data_cfg.label_column)
+    if data_cfg.train_path:  # given splits, one file each
+        paths = {name: Path(getattr(data_cfg, f"{name}_path")).expanduser() for name in SPLITS}
+        frames = {name: read_labelled_csv(path, *columns) for name, path in paths.items()}
+        return _given(frames, paths, data_cfg)
+    path = imdb_csv(data_cfg.cache_dir) if data_cfg.source == "imdb" else Path(data_cfg.path).expanduser()
+    frame = read_labelled_csv(path, *columns, split_column=data_cfg.split_column)
+    if data_cfg.split_column:  # given splits, one column
+        parts = column_splits(frame, frame.pop("split"), f"data file {path}, column '{data_cfg.split_column}'")
+        return _given(parts, dict.fromkeys(SPLITS, path), data_cfg)
     frame, duplicates = distinct_reviews(frame, path, data_cfg.text_column, data_cfg.strip_html)
     source = f"data file {path}"
-    frame = balanced_sample(frame, data_cfg.n_samples, data_cfg.seed, source)
-    splits = split(frame, data_cfg.val_fraction, data_cfg.test_fraction, data_cfg.seed, source)
-    return splits, {"n_samples": len(frame), "duplicates_dropped": duplicates}
+    if data_cfg.n_test is not None:  # evaluation sets drawn from the pool, then the training sample
+        splits = pool_splits(frame, data_cfg.n_train, data_cfg.n_val, data_cfg.n_test, data_cfg.seed)
+    else:
+        frame = balanced_sample(frame, data_cfg.n_samples, data_cfg.seed, source)
+        splits = split(frame, data_cfg.val_fraction, data_cfg.test_fraction, data_cfg.seed, source)
+    used = sum(len(part) for part in splits.values())
+    return splits, {"n_samples": used, "duplicates_dropped": duplicates, "train_dropped_as_in_eval": 0}
+
+
+def _given(frames: dict[str, pd.DataFrame], paths: dict[str, Path], data_cfg) -> tuple[dict, dict[str, int]]:
+    """Given splits: each review once within its split, then no text in two splits (splits.disjoint)."""
+    duplicates = 0
+    for name in SPLITS:
+        frames[name], dropped = distinct_reviews(frames[name], paths[name], data_cfg.text_column, data_cfg.strip_html)
+        duplicates += dropped
+    where = ", ".join(sorted({str(path) for path in paths.values()}))
+    splits, leaked = disjoint({name: frame.reset_index(drop=True) for name, frame in frames.items()}, where)
+    used = sum(len(part) for part in splits.values())
+    return splits, {"n_samples": used, "duplicates_dropped": duplicates, "train_dropped_as_in_eval": leaked}
 
 
 def load_splits(data_cfg) -> dict[str, pd.DataFrame]:

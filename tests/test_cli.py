@@ -126,7 +126,7 @@ BAD_CSVS = {
         (["model.head_dropout=1.5"], "model.head_dropout: must be in [0, 1), got 1.5"),
         (["model.attention_dropout=2"], "model.attention_dropout: must be in [0, 1) or null, got 2"),
         (["trainer.grad_clip=-1"], "trainer.grad_clip: must be > 0 or null, got -1"),
-        (["data.n_samples=10"], "data.n_samples: must be >= 20 or null, got 10"),
+        ([*GOOD_CSV, "data.n_samples=10"], "data.n_samples: must be >= 20 or null, got 10"),
         (["lora.rank=33", "dry_run=true"], "lora.rank: 33 exceeds the width of encoder.encoder.layer.0.attention"),
         ([*GOOD_CSV, "trainer.max_length=513"], "trainer.max_length: 513 exceeds the 512 positions of model 'tiny'"),
         ([*GOOD_CSV, "trainer.max_length=2"], "trainer.max_length: 2 leaves no token of text"),

@@ -47,7 +47,7 @@ def test_defaults_are_the_seed_lora_setting_on_the_offline_default():
     cfg = compose_config([])
     assert (cfg.model.name, cfg.data.name, cfg.optimizer.name) == ("minilm", "imdb", "adamw")
     assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.targets)) == (4, 16, 0.05, ["q", "v"])
-    assert (cfg.data.n_samples, cfg.data.val_fraction, cfg.data.test_fraction) == (2000, 0.1, 0.1)
+    assert (cfg.data.n_train, cfg.data.n_val, cfg.data.n_test, cfg.data.n_samples) == (1600, 1000, 4000, None)
 
 
 def test_target_preset_and_list_override():
@@ -104,11 +104,11 @@ def test_wrong_type_is_rejected_by_the_schema():
         ("trainer.seed=-1", "trainer.seed: must be in [0, 4294967295]"),
         ("data.seed=-1", "data.seed: must be in [0, 4294967295], got -1"),
         ("data.test_fraction=0", "data.test_fraction: must be in (0, 1)"),
-        ("data.n_samples=10", "data.n_samples: must be >= 20 or null, got 10"),
+        ("data=csv data.path=x.csv data.n_samples=10", "data.n_samples: must be >= 20 or null, got 10"),
     ],
 )
 def test_semantic_errors_name_the_key(override, key):
-    cfg = compose_config([override])
+    cfg = compose_config(override.split())
     with pytest.raises(UserError) as err:
         validate(cfg)
     message = str(err.value)
@@ -133,7 +133,7 @@ def test_every_numeric_key_has_a_range():
 )
 def test_n_samples_minimum_follows_the_fractions(fractions, per_class):
     val, test = fractions
-    split = [f"data.val_fraction={val}", f"data.test_fraction={test}"]
+    split = ["data=csv", "data.path=x.csv", f"data.val_fraction={val}", f"data.test_fraction={test}"]
     validate(compose_config([*split, f"data.n_samples={2 * per_class}"]))
     with pytest.raises(
         UserError, match=f"must be >= {2 * per_class} or null, got {2 * per_class - 1}.*{per_class} per"

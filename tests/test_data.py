@@ -89,19 +89,23 @@ def test_duplicates_are_dropped_before_sampling_and_splitting(tmp_path):
     lines = write_reviews(tmp_path / "once.csv", n=40).read_text().splitlines()
     twice = write(tmp_path, "\n".join([*lines, *lines[1:]]) + "\n", "twice.csv")
     splits, facts = load_data(csv_config(twice))
-    assert facts == {"n_samples": 40, "duplicates_dropped": 40}
+    assert facts == {"n_samples": 40, "duplicates_dropped": 40, "train_dropped_as_in_eval": 0}
     texts = [set(splits[name]["text"]) for name in ("train", "val", "test")]
     assert sum(len(part) for part in texts) == 40
     assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
     assert fingerprint(splits) == fingerprint(load_data(csv_config(tmp_path / "once.csv"))[0])
     # n_samples counts distinct reviews.
-    assert load_data(csv_config(twice, n_samples=30))[1] == {"n_samples": 30, "duplicates_dropped": 40}
+    assert load_data(csv_config(twice, n_samples=30))[1] == {
+        "n_samples": 30,
+        "duplicates_dropped": 40,
+        "train_dropped_as_in_eval": 0,
+    }
 
 
 def test_reviews_that_differ_only_in_markup_or_spacing_are_one_review(tmp_path):
     rows = "".join(f"review number {i},{i % 2}\n" for i in range(20))
     path = write(tmp_path, f'text,label\n<p>great  film</p>,1\n{rows}great film,1\n"great\nfilm ",1\n')
-    assert load_data(csv_config(path))[1] == {"n_samples": 21, "duplicates_dropped": 2}
+    assert load_data(csv_config(path))[1] == {"n_samples": 21, "duplicates_dropped": 2, "train_dropped_as_in_eval": 0}
     assert load_data(csv_config(path, strip_html=False))[1]["duplicates_dropped"] == 1  # markup counts then
 
 
@@ -127,7 +131,11 @@ def test_a_review_of_markup_alone_names_the_file_and_its_data_row(tmp_path, n_sa
 
 def test_n_samples_above_the_data_records_what_was_used(tmp_path):
     path = write_reviews(tmp_path / "r.csv", n=40)
-    assert load_data(csv_config(path, n_samples=1000))[1] == {"n_samples": 40, "duplicates_dropped": 0}
+    assert load_data(csv_config(path, n_samples=1000))[1] == {
+        "n_samples": 40,
+        "duplicates_dropped": 0,
+        "train_dropped_as_in_eval": 0,
+    }
     assert load_data(csv_config(path, n_samples=21))[1]["n_samples"] == 20  # half per class
 
 
@@ -214,3 +222,62 @@ def test_encode_wraps_truncated_tokens_in_the_models_special_tokens():
     assert words["head"][1:3] == ["first", "words"] and words["tail"][-4:-1] == ["last", "verdict", "great"]
     assert words["head_tail"][1:3] == ["first", "words"] and words["head_tail"][-4:-1] == ["last", "verdict", "great"]
     assert encode(frame, tokenizer, 12)[0]["input_ids"] == rows["head"]
+
+
+def test_evaluation_sets_from_the_pool_stay_the_same_when_the_training_sample_grows(tmp_path):
+    path = write_reviews(tmp_path / "pool.csv", n=200)
+    small = load_data(csv_config(path, n_train=20, n_val=30, n_test=40))
+    large = load_data(csv_config(path, n_train=100, n_val=30, n_test=40))
+    assert [len(small[0][name]) for name in ("train", "val", "test")] == [20, 30, 40]
+    assert fingerprint(small[0], ("val", "test")) == fingerprint(large[0], ("val", "test"))
+    assert fingerprint(small[0]) != fingerprint(large[0])
+    texts = {name: set(small[0][name]["text"]) for name in ("train", "val", "test")}
+    assert not (texts["train"] & texts["test"]) and not (texts["train"] & texts["val"])
+
+
+def test_a_split_column_and_three_files_give_the_same_splits(tmp_path):
+    reviews = pd.read_csv(write_reviews(tmp_path / "all.csv", n=60))
+    reviews["part"] = ["train"] * 40 + ["dev"] * 10 + ["test"] * 10
+    reviews.to_csv(tmp_path / "with_split.csv", index=False)
+    by_column = load_data(csv_config(tmp_path / "with_split.csv", split_column="part"))[0]
+    for name, rows in (("train", slice(0, 40)), ("val", slice(40, 50)), ("test", slice(50, 60))):
+        reviews.iloc[rows][["text", "label"]].to_csv(tmp_path / f"{name}.csv", index=False)
+    files = {f"{name}_path": str(tmp_path / f"{name}.csv") for name in ("train", "val", "test")}
+    by_files = load_data(csv_config(None, **files))[0]
+    assert fingerprint(by_column) == fingerprint(by_files)
+    assert [len(by_files[name]) for name in ("train", "val", "test")] == [40, 10, 10]
+
+
+def test_given_splits_drop_training_copies_of_evaluation_reviews(tmp_path):
+    reviews = pd.read_csv(write_reviews(tmp_path / "all.csv", n=40, html=False))
+    reviews["split"] = ["train"] * 20 + ["val"] * 10 + ["test"] * 10
+    leaked = reviews.iloc[[30, 35]].assign(split="train")  # two test reviews also in the training split
+    pd.concat([reviews, leaked]).to_csv(tmp_path / "leaky.csv", index=False)
+    splits, facts = load_data(csv_config(tmp_path / "leaky.csv", split_column="split"))
+    assert facts["train_dropped_as_in_eval"] == 2 and len(splits["train"]) == 20
+    assert not set(splits["train"]["text"]) & set(splits["test"]["text"])
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["data.n_val=100"], "data.n_val/n_test: set both"),
+        (["data.n_val=10", "data.n_test=10", "data.n_samples=100"], "data.n_samples: is not used"),
+        (["data.train_path=a.csv"], "give all three files"),
+    ],
+)
+def test_split_layouts_that_contradict_each_other_are_one_line(overrides, message):
+    from sentiment_lora.config import validate
+
+    from .conftest import compose_config
+
+    with pytest.raises(UserError, match=message):
+        validate(compose_config(["data=csv", "data.path=x.csv", "data.n_val=null", "data.n_test=null", *overrides]))
+
+
+def test_a_bad_split_name_names_the_file_column_and_row(tmp_path):
+    reviews = pd.read_csv(write_reviews(tmp_path / "all.csv", n=6))
+    reviews["split"] = ["train", "train", "holdout", "val", "test", "test"]
+    reviews.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(UserError, match=r"bad.csv, column 'split': data row 3: split 'holdout'"):
+        load_data(csv_config(tmp_path / "bad.csv", split_column="split"))
