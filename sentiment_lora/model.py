@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from contextlib import contextmanager
 from operator import attrgetter
@@ -14,6 +15,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from sentiment_lora.errors import UserError
+from sentiment_lora.results import new_file_mode
 from sentiment_lora.sources import resolve_weights, tokenizer_source
 
 # Name of the attention-probability dropout in each architecture's transformers config.
@@ -261,6 +263,10 @@ def save_trained(wrapped: peft.PeftModel, run_dir: Path, encoder_state: dict[str
     save_file(plain_state(head), str(run_dir / "head.safetensors"))
     if encoder_state is not None:
         save_file(encoder_state, str(run_dir / "encoder.safetensors"))
+    # safetensors (0.8) writes through a temporary file created 0o600 and renamed into place, so only the owner
+    # could read the weights (safetensors/safetensors#782): give them the mode of the run's other files.
+    for weights in [*run_dir.glob("*.safetensors"), *(run_dir / "adapter").glob("*.safetensors")]:
+        os.chmod(weights, new_file_mode())
 
 
 def load_trained(model_cfg, run_dir: Path) -> tuple[peft.PeftModel, object]:

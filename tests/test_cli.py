@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
 
 import numpy as np
@@ -81,6 +83,22 @@ def test_head_target_run_saves_and_reloads(tmp_path, reviews_csv):
     cfg = compose_config(overrides)
     model, _ = load_trained(cfg.model, tmp_path)
     assert any("head.lora_A" in name for name, _ in model.named_parameters())
+
+
+def test_run_files_get_the_mode_the_umask_gives_like_any_new_file(tmp_path, reviews_csv):
+    # tempfile.mkstemp and safetensors create files 0o600; a run's files must be readable as the umask allows.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    previous = os.umask(0o027)
+    try:
+        train(compose_config([*TINY_FAST, "trainer.epochs=1", "data=csv", f"data.path={reviews_csv}"]), run_dir)
+    finally:
+        os.umask(previous)
+    files = {path.relative_to(run_dir).as_posix(): path for path in run_dir.rglob("*") if path.is_file()}
+    written = {"metrics.json", "test_predictions.csv", "head.safetensors", "encoder.safetensors"}
+    assert written | {"adapter/adapter_model.safetensors", "adapter/adapter_config.json"} <= set(files)
+    modes = {name: oct(stat.S_IMODE(path.stat().st_mode)) for name, path in files.items()}
+    assert modes == dict.fromkeys(files, oct(0o640))  # 0o666 under umask 027, as open() would have made them
 
 
 def run_in_process(monkeypatch, capsys, tmp_path, args):
