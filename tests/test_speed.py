@@ -3,6 +3,8 @@ evaluation only reorder work, top_layers puts adapters where it says, the data m
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 import torch
 
 from sentiment_lora import data as data_lib
-from sentiment_lora import memo, prefix
+from sentiment_lora import memo, prefix, runtime
 from sentiment_lora.errors import UserError
 from sentiment_lora.model import (
     SentimentClassifier,
@@ -23,7 +25,7 @@ from sentiment_lora.model import (
 )
 from sentiment_lora.run import train
 
-from .conftest import TINY_FAST, compose_config, write_reviews
+from .conftest import REPO, TINY_FAST, compose_config, write_reviews
 
 # 4 layers so that top_layers leaves a real frozen prefix below the adapters.
 DEEP_TINY = [*TINY_FAST, "model.arch.num_hidden_layers=4", "trainer.epochs=2", "save_adapter=false"]
@@ -194,3 +196,35 @@ def test_the_sweep_benchmark_compares_the_same_search_through_both_paths():
     assert plain.hydra.sweeper.sampler == fast.hydra.sweeper.sampler
     assert (plain.trainer.frozen_prefix, fast.trainer.frozen_prefix) == ("live", "cache")
     assert not plain.trainer.length_grouping and plain.model.attention_dropout is None
+
+
+@functools.cache
+def throughput_bench():
+    spec = importlib.util.spec_from_file_location("throughput_bench", REPO / "bench" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    with pytest.MonkeyPatch.context() as patch:  # the configs are registered already: no second registration
+        patch.setattr("sentiment_lora.config.register_configs", lambda: None)
+        spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("precision", "native_bf16", "expected"),
+    [("auto", True, "bf16"), ("auto", False, "fp32"), ("bf16", False, "bf16"), ("fp32", True, "fp32")],
+)
+def test_the_throughput_benchmark_gives_the_hf_trainer_the_precision_of_the_sentiment_lora_runs(
+    monkeypatch, tmp_path, precision, native_bf16, expected
+):
+    bench = throughput_bench()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda: native_bf16)
+    cfg = compose_config(["model=tiny", f"trainer.precision={precision}"])
+    device = runtime.pick_device(cfg.trainer.device)
+    assert runtime.precision_name(runtime.pick_dtype(cfg.trainer.precision, device)) == expected  # what train() runs
+    assert bench.run_precision(cfg) == expected
+    assert bench.training_arguments(cfg, str(tmp_path)).bf16 == (expected == "bf16")
+    rows = [("HF Trainer + PEFT", {"wall_s": 2.0, "val_accuracy": 0.5, "precision": expected}),
+            ("sentiment-lora fast", {"wall_s": 1.0, "val_accuracy": 0.5, "precision": expected})]  # fmt: skip
+    lines = bench.table(rows, 10).splitlines()
+    assert lines[0].split("|")[2].strip() == "precision"
+    assert [line.split("|")[2].strip() for line in lines[2:]] == [expected, expected]
