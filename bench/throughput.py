@@ -10,6 +10,9 @@ written the way the transformers and PEFT docs show a custom model: a module tha
 DataCollatorWithPadding, Trainer with eval_strategy="epoch". It trains the same architecture as sentiment-lora
 (encoder, the model config's pooling, dropout, one-unit head, BCEWithLogitsLoss) so accuracies are comparable.
 
+Both train in the precision the sentiment-lora runs resolve `--precision` to (auto: bf16 autocast where the CPU or
+GPU has native bf16): the Trainer gets `bf16=True` exactly when they run bf16, and the table records each side's.
+
 Throughput = training samples / wall time of the epochs including their validation passes (what a user waits for);
 setup and the final test pass are left out on both sides. Prints one table; numbers are only comparable within a run.
 """
@@ -35,6 +38,7 @@ from sentiment_lora.config import CONF_DIR, register_configs  # noqa: E402
 from sentiment_lora.model import build_encoder, load_tokenizer  # noqa: E402
 from sentiment_lora.results import read_metrics  # noqa: E402
 from sentiment_lora.run import train  # noqa: E402
+from sentiment_lora.runtime import pick_device, pick_dtype, precision_name  # noqa: E402
 from sentiment_lora.sources import resolve_weights  # noqa: E402
 
 register_configs()
@@ -71,23 +75,16 @@ class PooledClassifier(nn.Module):
         return {"loss": loss, "logits": logits}
 
 
-def hf_trainer_baseline(cfg, encoded: dict, tokenizer, out_dir: str) -> dict:
-    import peft
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+def run_precision(cfg) -> str:
+    """The precision a sentiment-lora run of `cfg` trains in on this machine (what run.train resolves)."""
+    return precision_name(pick_dtype(cfg.trainer.precision, pick_device(cfg.trainer.device)))
 
-    set_seed(cfg.trainer.seed)
-    weights = resolve_weights(cfg.model)
-    module_names = {"minilm": ["query", "value"], "distilbert": ["q_lin", "v_lin"]}[cfg.model.name]
-    model = PooledClassifier(build_encoder(cfg.model, weights), cfg.model.pooling, cfg.model.head_dropout)
-    lora = peft.LoraConfig(
-        r=cfg.lora.rank,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=module_names,
-        modules_to_save=["head"],
-    )
-    model = peft.get_peft_model(model, lora)
-    args = TrainingArguments(
+
+def training_arguments(cfg, out_dir: str):
+    """The baseline's TrainingArguments: the settings of the sentiment-lora runs, in their precision."""
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
         output_dir=out_dir,
         per_device_train_batch_size=cfg.trainer.batch_size,
         per_device_eval_batch_size=cfg.trainer.eval_batch_size,
@@ -105,7 +102,29 @@ def hf_trainer_baseline(cfg, encoded: dict, tokenizer, out_dir: str) -> dict:
         use_cpu=not torch.cuda.is_available(),
         label_names=["labels"],
         disable_tqdm=True,
+        # bf16 autocast (through accelerate) exactly when sentiment-lora autocasts to bf16: comparing an fp32
+        # Trainer with a bf16 run on a bf16 machine would time the precision, not the trainers.
+        bf16=run_precision(cfg) == "bf16",
     )
+
+
+def hf_trainer_baseline(cfg, encoded: dict, tokenizer, out_dir: str) -> dict:
+    import peft
+    from transformers import DataCollatorWithPadding, Trainer, set_seed
+
+    set_seed(cfg.trainer.seed)
+    weights = resolve_weights(cfg.model)
+    module_names = {"minilm": ["query", "value"], "distilbert": ["q_lin", "v_lin"]}[cfg.model.name]
+    model = PooledClassifier(build_encoder(cfg.model, weights), cfg.model.pooling, cfg.model.head_dropout)
+    lora = peft.LoraConfig(
+        r=cfg.lora.rank,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=module_names,
+        modules_to_save=["head"],
+    )
+    model = peft.get_peft_model(model, lora)
+    args = training_arguments(cfg, out_dir)
 
     def accuracy(prediction):
         return {"accuracy": float(((prediction.predictions > 0) == (prediction.label_ids > 0.5)).mean())}
@@ -122,7 +141,7 @@ def hf_trainer_baseline(cfg, encoded: dict, tokenizer, out_dir: str) -> dict:
     trainer.train()
     wall = time.perf_counter() - started
     val = trainer.evaluate()
-    return {"wall_s": wall, "val_accuracy": val["eval_accuracy"]}
+    return {"wall_s": wall, "val_accuracy": val["eval_accuracy"], "precision": "bf16" if args.bf16 else "fp32"}
 
 
 def sentiment_lora_run(overrides: list[str], out_dir: Path) -> dict:
@@ -133,7 +152,23 @@ def sentiment_lora_run(overrides: list[str], out_dir: Path) -> dict:
     metrics = read_metrics(out_dir)
     # The frozen-prefix cache is built before the first epoch: it counts as training time.
     wall = metrics["prefix_cache_s"] + sum(epoch["time_s"] for epoch in metrics["history"])
-    return {"wall_s": wall, "val_accuracy": metrics["history"][-1]["val_accuracy"]}
+    return {"wall_s": wall, "val_accuracy": metrics["history"][-1]["val_accuracy"], "precision": metrics["precision"]}
+
+
+def table(rows: list[tuple[str, dict]], n_train: int) -> str:
+    """The markdown table; ratios are against the first row."""
+    lines = [
+        "| trainer | precision | wall s (epochs + val) | samples/s | ratio | val acc (last epoch) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    base = n_train / rows[0][1]["wall_s"]
+    for name, result in rows:
+        speed = n_train / result["wall_s"]
+        lines.append(
+            f"| {name} | {result['precision']} | {result['wall_s']:.1f} | {speed:.2f} | {speed / base:.2f}x "
+            f"| {result['val_accuracy']:.3f} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -145,6 +180,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate, both trainers")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="trainer.precision of the sentiment-lora runs; the HF Trainer gets what it resolves to",
+    )
     parser.add_argument(
         "--runs",
         default="hf,fast",
@@ -165,6 +206,7 @@ def main() -> None:
         f"trainer.max_length={opts.max_length}",
         f"trainer.batch_size={opts.batch_size}",
         f"optimizer.lr={opts.lr}",
+        f"trainer.precision={opts.precision}",
         "trainer.progress=false",
         "save_adapter=false",
     ]
@@ -179,7 +221,7 @@ def main() -> None:
         f"# {opts.model}: {len(encoded['train'])} train / {len(encoded['val'])} val reviews, max_length "
         f"{opts.max_length} (mean {lengths.mean():.0f} tokens, {np.mean(lengths == opts.max_length):.0%} truncated), "
         f"batch {opts.batch_size}, lr {opts.lr:g}, {opts.epochs} epoch(s), {opts.threads} threads, "
-        f"torch {torch.__version__}",
+        f"precision {opts.precision} -> {run_precision(cfg)}, torch {torch.__version__}",
         flush=True,
     )
 
@@ -194,12 +236,7 @@ def main() -> None:
                 rows.append((f"sentiment-lora {name} (`{' '.join(levers)}`)", result))
             print(f"  {rows[-1][0]}: {rows[-1][1]}", flush=True)
 
-    print("\n| trainer | wall s (epochs + val) | samples/s | ratio | val acc (last epoch) |")
-    print("|---|---:|---:|---:|---:|")
-    base = n_train / rows[0][1]["wall_s"]
-    for name, result in rows:
-        speed = n_train / result["wall_s"]
-        print(f"| {name} | {result['wall_s']:.1f} | {speed:.2f} | {speed / base:.2f}x | {result['val_accuracy']:.3f} |")
+    print("\n" + table(rows, n_train))
 
 
 if __name__ == "__main__":

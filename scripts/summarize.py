@@ -21,10 +21,25 @@ from sentiment_lora.errors import UserError
 from sentiment_lora.summary import build_table, plot, to_markdown
 
 
+def check_storage(storage: str) -> None:
+    """Reading a study must not write: Optuna creates a missing SQLite file (with empty tables) when it opens one."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(storage)
+    except ArgumentError:
+        raise UserError(f"--storage: not a database URL: {storage}") from None
+    in_memory = url.database in (None, "", ":memory:") or url.query.get("uri") == "true"
+    if url.get_backend_name() == "sqlite" and not in_memory and not Path(url.database).is_file():
+        raise UserError(f"--storage {storage}: no SQLite file {url.database}")
+
+
 def study_run_dirs(storage: str, study_name: str) -> list[Path]:
     """Run directories linked to the study's trials (each trial records its run_dir)."""
     import optuna
 
+    check_storage(storage)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 from contextlib import contextmanager
 from operator import attrgetter
 from pathlib import Path
+from typing import NamedTuple
 
 import peft
 import torch
@@ -14,6 +16,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from sentiment_lora.errors import UserError
+from sentiment_lora.results import METRICS_FILE, new_file_mode, read_metrics
+from sentiment_lora.runtime import DTYPES
 from sentiment_lora.sources import resolve_weights, tokenizer_source
 
 # Name of the attention-probability dropout in each architecture's transformers config.
@@ -318,11 +322,39 @@ def save_trained(wrapped: peft.PeftModel, run_dir: Path, encoder_state: dict[str
     save_file(plain_state(head), str(run_dir / "head.safetensors"))
     if encoder_state is not None:
         save_file(encoder_state, str(run_dir / "encoder.safetensors"))
+    # safetensors (0.8) writes through a temporary file created 0o600 and renamed into place, so only the owner
+    # could read the weights (safetensors/safetensors#782): give them the mode of the run's other files.
+    for weights in [*run_dir.glob("*.safetensors"), *(run_dir / "adapter").glob("*.safetensors")]:
+        os.chmod(weights, new_file_mode())
 
 
-def load_trained(model_cfg, run_dir: Path) -> tuple[peft.PeftModel, object]:
-    """Rebuild a trained run's classifier from its run directory (safetensors only) and its tokenizer."""
+class Trained(NamedTuple):
+    model: peft.PeftModel
+    tokenizer: object
+    # The run's autocast dtype (None: fp32), from metrics.json's `precision`. Evaluate in it: a bf16 run evaluated
+    # in fp32 gives other probabilities (by ~1e-4 on the tiny test model) than its test_predictions.csv.
+    dtype: torch.dtype | None
+
+
+def run_dtype(run_dir: Path) -> torch.dtype | None:
+    """The autocast dtype a completed run trained and tested in."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        precision = read_metrics(run_dir).get("precision")
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; the run did not complete, so its precision is unknown") from None
+    except (OSError, ValueError, AttributeError) as err:
+        raise UserError(f"{path}: cannot read the run's precision ({err})") from None
+    if precision not in DTYPES:
+        raise UserError(f"{path}: precision is {precision!r}, expected one of {', '.join(DTYPES)}")
+    return DTYPES[precision]
+
+
+def load_trained(model_cfg, run_dir: Path) -> Trained:
+    """Rebuild a completed run's classifier from its run directory (safetensors only), its tokenizer, and the
+    autocast dtype to evaluate it in."""
     run_dir = Path(run_dir)
+    dtype = run_dtype(run_dir)
     encoder_file = run_dir / "encoder.safetensors"
     weights = None if encoder_file.exists() else resolve_weights(model_cfg)
     classifier = build_classifier(model_cfg, weights)
@@ -331,4 +363,4 @@ def load_trained(model_cfg, run_dir: Path) -> tuple[peft.PeftModel, object]:
     classifier.head.load_state_dict(load_file(str(run_dir / "head.safetensors")))
     wrapped = peft.PeftModel.from_pretrained(classifier, str(run_dir / "adapter"))
     wrapped.eval()
-    return wrapped, load_tokenizer(model_cfg, weights)
+    return Trained(wrapped, load_tokenizer(model_cfg, weights), dtype)

@@ -107,10 +107,20 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def new_file_mode() -> int:
+    """The mode open() gives a new file: 0o666 less the process umask (0o644 under umask 022)."""
+    # The umask can only be read by setting it; set it straight back.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file."""
     path = Path(path)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # mkstemp creates the file 0o600, which the rename would carry over: give it an ordinary file's mode.
+    os.chmod(tmp, new_file_mode())
     with os.fdopen(handle, "w") as out:
         json.dump(_jsonable(payload), out, indent=2, allow_nan=False)
         out.write("\n")

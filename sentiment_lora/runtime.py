@@ -52,6 +52,10 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if supported else None
 
 
+# metrics.json's `precision` -> the autocast dtype (None: plain fp32).
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
 def precision_name(dtype: torch.dtype | None) -> str:
     return "bf16" if dtype == torch.bfloat16 else "fp32"
 

@@ -45,25 +45,39 @@ def wilson_interval(correct: int, n: int) -> tuple[float, float]:
     return interval.low, interval.high
 
 
-def row_of(run_dir: Path) -> dict | None:
+class Skipped(Exception):
+    """A run directory whose metrics.json cannot give a row; the message says why, naming the file."""
+
+
+def _section(metrics: dict, key: str) -> dict:
+    # A section may be missing or null (a run written by an older or newer version, a hand-made file): blanks.
+    value = metrics.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def row_of(run_dir: Path) -> dict:
+    """One table row; raises Skipped when metrics.json is unreadable, not JSON, or not a run's record."""
+    path = Path(run_dir) / METRICS_FILE
     try:
         metrics = read_metrics(run_dir)
-    except (OSError, json.JSONDecodeError):
-        return None
+    except json.JSONDecodeError:
+        raise Skipped(f"metrics.json is not valid JSON: {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise Skipped(f"cannot read {path}: {err}") from None
     if not isinstance(metrics, dict) or metrics.get("status") not in ("complete", "pruned", "failed", "reference"):
-        return None
-    lora, params = metrics.get("lora", {}), metrics.get("params", {})
-    val, test = metrics.get("val") or {}, metrics.get("test") or {}
+        raise Skipped(f"{path} is not a sentiment-lora run (or a dry run), skipped")
+    lora, params, trial = _section(metrics, "lora"), _section(metrics, "params"), _section(metrics, "trial")
+    val, test = _section(metrics, "val"), _section(metrics, "test")
     ci = ""
     if test.get("accuracy") is not None and test.get("n"):
         low, high = wilson_interval(round(test["accuracy"] * test["n"]), test["n"])
         ci = f"[{low:.3f}, {high:.3f}]"
     return {
         "run": str(run_dir),
-        "trial": (metrics.get("trial") or {}).get("number"),
+        "trial": trial.get("number"),
         "state": metrics["status"],
-        "model": metrics.get("model", {}).get("name"),
-        "targets": "+".join(lora.get("targets", [])) or None,
+        "model": _section(metrics, "model").get("name"),
+        "targets": "+".join(lora.get("targets") or []) or None,
         "rank": lora.get("rank"),
         "alpha": lora.get("alpha"),
         "trainable": params.get("trainable"),
@@ -98,11 +112,10 @@ def build_table(paths: Iterable[Path]) -> tuple[pd.DataFrame, list[str]]:
     runs = list(dict.fromkeys(run.resolve() for run in runs))
     rows = []
     for run in runs:
-        row = row_of(run)
-        if row is None:
-            notes.append(f"{run}: metrics.json is not a sentiment-lora run (or a dry run), skipped")
-        else:
-            rows.append(row)
+        try:
+            rows.append(row_of(run))
+        except Skipped as skipped:
+            notes.append(str(skipped))
     if not rows:
         raise UserError("no runs to summarize in " + ", ".join(map(str, paths)) + (f" ({notes[0]})" if notes else ""))
     table = pd.DataFrame(rows)
@@ -145,8 +158,9 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     if not front.empty:
         ax.step(front["trainable"], front["val_acc"], where="post", color="tab:red", label="Pareto front (val)")
     for _, row in runs.iterrows():
-        ax.annotate(f"{row['targets']} r{int(row['rank'])}", (row["trainable"], row["val_acc"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        targets = "" if pd.isna(row["targets"]) else row["targets"]
+        label = f"{targets} r{int(row['rank'])}" if pd.notna(row["rank"]) else targets
+        ax.annotate(label, (row["trainable"], row["val_acc"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     for _, row in table[table["state"] == "reference"].iterrows():
         ax.axhline(row["test_acc"], color="gray", linestyle="--", label=f"{row['model']} (test)")
     if not runs.empty:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import subprocess
 import sys
 
 import numpy as np
@@ -13,24 +16,30 @@ from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModel
 
 from sentiment_lora import data as data_lib
+from sentiment_lora.errors import UserError
 from sentiment_lora.loop import TrainingDiverged, evaluate
 from sentiment_lora.model import load_trained
 from sentiment_lora.run import train
+from sentiment_lora.runtime import DTYPES, pick_dtype
 from sentiment_lora.train import cli
 
-from .conftest import TINY_FAST, compose_config, run_cli, write_reviews
+from .conftest import AUTO_BF16, TINY_FAST, compose_config, run_cli, write_reviews
 
 METRIC_KEYS = {"accuracy", "f1", "precision", "recall", "roc_auc", "loss", "n"}
 
 
 @pytest.mark.slow
-def test_cli_run_writes_complete_artefacts_and_the_adapter_reproduces_test_predictions(tmp_path, reviews_csv):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cli_run_writes_complete_artefacts_and_the_adapter_reproduces_test_predictions(
+    tmp_path, reviews_csv, precision
+):
     run_dir = tmp_path / "run"
-    done = run_cli([*TINY_FAST, "data=csv", f"data.path={reviews_csv}", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    args = [*TINY_FAST, "data=csv", f"data.path={reviews_csv}", f"trainer.precision={precision}"]
+    done = run_cli([*args, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
 
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "complete"
+    assert metrics["status"] == "complete" and metrics["precision"] == precision
     assert set(metrics["params"]) >= {"trainable", "total", "by_group"}
     assert set(metrics["params"]["by_group"]) >= {"lora", "head"}
     assert METRIC_KEYS <= set(metrics["test"]) and "accuracy" in metrics["val"]
@@ -43,14 +52,20 @@ def test_cli_run_writes_complete_artefacts_and_the_adapter_reproduces_test_predi
         assert (run_dir / name).exists(), name
     assert "epoch 2" in (run_dir / "train.log").read_text()
 
-    # Reload from the run directory alone and predict the test split again.
+    # Reload from the run directory alone and predict the test split again, in the run's own precision: the same
+    # weights, inputs, batches and arithmetic, so the same probabilities up to the CSV's float formatting.
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    model, tokenizer = load_trained(cfg.model, run_dir)
-    rows = data_lib.encode(data_lib.load_splits(cfg.data)["test"], tokenizer, cfg.trainer.max_length)
-    test, _, probs = evaluate(model, rows, tokenizer, 4, torch.device("cpu"), None)
-    saved = pd.read_csv(run_dir / "test_predictions.csv")
-    np.testing.assert_allclose(probs, saved["prob"].to_numpy(), rtol=0, atol=1e-5)
-    assert test["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    trained = load_trained(cfg.model, run_dir)
+    assert trained.dtype == {"fp32": None, "bf16": torch.bfloat16}[precision]
+    rows = data_lib.encode(data_lib.load_splits(cfg.data)["test"], trained.tokenizer, cfg.trainer.max_length)
+    cpu = torch.device("cpu")
+    test, _, probs = evaluate(trained.model, rows, trained.tokenizer, cfg.trainer.eval_batch_size, cpu, trained.dtype)
+    saved = pd.read_csv(run_dir / "test_predictions.csv")["prob"].to_numpy()
+    np.testing.assert_allclose(probs, saved, rtol=0, atol=1e-6)
+    assert test == metrics["test"]
+    if precision == "bf16":  # the reason to use the run's precision: fp32 arithmetic gives other probabilities
+        _, _, fp32_probs = evaluate(trained.model, rows, trained.tokenizer, cfg.trainer.eval_batch_size, cpu, None)
+        assert np.abs(fp32_probs - saved).max() > 1e-5
 
 
 @pytest.mark.slow
@@ -82,8 +97,29 @@ def test_head_target_run_saves_and_reloads(tmp_path, reviews_csv):
     # What was used, not what was asked: the CSV has 80 reviews.
     assert (metrics["data"]["n_samples"], metrics["data"]["duplicates_dropped"]) == (80, 0)
     cfg = compose_config(overrides)
-    model, _ = load_trained(cfg.model, tmp_path)
-    assert any("head.lora_A" in name for name, _ in model.named_parameters())
+    trained = load_trained(cfg.model, tmp_path)
+    assert any("head.lora_A" in name for name, _ in trained.model.named_parameters())
+    assert trained.dtype == DTYPES[metrics["precision"]]
+    # Without metrics.json the run did not complete and its precision is unknown: say so, do not guess fp32.
+    (tmp_path / "metrics.json").unlink()
+    with pytest.raises(UserError, match="metrics.json: not found; the run did not complete"):
+        load_trained(cfg.model, tmp_path)
+
+
+def test_run_files_get_the_mode_the_umask_gives_like_any_new_file(tmp_path, reviews_csv):
+    # tempfile.mkstemp and safetensors create files 0o600; a run's files must be readable as the umask allows.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    previous = os.umask(0o027)
+    try:
+        train(compose_config([*TINY_FAST, "trainer.epochs=1", "data=csv", f"data.path={reviews_csv}"]), run_dir)
+    finally:
+        os.umask(previous)
+    files = {path.relative_to(run_dir).as_posix(): path for path in run_dir.rglob("*") if path.is_file()}
+    written = {"metrics.json", "test_predictions.csv", "head.safetensors", "encoder.safetensors"}
+    assert written | {"adapter/adapter_model.safetensors", "adapter/adapter_config.json"} <= set(files)
+    modes = {name: oct(stat.S_IMODE(path.stat().st_mode)) for name, path in files.items()}
+    assert modes == dict.fromkeys(files, oct(0o640))  # 0o666 under umask 027, as open() would have made them
 
 
 def run_in_process(monkeypatch, capsys, tmp_path, args):
@@ -213,3 +249,12 @@ def test_config_id_ignores_the_seed_and_what_cannot_change_numbers_but_not_the_r
     assert config_id(compose_config(["model=tiny", "trainer.seed=7", "trainer.progress=false"])) == base
     assert config_id(compose_config(["model=tiny", "optimizer.lr=1e-3"])) != base
     assert config_id(compose_config(["model=tiny", "data.truncation=tail"])) != base
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not AUTO_BF16, reason="checks SENTIMENT_LORA_TEST_AUTO_BF16=1, the suite run as a bf16 CPU")
+def test_the_auto_bf16_mode_reaches_this_process_and_its_subprocesses():
+    assert pick_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    probe = "import torch, sentiment_lora.runtime as r; print(r.pick_dtype('auto', torch.device('cpu')))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "torch.bfloat16", done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -116,3 +117,62 @@ def test_overlapping_inputs_give_one_row_per_run(sweep_dir, tmp_path):
     done = summarize(sweep_dir, sweep_dir / "a", sweep_dir / "b", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert sorted(pd.read_csv(sweep_dir / "summary.csv")["run"].map(lambda p: Path(p).name)) == list("abcdef")
+
+
+def summarize_here(capsys, *args) -> tuple[int, str, str]:
+    """scripts/summarize.py's main in this process (no interpreter start-up): exit code, stdout, stderr."""
+    spec = importlib.util.spec_from_file_location("summarize_script", REPO / "scripts" / "summarize.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    code = script.main([str(arg) for arg in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+COMPLETE = {"status": "complete", "model": {"name": "tiny"}, "lora": {"rank": 4, "alpha": 16, "targets": ["q"]},
+            "params": {"trainable": 500, "total": 100_000, "trainable_pct": 0.5}, "val": {"accuracy": 0.8},
+            "test": {"accuracy": 0.75, "f1": 0.7, "n": 40}, "epochs_run": 2, "time_s": 3.0}  # fmt: skip
+
+
+@pytest.mark.parametrize("section", ["lora", "params", "val", "test", "model", "trial"])
+def test_a_run_with_a_null_or_missing_section_is_a_row_with_blanks(tmp_path, capsys, section):
+    runs = {"whole": COMPLETE, "null": {**COMPLETE, section: None}}
+    runs["missing"] = {key: value for key, value in COMPLETE.items() if key != section}
+    for name, metrics in runs.items():
+        (tmp_path / "sweep" / name).mkdir(parents=True)
+        (tmp_path / "sweep" / name / "metrics.json").write_text(json.dumps(metrics))
+    code, out, err = summarize_here(capsys, tmp_path / "sweep")
+    assert code == 0, err
+    assert "Traceback" not in err
+    table = pd.read_csv(tmp_path / "sweep" / "summary.csv")
+    table.index = table["run"].map(lambda p: Path(p).name)
+    assert set(table.index) == set(runs) and (tmp_path / "sweep" / "summary.png").exists()
+    blank = {"lora": ["targets", "rank", "alpha"], "params": ["trainable", "trainable_pct"], "val": ["val_acc"],
+             "test": ["test_acc", "test_f1"], "model": ["model"], "trial": ["trial"]}[section]  # fmt: skip
+    assert table.loc[["null", "missing"], blank].isna().all().all()
+    assert (table["state"] == "complete").all() and len(out.strip().splitlines()) == 2 + len(runs)
+
+
+def test_a_truncated_metrics_json_is_reported_as_invalid_json(tmp_path, capsys):
+    for name in ("good", "cut"):
+        (tmp_path / "sweep" / name).mkdir(parents=True)
+        (tmp_path / "sweep" / name / "metrics.json").write_text(json.dumps(COMPLETE))
+    cut = tmp_path / "sweep" / "cut" / "metrics.json"
+    cut.write_text(json.dumps(COMPLETE)[:40])
+    code, out, err = summarize_here(capsys, tmp_path / "sweep")
+    assert code == 0
+    assert f"note: metrics.json is not valid JSON: {cut}" in err.splitlines() and "not a sentiment-lora run" not in err
+    assert "good" in pd.read_csv(tmp_path / "sweep" / "summary.csv")["run"].iloc[0]
+    code, out, err = summarize_here(capsys, cut.parent)  # nothing else to summarize: an error naming the file
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and f"not valid JSON: {cut}" in lines[0]
+
+
+def test_a_storage_url_naming_a_missing_sqlite_file_is_an_error_that_creates_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for url in (f"sqlite:///{tmp_path}/typo.db", "sqlite:///rel/typo.db"):
+        code, out, err = summarize_here(capsys, "--storage", url, "--study", "lora_optuna")
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: --storage") and "typo.db" in lines[0]
+        assert not out
+    assert list(tmp_path.iterdir()) == []  # no database, no folder, no summary
