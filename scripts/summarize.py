@@ -5,10 +5,18 @@
     python scripts/summarize.py outputs/multirun/a outputs/multirun/b outputs/baselines/tfidf
     python scripts/summarize.py --storage sqlite:///outputs/optuna/lora_optuna.db --study lora_optuna
 
-One row per run: model, targets, rank, alpha, trainable parameters (and % of total), val accuracy, test accuracy
-with its 95% Wilson score interval, test F1, epochs run, wall time and state (complete/pruned/failed, or
-reference for a baseline). Sorted by val accuracy; ★ marks the Pareto-optimal runs (val accuracy vs trainable
-parameters, completed runs only). Incomplete or foreign directories are skipped with a note on stderr.
+First, one row per run (summary.csv): model, targets, rank, alpha, trainable parameters (and % of total), val
+accuracy, test accuracy with its 95% Wilson score interval, test F1, epochs run, wall time and state
+(complete/pruned/failed, or reference for a baseline). Sorted by val accuracy; ★ marks the Pareto-optimal runs.
+
+Then, per evaluation set, one row per configuration (configurations.csv; replicates that differ only in
+trainer.seed are one row): seeds, mean val and test accuracy, the test interval (t over seeds, or Wilson for one
+seed), and test differences, review by review, to the best configuration (highest mean val accuracy) and to the
+reference row, with 95% intervals and Holm-adjusted p-values (McNemar for one seed each, a paired permutation
+test over seed-averaged reviews for replicates); "≈ best" marks configurations the data cannot tell from the best.
+Runs tested on other reviews (another eval_fingerprint) get a table of their own. The plot (summary.png) shows the
+largest table. With --storage/--study, the study's hyper-parameter importances (Optuna's fANOVA evaluator) are
+printed and written to importances.csv. Incomplete or foreign directories are skipped with a note on stderr.
 """
 
 from __future__ import annotations
@@ -17,8 +25,11 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from sentiment_lora.errors import UserError
-from sentiment_lora.summary import build_table, plot, to_markdown
+from sentiment_lora.ranking import rank
+from sentiment_lora.summary import build_table, configurations_markdown, plot, runs_as_configurations, to_markdown
 
 
 def check_storage(storage: str) -> None:
@@ -51,6 +62,20 @@ def study_run_dirs(storage: str, study_name: str) -> list[Path]:
     return dirs
 
 
+def importances(storage: str, study_name: str):
+    """Hyper-parameter importances of a single-objective study (fANOVA, seeded), or None when it cannot have any."""
+    import optuna
+    import pandas as pd
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(study.directions) > 1 or len(complete) < 2:
+        return None
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    return pd.Series(found, name="importance").rename_axis("parameter")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="*", type=Path, help="sweep or run directories (searched recursively)")
@@ -77,8 +102,23 @@ def main(argv: list[str] | None = None) -> int:
     csv_path, png_path = args.csv or out_dir / "summary.csv", args.plot or out_dir / "summary.png"
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(csv_path, index=False)
-    plot(table, png_path)
     print(to_markdown(table))
+    tables, rank_notes = rank(table)
+    for note in rank_notes:
+        print(f"note: {note}", file=sys.stderr)
+    for fingerprint, configurations in tables:
+        n_test = table.loc[table["eval_fingerprint"] == fingerprint, "test_n"].max()
+        print(f"\n### Configurations tested on evaluation set {fingerprint} ({n_test:.0f} test reviews)\n")
+        print(configurations_markdown(configurations))
+    if tables:
+        configs_path = csv_path.with_name("configurations.csv")
+        all_configs = [t.assign(eval_fingerprint=fingerprint) for fingerprint, t in tables]
+        pd.concat(all_configs).to_csv(configs_path, index=False)
+        print(f"configurations: {configs_path}", file=sys.stderr)
+    plot(tables[0][1] if tables else runs_as_configurations(table), png_path)
+    if args.storage and (found := importances(args.storage, args.study)) is not None:
+        found.to_csv(csv_path.with_name("importances.csv"))
+        print("\n### Hyper-parameter importances (fANOVA)\n\n" + found.to_frame().to_markdown(floatfmt=".3f"))
     print(f"\n{len(table)} runs; table {csv_path}; plot {png_path}", file=sys.stderr)
     return 0
 

@@ -32,8 +32,9 @@ def find_runs(paths: Iterable[Path]) -> tuple[list[Path], list[str]]:
         found = sorted(p.parent for p in path.rglob(METRICS_FILE))
         runs.extend(found)
         for hydra_dir in sorted(path.rglob(".hydra")):
-            if not (hydra_dir.parent / METRICS_FILE).exists():
-                notes.append(f"{hydra_dir.parent}: no metrics.json (incomplete or still running), skipped")
+            parent = hydra_dir.parent
+            if not (parent / METRICS_FILE).exists() and not any(parent.glob(f"seed_*/{METRICS_FILE}")):
+                notes.append(f"{parent}: no metrics.json (incomplete or still running), skipped")
         if not found:
             notes.append(f"{path}: no run directories found")
     return runs, notes
@@ -68,7 +69,7 @@ def row_of(run_dir: Path) -> dict:
         raise Skipped(f"{path} is not a sentiment-lora run (or a dry run), skipped")
     lora, params, trial = _section(metrics, "lora"), _section(metrics, "params"), _section(metrics, "trial")
     val, test = _section(metrics, "val"), _section(metrics, "test")
-    ci = ""
+    ci, low, high = "", None, None
     if test.get("accuracy") is not None and test.get("n"):
         low, high = wilson_interval(round(test["accuracy"] * test["n"]), test["n"])
         ci = f"[{low:.3f}, {high:.3f}]"
@@ -85,7 +86,14 @@ def row_of(run_dir: Path) -> dict:
         "val_acc": val.get("accuracy"),
         "test_acc": test.get("accuracy"),
         "test_acc_ci95": ci,
+        "test_low": low,
+        "test_high": high,
+        "test_n": test.get("n"),
         "test_f1": test.get("f1"),
+        "seed": metrics.get("seed"),
+        # Older records lack these: each such run is its own configuration, paired on its whole data.
+        "config_id": metrics.get("config_id") or f"run {run_dir}",
+        "eval_fingerprint": metrics.get("eval_fingerprint") or metrics.get("data_fingerprint"),
         "epochs": metrics.get("epochs_run"),
         "time_s": metrics.get("time_s"),
         "error": metrics.get("error"),
@@ -143,30 +151,97 @@ def to_markdown(table: pd.DataFrame) -> str:
     return shown.to_markdown(index=False)
 
 
+CONFIG_COLUMNS = {
+    "model": "model", "targets": "targets", "rank": "r", "alpha": "alpha", "trainable": "trainable", "seeds": "seeds",
+    "val_acc": "val acc", "test_acc": "test acc", "test_ci": "test 95% CI", "test_sd": "sd",
+    "vs_best": "Δ best [95% CI]", "vs_best_p": "p (Holm)", "tied_with_best": "≈ best",
+    "vs_reference": "Δ reference [95% CI]", "vs_reference_p": "p ref (Holm)", "pareto": "pareto",
+}  # fmt: skip
+
+
+def _number(value, spec: str) -> str:
+    return "" if value is None or pd.isna(value) else format(value, spec)
+
+
+def _difference(row, prefix: str) -> str:
+    if pd.isna(row.get(f"{prefix}_diff", float("nan"))):
+        return ""
+    points = [100 * row[f"{prefix}_{key}"] for key in ("diff", "low", "high")]
+    return "{:+.1f} [{:+.1f}, {:+.1f}]".format(*points)
+
+
+def configurations_markdown(table: pd.DataFrame) -> str:
+    """One evaluation group's configuration table (ranking.rank_group) as markdown; differences in points."""
+    shown = pd.DataFrame(index=table.index)
+    for column in ("model", "targets"):
+        shown[column] = table[column].fillna("")
+    shown["rank"] = table["rank"].map(lambda v: _number(v, ".0f"))
+    shown["alpha"] = table["alpha"].map(lambda v: _number(v, "g"))
+    shown["trainable"] = table["trainable"].map(lambda v: _number(v, ",.0f"))
+    shown["seeds"] = table["seeds"]
+    shown["val_acc"] = table["val_acc"].map(lambda v: _number(v, ".4f"))
+    shown["test_acc"] = table["test_acc"].map(lambda v: _number(v, ".4f"))
+    bounds = zip(table["test_low"], table["test_high"], strict=True)
+    shown["test_ci"] = [f"[{_number(low, '.3f')}, {_number(high, '.3f')}]" for low, high in bounds]
+    shown["test_sd"] = table["test_sd"].map(lambda v: _number(v, ".4f"))
+    for prefix in ("vs_best", "vs_reference"):
+        shown[prefix] = [_difference(row, prefix) for _, row in table.iterrows()]
+        column = table.get(f"{prefix}_p", pd.Series(index=table.index, dtype=float))
+        shown[f"{prefix}_p"] = column.map(lambda v: _number(v, ".3g"))
+    tied = table.get("tied_with_best", pd.Series(False, index=table.index))
+    pairs = zip(table["best"], tied, strict=True)
+    shown["tied_with_best"] = ["best" if best else ("yes" if tie else "no") for best, tie in pairs]
+    shown["pareto"] = table["pareto"].map({True: "★", False: ""})
+    return shown.rename(columns=CONFIG_COLUMNS).to_markdown(index=False)
+
+
+def runs_as_configurations(table: pd.DataFrame) -> pd.DataFrame:
+    """Completed runs shaped like a configuration table (one seed each, Wilson intervals), for the plot when no
+    run records the evaluation set it was tested on."""
+    runs = table[table["state"] == "complete"].assign(seeds=1)
+    runs.attrs["reference"] = next(
+        (
+            {"model": row["model"], "test_acc": row["test_acc"]}
+            for _, row in table.iterrows()
+            if row["state"] == "reference"
+        ),
+        None,
+    )
+    return runs
+
+
 def plot(table: pd.DataFrame, path: Path) -> None:
+    """Test accuracy (mean over seeds, 95% interval) against trainable parameters: one colour per target set, the
+    Pareto front (on validation), the reference's test accuracy as a line."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and CI
     import matplotlib.pyplot as plt
 
-    runs = table[(table["state"] == "complete") & table["trainable"].notna() & table["val_acc"].notna()]
     fig, ax = plt.subplots(figsize=(8, 5))
-    ax.scatter(runs["trainable"], runs["val_acc"], label="val accuracy", color="tab:blue", zorder=3)
-    if runs["test_acc"].notna().any():
-        ax.scatter(runs["trainable"], runs["test_acc"], label="test accuracy", color="tab:orange", marker="x", zorder=3)
-    front = runs[runs["pareto"]].sort_values("trainable")
-    if not front.empty:
-        ax.step(front["trainable"], front["val_acc"], where="post", color="tab:red", label="Pareto front (val)")
-    for _, row in runs.iterrows():
-        targets = "" if pd.isna(row["targets"]) else row["targets"]
-        label = f"{targets} r{int(row['rank'])}" if pd.notna(row["rank"]) else targets
-        ax.annotate(label, (row["trainable"], row["val_acc"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    for _, row in table[table["state"] == "reference"].iterrows():
-        ax.axhline(row["test_acc"], color="gray", linestyle="--", label=f"{row['model']} (test)")
-    if not runs.empty:
+    rows = table[table["trainable"].notna() & table["test_acc"].notna()]
+    for index, (targets, group) in enumerate(rows.groupby(rows["targets"].fillna("?"), sort=True)):
+        low = (group["test_acc"] - group["test_low"]).clip(lower=0).fillna(0)
+        high = (group["test_high"] - group["test_acc"]).clip(lower=0).fillna(0)
+        ax.errorbar(group["trainable"], group["test_acc"], yerr=[low, high], fmt="o", capsize=3,
+                    color=plt.cm.tab10(index % 10), label=targets, zorder=3)  # fmt: skip
+        for _, row in group.iterrows():
+            label = f"r{int(row['rank'])}" if pd.notna(row["rank"]) else ""
+            if row.get("seeds", 1) > 1:
+                label += f" n={int(row['seeds'])}"
+            ax.annotate(
+                label, (row["trainable"], row["test_acc"]), fontsize=7, xytext=(4, 4), textcoords="offset points"
+            )
+    front = rows[rows["pareto"]].sort_values("trainable")
+    if len(front) > 1:
+        ax.plot(front["trainable"], front["test_acc"], color="tab:red", linestyle=":", label="Pareto front (val)")
+    reference = table.attrs.get("reference")
+    if reference:
+        ax.axhline(reference["test_acc"], color="gray", linestyle="--", label=f"{reference['model']} (test)")
+    if not rows.empty:
         ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("test accuracy (mean over seeds, 95% CI)")
     ax.set_title("Accuracy against trainable parameters")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="best", fontsize=8)

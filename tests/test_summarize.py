@@ -176,3 +176,42 @@ def test_a_storage_url_naming_a_missing_sqlite_file_is_an_error_that_creates_not
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: --storage") and "typo.db" in lines[0]
         assert not out
     assert list(tmp_path.iterdir()) == []  # no database, no folder, no summary
+
+
+@pytest.mark.slow
+def test_a_grid_with_seed_replicates_becomes_one_row_per_configuration_with_paired_tests(tmp_path, monkeypatch):
+    from sentiment_lora.train import cli
+
+    from .conftest import TINY_FAST, write_reviews
+
+    reviews = write_reviews(tmp_path / "reviews.csv", n=120)
+    data = ["data=csv", f"data.path={reviews}"]
+    monkeypatch.chdir(tmp_path)
+    grid = ["lora.rank=1,2", "trainer.seed=1,2", f"hydra.sweep.dir={tmp_path}/grid"]
+    monkeypatch.setattr(sys, "argv", ["train", "-m", *TINY_FAST, *data, "trainer.epochs=1", *grid])
+    cli()  # Hydra's multirun returns normally; a failed sweep would raise SystemExit
+    base = subprocess.run([sys.executable, str(REPO / "scripts" / "baseline_tfidf.py"), *data, "--out",
+                           str(tmp_path / "tfidf")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert base.returncode == 0, base.stderr
+    done = summarize(tmp_path / "grid", tmp_path / "tfidf", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    configs = pd.read_csv(tmp_path / "grid" / "configurations.csv")
+    assert sorted(configs["rank"]) == [1, 2] and list(configs["seeds"]) == [2, 2]
+    assert configs["best"].sum() == 1 and configs["vs_reference_p"].notna().all()
+    other = configs[~configs["best"]].iloc[0]
+    assert -1 <= other["vs_best_low"] <= other["vs_best_diff"] <= other["vs_best_high"] <= 1
+    assert "Configurations tested on evaluation set" in done.stdout and "Δ best" in done.stdout
+
+
+def test_importances_of_a_study_come_from_optunas_evaluator(tmp_path):
+    import optuna
+
+    spec = importlib.util.spec_from_file_location("summarize_script", REPO / "scripts" / "summarize.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.optimize(lambda t: t.suggest_float("lr", 0, 1) * 10 + t.suggest_int("rank", 1, 2) * 0.01, n_trials=12)
+    found = script.importances(storage, "s")
+    assert set(found.index) == {"lr", "rank"} and found["lr"] > found["rank"]
+    assert found.sum() == pytest.approx(1.0)
