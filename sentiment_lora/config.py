@@ -380,6 +380,6 @@ def validate(cfg: Any) -> None:
     if cfg.data.n_samples is not None and cfg.data.n_samples < 2 * per_class:
         _fail(
             "data.n_samples",
-            f"must be >= {2 * per_class} or null, got {cfg.data.n_samples}: with val_fraction={val_fraction:g}, "
-            f"test_fraction={test_fraction:g} every split gets a review of each class only from {per_class} per class",
+            f"must be >= {2 * per_class} or null, got {cfg.data.n_samples}: a review of each class in every split "
+            f"takes {per_class} per class at val_fraction={val_fraction:g}, test_fraction={test_fraction:g}",
         )

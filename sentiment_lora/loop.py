@@ -16,14 +16,18 @@ from tqdm import tqdm
 
 from sentiment_lora import data as data_lib
 from sentiment_lora.checkpoint import Checkpoint
+from sentiment_lora.errors import UserError
 from sentiment_lora.metrics import classification_metrics
 from sentiment_lora.runtime import autocast
 
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: this run stops, a sweep goes on."""
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite: this run stops with one line, a sweep records a failed trial and goes on.
+
+    A UserError because the way out is in the config (a lower learning rate, gradient clipping).
+    """
 
 
 class EpochHook(Protocol):
@@ -84,7 +88,10 @@ def train_epoch(model, batches, optimizer, scheduler, trainer_cfg, epoch: int, d
         labels = batch["labels"].to(device)
         loss = loss_fn(batch_logits(model, batch, device, dtype).float(), labels)
         if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss is {loss.item()} at epoch {epoch}, batch {step}")
+            clip = "" if trainer_cfg.grad_clip else " or clip gradients (trainer.grad_clip=1.0)"
+            raise TrainingDiverged(
+                f"training diverged: loss is {loss.item()} at epoch {epoch}, batch {step}; lower optimizer.lr{clip}"
+            )
         loss.backward()
         if trainer_cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(trainable, trainer_cfg.grad_clip)

@@ -210,6 +210,37 @@ def test_distilbert_without_weights_fails_fast_and_names_the_ways_out(monkeypatc
     assert code != 0 and "model.path=nowhere" in err
 
 
+def test_divergence_is_one_line_suggesting_a_lower_learning_rate_and_writes_no_metrics(monkeypatch, capsys, tmp_path):
+    write_reviews(tmp_path / "reviews.csv", n=40)
+    args = [*TINY_FAST, "data=csv", "data.path=reviews.csv", "optimizer.lr=1e6", "trainer.grad_clip=null"]
+    code, err = run_in_process(monkeypatch, capsys, tmp_path, args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith("error: training diverged: loss is nan at epoch 1, batch "), err
+    assert lines[0].endswith("; lower optimizer.lr or clip gradients (trainer.grad_clip=1.0)")
+    assert not list(tmp_path.glob("outputs/runs/*/metrics.json"))
+
+
+@pytest.mark.slow
+def test_divergence_in_a_sweep_is_still_a_failed_trial(monkeypatch, tmp_path):
+    import optuna
+
+    write_reviews(tmp_path / "reviews.csv", n=40)
+    monkeypatch.chdir(tmp_path)
+    tiny = [arg for arg in TINY_FAST if not arg.startswith("optimizer.lr=")]
+    monkeypatch.setattr(sys, "argv", [
+        "sentiment_lora.train", "-m", *tiny, "data=csv", "data.path=reviews.csv", "hparams_search=lora_optuna",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path}/study.db", "hydra.sweeper.n_trials=1",
+        f"hydra.sweep.dir={tmp_path}/sweep", "hydra.sweeper.max_failure_rate=1.0", "optimizer.lr=choice(1e6)",
+        "trainer.grad_clip=null",
+    ])  # fmt: skip
+    cli()
+    (trial,) = optuna.load_study(study_name="lora_optuna", storage=f"sqlite:///{tmp_path}/study.db").trials
+    assert trial.state == optuna.trial.TrialState.FAIL and "training diverged" in trial.user_attrs["error"]
+    metrics = json.loads((tmp_path / "sweep" / "trial_0" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "training diverged" in metrics["error"]
+
+
 def test_nan_loss_stops_the_run_with_a_clear_error(tmp_path, reviews_csv, monkeypatch):
     def nan_loss():
         return lambda logits, labels: (logits * float("nan")).mean()

@@ -136,7 +136,7 @@ def test_n_samples_minimum_follows_the_fractions(fractions, per_class):
     split = ["data=csv", "data.path=x.csv", f"data.val_fraction={val}", f"data.test_fraction={test}"]
     validate(compose_config([*split, f"data.n_samples={2 * per_class}"]))
     with pytest.raises(
-        UserError, match=f"must be >= {2 * per_class} or null, got {2 * per_class - 1}.*{per_class} per"
+        UserError, match=f"must be >= {2 * per_class} or null, got {2 * per_class - 1}: .* takes {per_class} per class"
     ):
         validate(compose_config([*split, f"data.n_samples={2 * per_class - 1}"]))
 
