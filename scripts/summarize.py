@@ -72,7 +72,11 @@ def importances(storage: str, study_name: str):
     if len(study.directions) > 1 or len(complete) < 2:
         return None
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    try:
+        found = optuna.importance.get_param_importances(study, evaluator=evaluator)
+    except RuntimeError as err:  # fANOVA has nothing to apportion when every trial scored the same
+        print(f"note: no hyper-parameter importances for '{study_name}': {err}", file=sys.stderr)
+        return None
     return pd.Series(found, name="importance").rename_axis("parameter")
 
 

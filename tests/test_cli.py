@@ -58,13 +58,14 @@ def test_cli_run_writes_complete_artefacts_and_the_adapter_reproduces_test_predi
     trained = load_trained(cfg.model, run_dir)
     assert trained.dtype == {"fp32": None, "bf16": torch.bfloat16}[precision]
     rows = data_lib.encode(data_lib.load_splits(cfg.data)["test"], trained.tokenizer, cfg.trainer.max_length)
-    cpu = torch.device("cpu")
-    test, _, probs = evaluate(trained.model, rows, trained.tokenizer, cfg.trainer.eval_batch_size, cpu, trained.dtype)
+    device = torch.device(metrics["device"])  # on a GPU machine the run used CUDA; its kernels round otherwise
+    model = trained.model.to(device)
+    test, _, probs = evaluate(model, rows, trained.tokenizer, cfg.trainer.eval_batch_size, device, trained.dtype)
     saved = pd.read_csv(run_dir / "test_predictions.csv")["prob"].to_numpy()
     np.testing.assert_allclose(probs, saved, rtol=0, atol=1e-6)
     assert test == metrics["test"]
     if precision == "bf16":  # the reason to use the run's precision: fp32 arithmetic gives other probabilities
-        _, _, fp32_probs = evaluate(trained.model, rows, trained.tokenizer, cfg.trainer.eval_batch_size, cpu, None)
+        _, _, fp32_probs = evaluate(model, rows, trained.tokenizer, cfg.trainer.eval_batch_size, device, None)
         assert np.abs(fp32_probs - saved).max() > 1e-5
 
 

@@ -215,3 +215,16 @@ def test_importances_of_a_study_come_from_optunas_evaluator(tmp_path):
     found = script.importances(storage, "s")
     assert set(found.index) == {"lr", "rank"} and found["lr"] > found["rank"]
     assert found.sum() == pytest.approx(1.0)
+
+
+def test_importances_of_a_study_whose_trials_all_scored_the_same_are_a_note_not_a_crash(tmp_path, capsys):
+    import optuna
+
+    spec = importlib.util.spec_from_file_location("summarize_script", REPO / "scripts" / "summarize.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    storage = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.optimize(lambda t: 0.5 + 0 * t.suggest_float("lr", 0, 1), n_trials=4)  # every trial at chance
+    assert script.importances(storage, "s") is None
+    assert "no hyper-parameter importances" in capsys.readouterr().err
