@@ -105,4 +105,9 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
-    cli()
+    # Run the module's importable copy, not this `__main__` one: launchers that send the task function to other
+    # processes (joblib, submitit and so SLURM) would pickle a `__main__` function by value, with every global it
+    # reaches, and fail on the first one that does not pickle.
+    from sentiment_lora.train import cli as importable_cli
+
+    importable_cli()

@@ -4,12 +4,14 @@ job-side hook reports epochs and is pruned."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from sentiment_lora.train import cli
 from sentiment_lora.trial import reporter_for
 
 CONFIG = {"calling_file": __file__, "calling_module": None, "config_path": "sweeper_conf", "config_name": "dummy"}
@@ -75,3 +77,78 @@ def test_the_job_side_hook_reports_each_epoch_and_is_pruned(hydra_sweep_runner, 
         assert trial.state == TrialState.PRUNED
         assert trial.intermediate_values == {1: pytest.approx(0.1)}
         assert Path(trial.user_attrs["run_dir"]).is_dir()
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_resumed_study_draws_new_parameters_reproducibly_from_the_seed_and_trial_number(
+    hydra_sweep_runner, tmp_path, sampler
+):
+    # A continuous x: two trials can share a value only if the sampler's random sequence repeats.
+    space = [f"hydra/sweeper/sampler={sampler}", "hydra.sweeper.sampler.seed=0", "x=interval(0,1)"]
+    sweep(hydra_sweep_runner, tmp_path / "resumed", "hydra.sweeper.n_trials=2", *space)
+    resumed = [t.params["x"] for t in sweep(hydra_sweep_runner, tmp_path / "resumed", "hydra.sweeper.n_trials=5",
+                                            *space).trials]  # fmt: skip
+    assert len(set(resumed)) == 5
+    # In the random (start-up) phase, a trial's parameters depend on the seed and its number alone.
+    in_one_go = sweep(hydra_sweep_runner, tmp_path / "one_go", "hydra.sweeper.n_trials=5", *space)
+    assert [t.params["x"] for t in in_one_go.trials] == resumed
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
+def test_a_dead_workers_trial_goes_stale_is_failed_and_retried_with_its_parameters(hydra_sweep_runner, tmp_path):
+    beats = ["hydra.sweeper.fail_interrupted=false", "hydra.sweeper.heartbeat_interval=1",
+             "hydra.sweeper.grace_period=1", "hydra.sweeper.max_retry=1", "x=interval(0,1)"]  # fmt: skip
+    sweep(hydra_sweep_runner, tmp_path, "hydra.sweeper.n_trials=2", *beats)
+    # A worker that asked for trial 2, beat once and died.
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/study.db", heartbeat_interval=1)
+    dead = optuna.load_study(study_name="dummy", storage=storage).ask()
+    lost = dead.suggest_float("x", 0, 1)
+    storage.record_heartbeat(dead._trial_id)
+
+    trials = sweep(hydra_sweep_runner, tmp_path, "hydra.sweeper.n_trials=4", *beats).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] + [TrialState.COMPLETE] * 2
+    retry = trials[4]
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 2
+    assert retry.params == {"x": lost} and retry.value == lost
+
+
+@pytest.mark.parametrize("key, value", [("heartbeat_interval", 0), ("grace_period", -1), ("max_retry", -1)])
+def test_bad_heartbeat_keys_are_one_error_line(hydra_sweep_runner, tmp_path, capsys, key, value):
+    with pytest.raises(SystemExit) as exit_info:
+        sweep(hydra_sweep_runner, tmp_path, f"hydra.sweeper.{key}={value}")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: config hydra.sweeper.{key}: ")
+
+
+def cli_sweep(monkeypatch, capsys, tmp_path: Path, *args: str) -> tuple[int, list[str]]:
+    """`python -m sentiment_lora.train -m hparams_search=lora_optuna ARGS` in this process, through Hydra's own
+    error reporting; returns the exit status and the lines on stderr."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["sentiment_lora.train", "-m", "hparams_search=lora_optuna", "model=tiny", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli()
+    return exit_info.value.code, capsys.readouterr().err.splitlines()
+
+
+@pytest.mark.parametrize(
+    "storage",
+    ["foo://x", "postgresql://user:secret@127.0.0.1:1/optuna", "sqlite:///{tmp}/reviews.csv", "sqlite:///{tmp}/f/x.db"],
+    ids=["unknown-dialect", "unreachable-postgres", "not-a-database", "under-a-file"],
+)
+def test_a_storage_that_cannot_be_opened_is_one_error_line(monkeypatch, capsys, tmp_path, storage):
+    (tmp_path / "reviews.csv").write_text("text,label\nfine,1\n")
+    (tmp_path / "f").write_text("a file, not a folder")
+    storage = storage.format(tmp=tmp_path)
+    code, err = cli_sweep(monkeypatch, capsys, tmp_path, f"hydra.sweeper.storage={storage}")
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: config hydra.sweeper.storage: cannot open {storage.replace('secret', '***')}: ")
+
+
+def test_a_sweep_directory_that_cannot_be_made_is_one_error_line_and_uses_no_trial(monkeypatch, capsys, tmp_path):
+    (tmp_path / "f").write_text("a file, not a folder")
+    storage = f"sqlite:///{tmp_path}/study.db"
+    code, err = cli_sweep(monkeypatch, capsys, tmp_path, f"hydra.sweeper.storage={storage}",
+                          f"hydra.sweep.dir={tmp_path}/f/sweep")  # fmt: skip
+    assert code == 2 and err == [f"error: config hydra.sweep.dir: cannot create {tmp_path}/f/sweep: Not a directory"]
+    assert optuna.get_all_study_names(storage) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from omegaconf import OmegaConf
 
 from sentiment_lora.train import cli
 
-from .conftest import REPO, write_reviews
+from .conftest import REPO, run_cli, write_reviews
 
 TINY = ["model=tiny", "trainer.max_length=32", "trainer.batch_size=16", "trainer.progress=false", "data=csv"]
 
@@ -162,13 +163,27 @@ def test_pareto_preset_returns_accuracy_and_trainable_params(sweep_env, monkeypa
     assert {entry.trial for entry in results.pareto_front} == {t.number for t in study.best_trials}
 
 
-def test_parallel_launcher_with_two_jobs(sweep_env, monkeypatch):
-    args = optuna_args(sweep_env, "lora_optuna", 4, "trainer.epochs=1", "hydra/launcher=joblib",
-                       "hydra.sweeper.n_jobs=2", "hydra.launcher.n_jobs=2")  # fmt: skip
-    assert multirun(monkeypatch, args) == 0
+LAUNCHERS = {
+    "basic": [],
+    "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    # The submission path of hydra/launcher=slurm (submitit pickles each job for another process), on one machine.
+    "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_every_launcher_runs_trials_as_a_user_starts_it(sweep_env, launcher):
+    args = optuna_args(sweep_env, "lora_optuna", 2, "hydra.sweeper.n_jobs=2", *LAUNCHERS[launcher])
+    done = run_cli(["-m", *TINY, "trainer.epochs=1", "data.path=reviews.csv", *args], cwd=sweep_env)
+    assert done.returncode == 0, done.stderr[-3000:]
     trials = load(sweep_env, "lora_optuna").trials
-    assert len(trials) == 4 and all(1 in t.intermediate_values for t in trials)
-    assert len({t.user_attrs["run_dir"] for t in trials}) == 4
+    assert len(trials) == 2 and all(1 in t.intermediate_values for t in trials)  # each job reopened its trial
+    assert len({t.user_attrs["run_dir"] for t in trials}) == 2
+    if launcher == "submitit_local":
+        # What a SLURM node would unpickle: the task function by its importable name, not `__main__`'s copy.
+        submitted = sorted((sweep_env / "sweep" / ".submitit").glob("*/*_submitted.pkl"))
+        task_function = pickle.loads(submitted[0].read_bytes()).function.task_function
+        assert task_function.__module__ == "sentiment_lora.train"
 
 
 def test_grid_sampler_covers_the_grid_once(sweep_env, monkeypatch):

@@ -9,17 +9,26 @@ import hashlib
 import logging
 import math
 import os
+import time
+import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
+import sqlalchemy
 from hydra.core.utils import JobStatus
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import OmegaConf
+from optuna.samplers import BaseSampler
+from optuna.samplers._lazy_random_state import LazyRandomState
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages._heartbeat import get_heartbeat_thread  # what study.optimize() beats with
 from optuna.trial import TrialState
 
+from sentiment_lora.errors import UserError
 from sentiment_lora.trial import make_pruner
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,30 @@ def storage_lock(storage: str | None, study_name: str) -> Iterator[None]:
         yield  # in-memory storage: one process only
 
 
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler's seed for one trial: a function of the configured seed and the trial number alone."""
+    return int(np.random.SeedSequence((seed, number)).generate_state(1)[0])
+
+
+def _reseed(sampler: BaseSampler, seed: int) -> None:
+    """sampler.reseed_rng() made reproducible: seed the random states it holds (and those of the samplers it
+    delegates to, e.g. TPE's random startup sampler) from `seed` instead of from the OS. Structural seeds that
+    reseed_rng() leaves alone, like QMC's scrambling seed, are plain ints here and stay as they are."""
+    for value in vars(sampler).values():
+        if isinstance(value, LazyRandomState):
+            value.rng.seed(seed)
+        elif isinstance(value, BaseSampler):
+            _reseed(value, seed)
+
+
+def _masked(storage: str | None) -> str:
+    """The storage URL without its password, fit for logs and error messages."""
+    try:
+        return sqlalchemy.engine.make_url(storage).render_as_string(hide_password=True)
+    except (sqlalchemy.exc.ArgumentError, TypeError):
+        return str(storage)
+
+
 def _tell(study: optuna.Study, trial: optuna.Trial, **outcome: Any) -> None:
     try:
         study.tell(trial, **outcome)
@@ -73,16 +106,34 @@ def _error_of(job_return) -> BaseException | None:
 
 
 class LoraOptunaSweeperImpl(OptunaSweeperImpl):
-    def __init__(self, *args: Any, pruner: Any, fail_interrupted: bool, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        pruner: Any,
+        fail_interrupted: bool,
+        seed: int | None,
+        heartbeat_interval: int | None,
+        grace_period: int | None,
+        max_retry: int,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.pruner_config = pruner
         self.fail_interrupted = fail_interrupted
-
-    def _prepare_storage(self) -> None:
-        if isinstance(self.storage, str) and self.storage.startswith("sqlite:///"):
-            Path(self.storage[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        self.seed = seed
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period
+        self.max_retry = max_retry
 
     def sweep(self, arguments: list[str]) -> None:
+        with warnings.catch_warnings():
+            # Heartbeats and stale-trial retries are experimental in Optuna, and Optuna expects them to be used by
+            # study.optimize(): this loop does what optimize() does (fail stale trials, beat while a trial runs).
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
+            self._sweep(arguments)
+
+    def _sweep(self, arguments: list[str]) -> None:
         self._process_searchspace_config()
         params_conf = self._parse_sweeper_params_config() + list(arguments)
         distributions, fixed_params, fixed_overrides = create_params_from_overrides(params_conf)
@@ -94,60 +145,159 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
             self.sampler = self.sampler(grid)
             self.n_trials = min(self.n_trials, math.prod(len(choices) for choices in grid.values()))
         directions = self._get_directions()
-        pruner = make_pruner(self.pruner_config)  # the same construction the jobs use
         if len(directions) > 1 and self.pruner_config:
             raise ValueError("Optuna cannot prune multi-objective studies: set hydra.sweeper.pruner=null")
-        self._prepare_storage()
-        # Workers starting together on an empty database would race to create Optuna's tables: lock that too.
-        with storage_lock(self.storage, self.study_name or "optuna"):
-            study = optuna.create_study(
-                study_name=self.study_name,
-                storage=self.storage,
-                sampler=self.sampler,
-                pruner=pruner,
-                directions=directions,
-                load_if_exists=True,
-            )
-        log.info("Optuna study '%s' in %s", study.study_name, self.storage or "memory")
-        log.info("Sampler %s, pruner %s, directions %s", type(self.sampler).__name__, type(pruner).__name__, directions)
+        self._check_heartbeat_keys()
+        # Whatever the sweep needs before its first trial: a mistake here is the user's to fix, and no trial is
+        # asked for (and failed) before it is fixed.
+        self._make_sweep_dir()
+        study = self._open_study(directions, make_pruner(self.pruner_config))  # the pruner the jobs use
+        log.info("Optuna study '%s' in %s", study.study_name, _masked(self.storage) if self.storage else "memory")
+        log.info(
+            "Sampler %s (seed %s), pruner %s, directions %s",
+            type(self.sampler).__name__,
+            self.seed,
+            type(study.pruner).__name__,
+            directions,
+        )
         if self.fail_interrupted:
-            for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                optuna.trial.Trial(study, stale._trial_id).set_user_attr("error", "interrupted: RUNNING at restart")
-                _tell(study, stale.number, state=TrialState.FAIL)
-                log.warning("trial %d was left RUNNING by an interrupted sweep: marked FAIL", stale.number)
+            self._fail_interrupted(study)
 
         launched = failed = 0
         while True:
-            with storage_lock(self.storage, study.study_name):
-                existing = len(study.get_trials(deepcopy=False))
-                batch = min(self.n_jobs, self.n_trials - existing)
-                if batch <= 0:
+            with ExitStack() as heartbeats:
+                with storage_lock(self.storage, study.study_name):
+                    optuna.storages.fail_stale_trials(study)  # a no-op without heartbeats
+                    trials = self._ask_batch(study)
+                    for trial in trials:  # beating from the start: a worker killed now leaves a stale trial
+                        heartbeats.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+                if not trials:
+                    if self._wait_for_lost_trials(study):
+                        continue
                     break
-                trials = [study.ask() for _ in range(batch)]
-            log.info("trials %s of %d", ", ".join(str(t.number) for t in trials), self.n_trials)
-            overrides = self._configure_trials(trials, distributions, fixed_params, fixed_overrides)
-            overrides = [
-                (*job, f"trial.id={trial._trial_id}", f"trial.number={trial.number}")
-                for trial, job in zip(trials, overrides, strict=True)
-            ]
-            try:
-                returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-            except BaseException as err:
-                # The launcher itself failed (or was interrupted): leave no trial RUNNING behind.
-                for trial in trials:
-                    trial.set_user_attr("error", f"launcher: {type(err).__name__}: {err}"[:1000])
-                    _tell(study, trial, state=TrialState.FAIL)
-                raise
-            self.job_idx += len(returns)
-            for trial, job_return in zip(trials, returns, strict=True):
-                failed += self._record(study, trial, job_return, len(directions))
-            launched += len(returns)
+                failed += self._run_batch(study, trials, distributions, fixed_params, fixed_overrides)
+            launched += len(trials)
             if failed / launched > self.max_failure_rate:
                 raise RuntimeError(
                     f"{failed} of {launched} trials failed, above hydra.sweeper.max_failure_rate="
                     f"{self.max_failure_rate}; see the FAIL trials' 'error' attribute and their run directories"
                 )
         self._write_results(study, directions)
+
+    def _check_heartbeat_keys(self) -> None:
+        for key in ("heartbeat_interval", "grace_period"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise UserError(f"config hydra.sweeper.{key}: must be whole seconds above 0, or null; got {value}")
+        if not isinstance(self.max_retry, int) or self.max_retry < 0:
+            raise UserError(f"config hydra.sweeper.max_retry: must be 0 or more, got {self.max_retry}")
+
+    def _make_sweep_dir(self) -> None:
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        try:
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"config hydra.sweep.dir: cannot create {sweep_dir}: {err.strerror}") from err
+
+    def _open_study(self, directions: list[str], pruner: optuna.pruners.BasePruner) -> optuna.Study:
+        """Create the study, or load it to resume or share it."""
+        try:
+            if isinstance(self.storage, str) and self.storage.startswith("sqlite:///"):
+                Path(self.storage[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+            # Workers starting together on an empty database would race to create Optuna's tables: lock that too.
+            with storage_lock(self.storage, self.study_name or "optuna"):
+                return optuna.create_study(
+                    study_name=self.study_name,
+                    storage=self._rdb_storage(),
+                    sampler=self.sampler,
+                    pruner=pruner,
+                    directions=directions,
+                    load_if_exists=True,
+                )
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, OSError) as err:
+            # A bad URL, an unreachable server, a file that is no database, a missing driver: one line says which.
+            problem = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+            raise UserError(f"config hydra.sweeper.storage: cannot open {_masked(self.storage)}: {problem}") from err
+
+    def _rdb_storage(self) -> optuna.storages.RDBStorage | None:
+        if not self.storage:
+            return None  # in memory: one process, nothing to beat for
+        return optuna.storages.RDBStorage(
+            self.storage,
+            heartbeat_interval=self.heartbeat_interval,
+            grace_period=self.grace_period,
+            heartbeat_stale_trial_callback=self._retry(),
+        )
+
+    def _retry(self) -> optuna.storages.RetryHeartbeatStaleTrialCallback | None:
+        """Re-queues a trial whose worker died, with its parameters, up to max_retry times."""
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=self.max_retry) if self.max_retry else None
+
+    def _fail_interrupted(self, study: optuna.Study) -> None:
+        retry = self._retry()
+        for stale in study.get_trials(deepcopy=True, states=(TrialState.RUNNING,)):
+            optuna.trial.Trial(study, stale._trial_id).set_user_attr("error", "interrupted: RUNNING at restart")
+            _tell(study, stale.number, state=TrialState.FAIL)
+            log.warning("trial %d was left RUNNING by an interrupted sweep: marked FAIL", stale.number)
+            if retry:
+                retry(study, stale)  # as a heartbeat-stale trial would be
+
+    def _ask_batch(self, study: optuna.Study) -> list[optuna.Trial]:
+        """Up to n_jobs trials: re-queued ones first (study.ask() pops them), then new ones up to n_trials."""
+        trials = study.get_trials(deepcopy=False)
+        # A retry stands in for the trial it re-runs: it takes no place of its own among the n_trials.
+        retries = sum(RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is not None for t in trials)
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        batch = min(self.n_jobs, max(self.n_trials - (len(trials) - retries), 0) + waiting)
+        return [study.ask() for _ in range(batch)]
+
+    def _wait_for_lost_trials(self, study: optuna.Study) -> bool:
+        """With no trial left to ask for while others run, wait up to a grace period: a trial of a worker that died
+        before now goes stale within it, so this live worker fails it (and runs its retry). True once a retry is
+        queued."""
+        if not self.storage or self.heartbeat_interval is None:
+            return False
+        # Two seconds more: Optuna's clock has second resolution in SQLite, and this looks once a second.
+        deadline = time.monotonic() + (self.grace_period or 2 * self.heartbeat_interval) + 2
+        while True:
+            with storage_lock(self.storage, study.study_name):
+                optuna.storages.fail_stale_trials(study)
+            states = {
+                t.state for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
+            }
+            if TrialState.WAITING in states:
+                return True
+            if not states or time.monotonic() > deadline:
+                return False
+            time.sleep(1)  # not a whole heartbeat interval: stop soon after the other workers' last trial ends
+
+    def _configure_trials(self, trials: list[optuna.Trial], *space: Any) -> list[tuple[str, ...]]:
+        overrides = []
+        for trial in trials:
+            if self.seed is not None:
+                # The configured seed would restart the sampler's random sequence in every process that opens the
+                # study: a resumed study and each worker sharing it would propose the same parameters again.
+                _reseed(trial.study.sampler, trial_seed(self.seed, trial.number))
+            overrides.extend(super()._configure_trials([trial], *space))
+        return overrides
+
+    def _run_batch(self, study: optuna.Study, trials: list[optuna.Trial], *space: Any) -> int:
+        """Launch the trials' jobs and record their outcomes; returns how many failed."""
+        log.info("trials %s of %d", ", ".join(str(t.number) for t in trials), self.n_trials)
+        overrides = [
+            (*job, f"trial.id={trial._trial_id}", f"trial.number={trial.number}")
+            for trial, job in zip(trials, self._configure_trials(trials, *space), strict=True)
+        ]
+        try:
+            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
+        except BaseException as err:
+            # The launcher itself failed (or was interrupted): leave no trial RUNNING behind.
+            for trial in trials:
+                trial.set_user_attr("error", f"launcher: {type(err).__name__}: {err}"[:1000])
+                _tell(study, trial, state=TrialState.FAIL)
+            raise
+        self.job_idx += len(returns)
+        return sum(self._record(study, t, r, len(study.directions)) for t, r in zip(trials, returns, strict=True))
 
     @staticmethod
     def _record(study: optuna.Study, trial: optuna.Trial, job_return, n_objectives: int) -> int:

@@ -7,6 +7,11 @@ its plain sweep loop lacks.
   from the storage, report every epoch's validation metric and be pruned; the plain sweeper hides the trial.
 - A job that raises becomes a FAIL trial with its error recorded; a job that was pruned becomes PRUNED with its
   last reported value. The sweep stops only when the failure rate passes max_failure_rate.
+- The sampler's seed seeds each trial (from the seed and the trial number), so resumed studies and workers sharing
+  one never re-draw the same sequence of parameters.
+- Heartbeats: a trial whose worker died is failed by another worker, and re-run with its parameters up to
+  max_retry times.
+- A storage or sweep directory that cannot be opened is one `error:` line, before any trial is asked for.
 
 Hydra only instantiates sweepers from the `hydra_plugins` package, hence this module's location. As Hydra's
 plugin guide advises, this module is light (configs and registration, imported by every run that composes a
@@ -15,6 +20,7 @@ config); optuna, sqlalchemy and the sweep loop live in `_impl.py`, imported only
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +29,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from omegaconf import MISSING, DictConfig
+
+from sentiment_lora.errors import UserError
 
 
 @dataclass
@@ -64,8 +72,16 @@ class LoraOptunaSweeperConf(OptunaSweeperConf):
     # Jobs launched per batch; 1 for several workers sharing one storage.
     n_jobs: int = 1
     # Mark trials left RUNNING by an interrupted sweep as FAIL on restart. Right for one machine with SQLite;
-    # turn it off when other workers share the storage, or their live trials would be failed.
+    # turn it off when other workers share the storage, or their live trials would be failed (heartbeats below
+    # fail a dead worker's trials instead).
     fail_interrupted: bool = True
+    # Heartbeats (SQLite and PostgreSQL storages): while a trial runs, its sweep records a heartbeat every
+    # heartbeat_interval seconds (null: off). A RUNNING trial without one for grace_period seconds (null: twice
+    # the interval) belongs to a worker that died: the next sweep that asks for a trial marks it FAIL, and
+    # re-queues its parameters as a new trial up to max_retry times (0: never).
+    heartbeat_interval: int | None = 60
+    grace_period: int | None = None
+    max_retry: int = 0
 
 
 _store = ConfigStore.instance()
@@ -89,13 +105,17 @@ class LoraOptunaSweeper(Sweeper):
         params: DictConfig | None,
         pruner: Any = None,
         fail_interrupted: bool = True,
+        heartbeat_interval: int | None = 60,
+        grace_period: int | None = None,
+        max_retry: int = 0,
     ) -> None:
         from hydra.utils import instantiate
 
         from ._impl import LoraOptunaSweeperImpl
 
+        sampler_cfg = sampler
         sampler = instantiate(
-            sampler, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
+            sampler_cfg, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
         )
         self.sweeper = LoraOptunaSweeperImpl(
             sampler,
@@ -109,10 +129,20 @@ class LoraOptunaSweeper(Sweeper):
             params,
             pruner=pruner,
             fail_interrupted=fail_interrupted,
+            seed=sampler_cfg.get("seed"),
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            max_retry=max_retry,
         )
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
-        return self.sweeper.sweep(arguments)
+        try:
+            return self.sweeper.sweep(arguments)
+        except UserError as err:
+            # Raised before the first trial is asked for (bad storage, sweep directory, sweeper keys): as in a
+            # single run, one line and exit status 2. SystemExit passes through Hydra's traceback printer.
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
