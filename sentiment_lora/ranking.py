@@ -100,12 +100,12 @@ def rank_group(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             rows.attrs["reference"] = {"model": reference["model"], "test_acc": reference["test_acc"]}
         else:
             notes.append(f"reference {reference['run']}: other test labels than the runs; not compared")
-    rows["pareto"] = _pareto(rows)
+    rows["pareto"] = pareto(rows)
     return rows.sort_values("val_acc", ascending=False).reset_index(drop=True), notes
 
 
-def _pareto(rows: pd.DataFrame) -> pd.Series:
-    """Configurations no other beats on mean validation accuracy without more trainable parameters."""
+def pareto(rows: pd.DataFrame) -> pd.Series:
+    """Rows (runs or configurations) no other row beats on validation accuracy without more trainable parameters."""
     marks = pd.Series(False, index=rows.index)
     for index, row in rows.iterrows():
         better = rows[

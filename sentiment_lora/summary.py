@@ -10,6 +10,7 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from sentiment_lora.errors import UserError
+from sentiment_lora.ranking import pareto
 from sentiment_lora.results import METRICS_FILE, read_metrics
 
 COLUMNS = [
@@ -103,15 +104,7 @@ def row_of(run_dir: Path) -> dict:
 def mark_pareto(table: pd.DataFrame) -> pd.Series:
     """Completed runs that no other completed run beats on val accuracy without using more trainable parameters."""
     done = table[(table["state"] == "complete") & table["val_acc"].notna() & table["trainable"].notna()]
-    marks = pd.Series(False, index=table.index)
-    for index, row in done.iterrows():
-        better = done[
-            (done["val_acc"] >= row["val_acc"])
-            & (done["trainable"] <= row["trainable"])
-            & ((done["val_acc"] > row["val_acc"]) | (done["trainable"] < row["trainable"]))
-        ]
-        marks[index] = better.empty
-    return marks
+    return pareto(done).reindex(table.index, fill_value=False)
 
 
 def build_table(paths: Iterable[Path]) -> tuple[pd.DataFrame, list[str]]:
