@@ -92,6 +92,7 @@ def row_of(run_dir: Path) -> dict:
         "test_n": test.get("n"),
         "test_f1": test.get("f1"),
         "seed": metrics.get("seed"),
+        "truncation": _section(metrics, "data").get("truncation"),
         # Older records lack these: each such run is its own configuration, paired on its whole data.
         "config_id": metrics.get("config_id") or f"run {run_dir}",
         "eval_fingerprint": metrics.get("eval_fingerprint") or metrics.get("data_fingerprint"),
@@ -145,7 +146,8 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 CONFIG_COLUMNS = {
-    "model": "model", "targets": "targets", "rank": "r", "alpha": "alpha", "trainable": "trainable", "seeds": "seeds",
+    "config": "config", "model": "model", "targets": "targets", "truncation": "truncation", "rank": "r",
+    "alpha": "alpha", "trainable": "trainable", "seeds": "seeds",
     "val_acc": "val acc", "test_acc": "test acc", "test_ci": "test 95% CI", "test_sd": "sd",
     "vs_best": "Δ best [95% CI]", "vs_best_p": "p (Holm)", "tied_with_best": "≈ best",
     "vs_reference": "Δ reference [95% CI]", "vs_reference_p": "p ref (Holm)", "pareto": "pareto",
@@ -166,7 +168,8 @@ def _difference(row, prefix: str) -> str:
 def configurations_markdown(table: pd.DataFrame) -> str:
     """One evaluation group's configuration table (ranking.rank_group) as markdown; differences in points."""
     shown = pd.DataFrame(index=table.index)
-    for column in ("model", "targets"):
+    shown["config"] = table["config"].map(lambda v: str(v)[:8])  # config_id: what else differs is in its runs' config
+    for column in ("model", "targets", "truncation"):
         shown[column] = table[column].fillna("")
     shown["rank"] = table["rank"].map(lambda v: _number(v, ".0f"))
     shown["alpha"] = table["alpha"].map(lambda v: _number(v, "g"))
