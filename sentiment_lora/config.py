@@ -281,7 +281,11 @@ class Config:
 
 
 def register_configs() -> None:
-    ConfigStore.instance().store(name="base_config", node=Config)
+    store = ConfigStore.instance()
+    # Once per process: `python -m sentiment_lora.train` imports this from two copies of the entry module (the
+    # `__main__` one hands over to the importable one), and a second store prints a Hydra warning on every run.
+    if "base_config.yaml" not in store.repo:
+        store.store(name="base_config", node=Config)
 
 
 def _fail(key: str, problem: str) -> None:

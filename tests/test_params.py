@@ -36,6 +36,7 @@ ATTN = lora(4, H, H)  # one of q/k/v/out_lin at rank 4
 def test_seed_config_counts_via_cli_dry_run(tmp_path):
     done = run_cli(["model=distilbert", "dry_run=true", f"hydra.run.dir={tmp_path}/run"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
+    assert "already registered" not in done.stderr  # the entry module runs twice under -m: one registration
     params = json.loads((tmp_path / "run" / "metrics.json").read_text())["params"]
     assert params["trainable"] == 74_497
     assert params["total"] == 66_437_377
