@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from sentiment_lora.errors import UserError
-from sentiment_lora.results import config_digest
+from sentiment_lora.results import atomic_target, config_digest
 
 log = logging.getLogger(__name__)
 
@@ -68,26 +67,22 @@ class Checkpoint:
             "scheduler": scheduler.state_dict(),
         }
         tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
-        handle, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(handle)
-        save_file(tensors, tmp, metadata={"state": json.dumps(meta, default=list)})
-        os.replace(tmp, self.path)
+        with atomic_target(self.path) as tmp:
+            save_file(tensors, str(tmp), metadata={"state": json.dumps(meta, default=list)})
 
     def restore(self, model, optimizer, scheduler, batches) -> tuple[int, list, dict, dict] | None:
         """(last completed epoch, history, best, best_state) with model, optimizer, scheduler and random states
         set as they were after that epoch; None when there is no checkpoint."""
         if not self.enabled or not self.path.exists():
             return None
-        from safetensors import safe_open
-
-        with safe_open(str(self.path), framework="pt") as handle:
+        with safe_open(str(self.path), framework="pt") as handle:  # one read: metadata and tensors
             meta = json.loads(handle.metadata()["state"])
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         if meta["digest"] != self.digest:
             raise UserError(
                 f"{self.path} is a checkpoint of another configuration; re-run with the same overrides to resume, "
                 "or use a new run directory"
             )
-        tensors = load_file(str(self.path))
         device = next(model.parameters()).device
         params = {name[len("param/") :]: value for name, value in tensors.items() if name.startswith("param/")}
         model.load_state_dict({name: value.to(device) for name, value in params.items()}, strict=False)

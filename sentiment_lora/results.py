@@ -8,6 +8,8 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,16 +117,26 @@ def new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+@contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """A temporary path in the same folder to write `path` to; renamed onto it when the block succeeds, removed
+    when it fails: readers never see half a file."""
     path = Path(path)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
     # mkstemp creates the file 0o600, which the rename would carry over: give it an ordinary file's mode.
     os.chmod(tmp, new_file_mode())
-    with os.fdopen(handle, "w") as out:
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    with atomic_target(path) as tmp, open(tmp, "w") as out:
         json.dump(_jsonable(payload), out, indent=2, allow_nan=False)
         out.write("\n")
-    os.replace(tmp, path)
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
