@@ -62,7 +62,7 @@ def run(overrides: list[str], out_dir: Path) -> dict:
         "eval_fingerprint": data_lib.fingerprint(splits, ("val", "test")),
         "split_sizes": {name: len(splits[name]) for name in data_lib.SPLITS},
         "params": {"trainable": n_params, "total": n_params, "trainable_pct": 100.0,
-                   "by_group": {"lora": 0, "head": 0, "encoder": 0}},
+                   "by_group": {"lora": 0, "dora_magnitude": 0, "head": 0, "encoder": 0}},
         "val": val,
         "test": test,
         "history": [],

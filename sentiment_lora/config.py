@@ -113,15 +113,23 @@ class ModelConfig:
     head_dropout: float = _help("Dropout on the pooled vector before the classifier head.", 0.1, within=PROBABILITY)
     layers_path: str = _help(
         "Attribute path of the encoder's list of transformer layers (BERT: encoder.layer, DistilBERT: "
-        "transformer.layer); lora.top_layers and trainer.frozen_prefix count layers along it.",
+        "transformer.layer); lora.top_layers, lora.layers and trainer.frozen_prefix count layers along it.",
         "encoder.layer",
     )
 
 
 @dataclass
 class LoraConfig:
-    rank: int = _help("LoRA rank r, at most the width of each adapted layer.", 4, within=AT_LEAST_ONE)
-    alpha: float = _help("LoRA alpha; the update is scaled by alpha / rank.", 16.0, within=POSITIVE)
+    rank: int = _help(
+        "LoRA rank r, at most the width of each adapted layer; lora.budget, when set, chooses it instead.",
+        4,
+        within=AT_LEAST_ONE,
+    )
+    alpha: float = _help(
+        "LoRA alpha; the update is scaled by alpha / rank (alpha / sqrt(rank) under lora.scaling=rslora).",
+        16.0,
+        within=POSITIVE,
+    )
     dropout: float = _help("Dropout on the input of each LoRA adapter.", 0.05, within=PROBABILITY)
     targets: list[str] = _help(
         "Abstract modules that get LoRA, from {q, k, v, output, ffn, head}. Without 'head' the single-unit head "
@@ -131,7 +139,38 @@ class LoraConfig:
     )
     top_layers: int | None = _help(
         "Put adapters only in the last N encoder layers; null adapts every layer. The layers below stay frozen, "
-        "which trainer.frozen_prefix=cache can compute once instead of every step.",
+        "which trainer.frozen_prefix=cache can compute once instead of every step. Excludes lora.layers.",
+        None,
+        within=AT_LEAST_ONE,
+    )
+    layers: list[int] | None = _help(
+        "Put adapters only in these encoder layers (0-based indices along model.layers_path, each once); null "
+        "adapts every layer. The layers below the lowest one stay frozen, as with lora.top_layers, which it excludes.",
+        None,
+        within=NON_NEGATIVE,
+    )
+    scaling: str = _help(
+        "How the update is scaled: 'standard' by alpha / rank, 'rslora' by alpha / sqrt(rank) (rank-stabilized "
+        "LoRA; PEFT's use_rslora).",
+        "standard",
+        choices=("standard", "rslora"),
+    )
+    dora: bool = _help(
+        "Weight-decomposed LoRA (DoRA; PEFT's use_dora): each adapted layer also trains a magnitude vector of its "
+        "output width, counted as params.by_group.dora_magnitude.",
+        False,
+    )
+    loraplus_lr_ratio: float | None = _help(
+        "LoRA+: the B matrices learn at this multiple of optimizer.lr, the A matrices and the head at optimizer.lr "
+        "(PEFT's create_loraplus_optimizer; DoRA magnitudes go with B there). null: one learning rate for all.",
+        None,
+        within=POSITIVE,
+    )
+    budget: int | None = _help(
+        "Target number of trainable parameters (LoRA + DoRA magnitudes + head): the run sets the rank whose count "
+        "is nearest (ties: the lower rank) and ignores lora.rank; metrics.json records it as lora.rank_used. A "
+        "budget whose nearest rank is below 1 or above the narrowest adapted layer's width is an error. null: "
+        "lora.rank.",
         None,
         within=AT_LEAST_ONE,
     )
@@ -345,6 +384,18 @@ def _validate_data_layout(data: Any, dry_run: bool) -> None:
         _fail("data.path", "is required for data=csv (data.path=/path/to/reviews.csv)")
 
 
+def _validate_lora_layers(lora: Any) -> None:
+    """Layer choices that need no model; an index past the encoder's last layer is refused where it is built."""
+    if lora.layers is None:
+        return
+    if lora.top_layers is not None:
+        _fail("lora.layers", "excludes lora.top_layers: set one of them, the other null")
+    if not lora.layers:
+        _fail("lora.layers", "is empty; list at least one layer index, or null for every layer")
+    if len(set(lora.layers)) != len(lora.layers):
+        _fail("lora.layers", f"lists a layer twice: {list(lora.layers)}")
+
+
 def validate(cfg: Any) -> None:
     """Semantic checks a dataclass type cannot express; one line per problem, naming the key. Checks that need the
     model (lora.rank against layer widths, trainer.max_length against positions) run where it is built."""
@@ -374,6 +425,7 @@ def validate(cfg: Any) -> None:
     for target in cfg.lora.targets:
         if target != "head" and target not in cfg.model.targets_map:
             _fail("model.targets_map", f"model '{cfg.model.name}' does not map target '{target}'")
+    _validate_lora_layers(cfg.lora)
     if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)):
         _fail("seeds", f"needs distinct seeds, got {list(cfg.seeds)}")
     _validate_data_layout(cfg.data, cfg.dry_run)

@@ -203,14 +203,29 @@ def check_max_length(model_cfg, weights: str | None, tokenizer, max_length: int)
         )
 
 
-def layer_filter(layers_path: str, n_layers: int, top_layers: int | None) -> str:
-    """A regex lookahead admitting only modules inside the last `top_layers` layers ('' admits every layer)."""
-    if top_layers is None:
+def adapted_layers(n_layers: int, top_layers: int | None, layers: list[int] | None) -> list[int] | None:
+    """The encoder layers that get adapters, from lora.top_layers or lora.layers (None: every layer)."""
+    if top_layers is not None:
+        if top_layers > n_layers:
+            raise UserError(f"config lora.top_layers: {top_layers} exceeds the encoder's {n_layers} layers")
+        return list(range(n_layers - top_layers, n_layers))
+    if layers is not None:
+        outside = [index for index in layers if not 0 <= index < n_layers]
+        if outside:
+            raise UserError(
+                f"config lora.layers: index {outside[0]} is out of range for the encoder's {n_layers} layers "
+                f"(0 to {n_layers - 1})"
+            )
+        return sorted(layers)
+    return None
+
+
+def layer_filter(layers_path: str, indices: list[int] | None) -> str:
+    """A regex lookahead admitting only modules inside the given layers ('' admits every layer)."""
+    if indices is None:
         return ""
-    if top_layers > n_layers:
-        raise UserError(f"config lora.top_layers: {top_layers} exceeds the encoder's {n_layers} layers")
-    indices = "|".join(str(index) for index in range(n_layers - top_layers, n_layers))
-    return f"(?=encoder\\.{re.escape(layers_path)}\\.(?:{indices})\\.)"
+    alternatives = "|".join(str(index) for index in indices)
+    return f"(?=encoder\\.{re.escape(layers_path)}\\.(?:{alternatives})\\.)"
 
 
 def target_pattern(targets_map: dict[str, list[str]], targets: list[str], only_layers: str = "") -> str:
@@ -234,12 +249,20 @@ def matched_modules(model: nn.Module, pattern: str) -> list[str]:
     return [name for name, module in model.named_modules() if name and re.fullmatch(pattern, name)]
 
 
+def max_rank(name: str, layer: nn.Linear) -> int:
+    # An update of an out x in matrix has rank at most min(out, in); a larger rank only adds parameters. The head
+    # has one output by design, so it is held to its input width: lora.rank is shared with the encoder's targets,
+    # and the documented head presets run at rank 4.
+    return layer.in_features if name == "head" else min(layer.in_features, layer.out_features)
+
+
 def check_targets(
-    model: nn.Module, targets_map: dict[str, list[str]], targets: list[str], only_layers: str, rank: int
-) -> None:
-    """Every requested target must select at least one Linear layer, nothing but Linear layers, and layers at
-    least `rank` wide."""
+    model: nn.Module, targets_map: dict[str, list[str]], targets: list[str], only_layers: str
+) -> dict[str, nn.Linear]:
+    """The modules LoRA will adapt, by name: every requested target must select at least one Linear layer and
+    nothing but Linear layers."""
     modules = dict(model.named_modules())
+    adapted = {}
     for target in targets:
         names = matched_modules(model, target_pattern(targets_map, [target], only_layers))
         if not names:
@@ -247,34 +270,74 @@ def check_targets(
         wrong = [name for name in names if not isinstance(modules[name], nn.Linear)]
         if wrong:
             raise UserError(f"model.targets_map: '{target}' selects non-Linear module {wrong[0]}")
-        for name in names:
-            layer = modules[name]
-            # An update of an out x in matrix has rank at most min(out, in); a larger rank only adds parameters.
-            # The head has one output by design, so it is held to its input width: lora.rank is shared with the
-            # encoder's targets, and the documented head presets run at rank 4.
-            width = layer.in_features if target == "head" else min(layer.in_features, layer.out_features)
-            if rank > width:
-                raise UserError(
-                    f"config lora.rank: {rank} exceeds the width of {name} ({layer.in_features} -> "
-                    f"{layer.out_features}); use lora.rank={width} or less"
-                )
+        adapted |= {name: modules[name] for name in names}
+    return adapted
+
+
+def check_rank(adapted: dict[str, nn.Linear], rank: int) -> None:
+    """The rank must fit every adapted layer."""
+    for name, layer in adapted.items():
+        if rank > max_rank(name, layer):
+            raise UserError(
+                f"config lora.rank: {rank} exceeds the width of {name} ({layer.in_features} -> "
+                f"{layer.out_features}); use lora.rank={max_rank(name, layer)} or less"
+            )
+
+
+def trainable_at_rank(adapted: dict[str, nn.Linear], dora: bool, head_trained: int) -> tuple[int, int]:
+    """Trainable parameters as (per unit of rank, fixed): LoRA adds r * (in + out) per adapted Linear, DoRA one
+    magnitude per output, and a head trained fully its own weight and bias."""
+    per_rank = sum(layer.in_features + layer.out_features for layer in adapted.values())
+    magnitudes = sum(layer.out_features for layer in adapted.values()) if dora else 0
+    return per_rank, magnitudes + head_trained
+
+
+def rank_for_budget(adapted: dict[str, nn.Linear], dora: bool, head_trained: int, budget: int, targets) -> int:
+    """The rank whose trainable count is nearest `budget` (ties: the lower rank); counts are linear in the rank, so
+    it is computed, not searched."""
+    per_rank, fixed = trainable_at_rank(adapted, dora, head_trained)
+    limit = min(max_rank(name, layer) for name, layer in adapted.items())
+    whole, rest = divmod(max(budget - fixed, 0), per_rank)
+    rank = whole + (2 * rest > per_rank)
+    described = f"targets {list(targets)} ({per_rank:,} per unit of rank + {fixed:,})"
+    if rank < 1:
+        raise UserError(
+            f"config lora.budget: {budget:,} is too small for {described}: rank 1 trains {per_rank + fixed:,}"
+        )
+    if rank > limit:
+        raise UserError(
+            f"config lora.budget: {budget:,} is too large for {described}: rank {limit}, the narrowest adapted "
+            f"layer's width, trains {limit * per_rank + fixed:,}"
+        )
+    return rank
 
 
 def attach_lora(model: SentimentClassifier, lora_cfg, targets_map: dict[str, list[str]]) -> peft.PeftModel:
     """Wrap with PEFT LoRA; everything but the adapters is frozen, then the head is unfrozen unless LoRA adapts it.
 
     The head is not put in PEFT's modules_to_save: that keeps a frozen copy beside a trainable one, which
-    would inflate the total parameter count and the saved adapter.
+    would inflate the total parameter count and the saved adapter. With lora.budget the rank is chosen here;
+    `adapter_rank` reads back the one used.
     """
     targets = list(lora_cfg.targets)
-    only_layers = layer_filter(model.layers_path, len(model.layers()), lora_cfg.get("top_layers"))
-    check_targets(model, targets_map, targets, only_layers, lora_cfg.rank)
+    indices = adapted_layers(len(model.layers()), lora_cfg.get("top_layers"), lora_cfg.get("layers"))
+    only_layers = layer_filter(model.layers_path, indices)
+    adapted = check_targets(model, targets_map, targets, only_layers)
+    dora = bool(lora_cfg.get("dora", False))
+    if lora_cfg.get("budget") is None:
+        rank = lora_cfg.rank
+    else:
+        head_trained = 0 if "head" in targets else sum(p.numel() for p in model.head.parameters())
+        rank = rank_for_budget(adapted, dora, head_trained, lora_cfg.budget, targets)
+    check_rank(adapted, rank)
     config = peft.LoraConfig(
-        r=lora_cfg.rank,
+        r=rank,
         lora_alpha=lora_cfg.alpha,
         lora_dropout=lora_cfg.dropout,
         target_modules=target_pattern(targets_map, targets, only_layers),
         bias="none",
+        use_rslora=lora_cfg.get("scaling", "standard") == "rslora",
+        use_dora=dora,
     )
     wrapped = peft.get_peft_model(model, config)
     if "head" not in targets:
@@ -283,13 +346,17 @@ def attach_lora(model: SentimentClassifier, lora_cfg, targets_map: dict[str, lis
     return wrapped
 
 
+def adapter_rank(wrapped: peft.PeftModel) -> int:
+    return wrapped.peft_config["default"].r
+
+
 def classifier_of(wrapped: peft.PeftModel) -> SentimentClassifier:
     return wrapped.base_model.model
 
 
 def count_params(wrapped: nn.Module) -> dict[str, object]:
     """Counted from named_parameters, not from PEFT's printout (some versions double-count saved modules)."""
-    groups = {"lora": 0, "head": 0, "encoder": 0}
+    groups = {"lora": 0, "dora_magnitude": 0, "head": 0, "encoder": 0}
     total = trainable = 0
     for name, parameter in wrapped.named_parameters():
         count = parameter.numel()
@@ -297,7 +364,9 @@ def count_params(wrapped: nn.Module) -> dict[str, object]:
         if not parameter.requires_grad:
             continue
         trainable += count
-        if "lora_" in name:
+        if "lora_magnitude_vector" in name:  # DoRA's: a vector per adapted layer, not part of the low-rank update
+            groups["dora_magnitude"] += count
+        elif "lora_" in name:
             groups["lora"] += count
         elif ".head." in f".{name}":
             groups["head"] += count

@@ -39,6 +39,11 @@ def identifiers(cfg) -> dict[str, Any]:
             "dropout": cfg.lora.dropout,
             "targets": list(cfg.lora.targets),
             "top_layers": cfg.lora.top_layers,
+            "layers": None if cfg.lora.layers is None else list(cfg.lora.layers),
+            "scaling": cfg.lora.scaling,
+            "dora": cfg.lora.dora,
+            "loraplus_lr_ratio": cfg.lora.loraplus_lr_ratio,
+            "budget": cfg.lora.budget,
         },
         "data": {
             "name": cfg.data.name,
@@ -73,6 +78,8 @@ def config_digest(cfg, ignore: tuple[str, ...] = ()) -> str:
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
+    if (plain.get("lora") or {}).get("budget") is not None:
+        plain["lora"].pop("rank", None)  # the budget chooses the rank: a lora.rank beside it changes nothing
     for key in (*NOT_RESULTS, *ignore):
         *parents, last = key.split(".")
         node = plain

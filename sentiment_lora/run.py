@@ -23,7 +23,15 @@ from sentiment_lora import prefix, results
 from sentiment_lora.checkpoint import Checkpoint
 from sentiment_lora.config import validate
 from sentiment_lora.loop import EpochHook, evaluate, fit
-from sentiment_lora.model import attach_lora, build_classifier, count_params, load_tokenizer, plain_state, save_trained
+from sentiment_lora.model import (
+    adapter_rank,
+    attach_lora,
+    build_classifier,
+    count_params,
+    load_tokenizer,
+    plain_state,
+    save_trained,
+)
 from sentiment_lora.runtime import make_optimizer, make_scheduler, pick_device, pick_dtype, precision_name
 from sentiment_lora.sources import resolve_weights
 
@@ -53,14 +61,15 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
     classifier = build_classifier(cfg.model, weights)
     random_encoder_state = plain_state(classifier.encoder) if weights is None else None
     model = attach_lora(classifier, cfg.lora, cfg.model.targets_map).to(device)
-    params = count_params(model)
-    log.info("trainable %s of %s parameters %s", f"{params['trainable']:,}", f"{params['total']:,}", params["by_group"])
+    params, lora_used = count_params(model), {"rank_used": adapter_rank(model)}  # lora.budget may have chosen it
+    log.info("rank %d: trainable %s of %s parameters %s", lora_used["rank_used"], f"{params['trainable']:,}",
+             f"{params['total']:,}", params["by_group"])  # fmt: skip
     frozen = prefix.prepare(cfg, classifier, encoded, weights, tokenizer, device, dtype)
     rows = frozen.rows
 
     # ---- fit: epochs, validation after each, the best epoch's weights kept ----
     batches = data_lib.loader(rows["train"], tokenizer, trainer.batch_size, trainer.seed, trainer.length_grouping)
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optimizer)
+    optimizer = make_optimizer(model, cfg.optimizer, cfg.lora.loraplus_lr_ratio)
     scheduler = make_scheduler(optimizer, cfg.optimizer, trainer.epochs * len(batches))
 
     def evaluate_split(name: str):
@@ -71,7 +80,8 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
                  frozen=frozen.modules, on_epoch=on_epoch, checkpoint=checkpoint)  # fmt: skip
     if fitted.stopped:  # the sweep's pruner stopped this trial: record what it did; the test split stays unseen
         elapsed = time.perf_counter() - started
-        results.write_record(run_dir, "pruned", cfg, data=data_facts, params=params, **fitted.record(), time_s=elapsed)
+        results.write_record(run_dir, "pruned", cfg, lora=lora_used, data=data_facts, params=params, **fitted.record(),
+                             time_s=elapsed)  # fmt: skip
         checkpoint.finish()
         raise on_epoch.stopped()
 
@@ -85,7 +95,7 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
         save_trained(model, run_dir, random_encoder_state)
     results.write_predictions(run_dir, test_labels, test_probs)
     results.write_record(
-        run_dir, "complete", cfg, data=data_facts, data_fingerprint=data_lib.fingerprint(splits),
+        run_dir, "complete", cfg, lora=lora_used, data=data_facts, data_fingerprint=data_lib.fingerprint(splits),
         eval_fingerprint=data_lib.fingerprint(splits, ("val", "test")),
         split_sizes={name: len(split_rows) for name, split_rows in encoded.items()}, params=params,
         **fitted.record(), test=test, device=str(device), precision=precision_name(dtype),
@@ -121,12 +131,15 @@ def train_seeds(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float 
 def dry_run(cfg, run_dir: Path) -> float:
     """Parameter counts of the configured architecture at random init: no weights, no data, no network."""
     torch.manual_seed(cfg.trainer.seed)
-    params = count_params(attach_lora(build_classifier(cfg.model, None), cfg.lora, cfg.model.targets_map))
-    results.write_record(run_dir, "dry_run", cfg, params=params)
+    model = attach_lora(build_classifier(cfg.model, None), cfg.lora, cfg.model.targets_map)
+    params, rank = count_params(model), adapter_rank(model)
+    results.write_record(run_dir, "dry_run", cfg, lora={"rank_used": rank}, params=params)
     groups = params["by_group"]
+    budget = "" if cfg.lora.budget is None else f" (budget {cfg.lora.budget:,})"
+    dora = f" + dora_magnitude {groups['dora_magnitude']:,}" if groups["dora_magnitude"] else ""
     print(
-        f"{cfg.model.name} lora r={cfg.lora.rank} targets={list(cfg.lora.targets)}: "
+        f"{cfg.model.name} lora r={rank}{budget} targets={list(cfg.lora.targets)}: "
         f"trainable {params['trainable']:,} of {params['total']:,} ({params['trainable_pct']:.3f}%) "
-        f"= lora {groups['lora']:,} + head {groups['head']:,}"
+        f"= lora {groups['lora']:,}{dora} + head {groups['head']:,}"
     )
     return math.nan

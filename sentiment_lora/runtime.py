@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
+from peft.optimizers import create_loraplus_optimizer
 from transformers import get_scheduler
 
 from sentiment_lora.errors import UserError
@@ -14,11 +16,15 @@ def _adam_kwargs(cfg) -> dict:
     return {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "betas": tuple(cfg.betas)}
 
 
+def _sgd_kwargs(cfg) -> dict:
+    return {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "momentum": cfg.momentum}
+
+
 # Dispatch tables for config choices; config.CHOICES lists the same names (a test keeps the two equal).
 OPTIMIZERS = {
-    "adamw": lambda params, cfg: torch.optim.AdamW(params, **_adam_kwargs(cfg)),
-    "adam": lambda params, cfg: torch.optim.Adam(params, **_adam_kwargs(cfg)),
-    "sgd": lambda params, cfg: torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum),
+    "adamw": (torch.optim.AdamW, _adam_kwargs),
+    "adam": (torch.optim.Adam, _adam_kwargs),
+    "sgd": (torch.optim.SGD, _sgd_kwargs),
 }
 # Config name -> transformers' schedule name.
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
@@ -64,8 +70,35 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContext
     return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
 
-def make_optimizer(parameters, cfg) -> torch.optim.Optimizer:
-    return OPTIMIZERS[cfg.name](parameters, cfg)
+def make_optimizer(model: torch.nn.Module, cfg, loraplus_lr_ratio: float | None = None) -> torch.optim.Optimizer:
+    """The configured optimizer over the model's trainable parameters; with a LoRA+ ratio, PEFT's LoRA+ groups for
+    the adapters and one group at optimizer.lr for the rest (the head)."""
+    optimizer_cls, kwargs_of = OPTIMIZERS[cfg.name]
+    kwargs = kwargs_of(cfg)
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if loraplus_lr_ratio is None:
+        return optimizer_cls([p for _, p in trainable], **kwargs)
+    # PEFT puts every 1-d parameter in its fast B group, the head's bias too, so the head is kept out of its view
+    # and added as a group of its own: LoRA+ speeds up the adapters only.
+    others = [p for name, p in trainable if "lora_" not in name]
+    with _frozen(others):
+        optimizer = create_loraplus_optimizer(
+            model, optimizer_cls, loraplus_lr_ratio=loraplus_lr_ratio, loraplus_weight_decay=cfg.weight_decay, **kwargs
+        )
+    if others:
+        optimizer.add_param_group({"params": others})  # the optimizer's defaults: optimizer.lr and weight_decay
+    return optimizer
+
+
+@contextmanager
+def _frozen(parameters: list[torch.nn.Parameter]) -> Iterator[None]:
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter in parameters:
+            parameter.requires_grad_(True)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int):

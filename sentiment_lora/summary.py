@@ -57,6 +57,14 @@ def _section(metrics: dict, key: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def rank_used(lora: dict) -> int | None:
+    """The rank a run trained with: recorded as rank_used once the model is built (lora.budget may have chosen
+    it); before that, or in older records, the configured one, unless a budget was to choose it."""
+    if lora.get("rank_used") is not None:
+        return lora["rank_used"]
+    return None if lora.get("budget") is not None else lora.get("rank")
+
+
 def row_of(run_dir: Path) -> dict:
     """One table row; raises Skipped when metrics.json is unreadable, not JSON, or not a run's record."""
     path = Path(run_dir) / METRICS_FILE
@@ -80,7 +88,7 @@ def row_of(run_dir: Path) -> dict:
         "state": metrics["status"],
         "model": _section(metrics, "model").get("name"),
         "targets": "+".join(lora.get("targets") or []) or None,
-        "rank": lora.get("rank"),
+        "rank": rank_used(lora),
         "alpha": lora.get("alpha"),
         "trainable": params.get("trainable"),
         "trainable_pct": params.get("trainable_pct"),

@@ -40,31 +40,47 @@ def test_seed_config_counts_via_cli_dry_run(tmp_path):
     params = json.loads((tmp_path / "run" / "metrics.json").read_text())["params"]
     assert params["trainable"] == 74_497
     assert params["total"] == 66_437_377
-    assert params["by_group"] == {"lora": 73_728, "head": 769, "encoder": 0}
+    assert params["by_group"] == {"lora": 73_728, "dora_magnitude": 0, "head": 769, "encoder": 0}
     assert "74,497" in done.stdout
 
 
 CASES = [
     # rank 8 on q, k, v: 3 projections x 6 layers x 8 x (768 + 768); head trained fully.
-    ("qkv r8", ["lora/targets=qkv", "lora.rank=8"], LAYERS * 3 * lora(8, H, H), HEAD),
+    ("qkv r8", ["lora/targets=qkv", "lora.rank=8"], LAYERS * 3 * lora(8, H, H), 0, HEAD),
     # both FFN linears: lin1 768->3072 and lin2 3072->768, rank 4.
-    ("ffn r4", ["lora/targets=ffn"], LAYERS * (lora(4, H, FFN) + lora(4, FFN, H)), HEAD),
+    ("ffn r4", ["lora/targets=ffn"], LAYERS * (lora(4, H, FFN) + lora(4, FFN, H)), 0, HEAD),
     # everything: q, k, v, out_lin, both FFN linears, and the head adapted by LoRA (head itself frozen).
-    ("all r4", ["lora/targets=all"], LAYERS * (4 * ATTN + lora(4, H, FFN) + lora(4, FFN, H)) + lora(4, H, 1), 0),
+    ("all r4", ["lora/targets=all"], LAYERS * (4 * ATTN + lora(4, H, FFN) + lora(4, FFN, H)) + lora(4, H, 1), 0, 0),
     # only the head, LoRA-adapted: 4 x 768 + 1 x 4 = 3,076 trainable.
-    ("head r4", ["lora/targets=head"], lora(4, H, 1), 0),
+    ("head r4", ["lora/targets=head"], lora(4, H, 1), 0, 0),
     # attention output projection only, rank 1.
-    ("output r1", ["lora.targets=[output]", "lora.rank=1"], LAYERS * lora(1, H, H), HEAD),
+    ("output r1", ["lora.targets=[output]", "lora.rank=1"], LAYERS * lora(1, H, H), 0, HEAD),
+    # The seed setting with DoRA: one magnitude per output of q and v, 6 x 2 x 768 = 9,216 more (83,713 trainable).
+    ("dora qv r4", ["lora.dora=true"], LAYERS * 2 * ATTN, LAYERS * 2 * H, HEAD),
+    # rsLoRA changes the scaling, not the count: the seed's 74,497.
+    ("rslora qv r4", ["lora.scaling=rslora"], LAYERS * 2 * ATTN, 0, HEAD),
+    # Two layers only: 2 x 2 x 6,144 = 24,576 (25,345 trainable).
+    ("layers [3,5] qv r4", ["lora.layers=[3,5]"], 2 * 2 * ATTN, 0, HEAD),
+    # qv costs 6 x 2 x 1,536 = 18,432 per unit of rank beside the head's 769: (150,000 - 769) / 18,432 = 8.1, so
+    # rank 8: 147,456 + 769 = 148,225 trainable.
+    ("budget 150000 qv", ["lora.budget=150000"], LAYERS * 2 * lora(8, H, H), 0, HEAD),
 ]
 
 
-@pytest.mark.parametrize("name,overrides,lora_params,head_trainable", CASES, ids=[c[0] for c in CASES])
-def test_distilbert_counts_for_other_target_sets(tmp_path, name, overrides, lora_params, head_trainable):
+@pytest.mark.parametrize("name,overrides,lora_params,dora_params,head", CASES, ids=[c[0] for c in CASES])
+def test_distilbert_counts_for_other_target_sets(tmp_path, capsys, name, overrides, lora_params, dora_params, head):
     dry_run(compose_config(["model=distilbert", "dry_run=true", *overrides]), tmp_path)
-    params = json.loads((tmp_path / "metrics.json").read_text())["params"]
-    assert params["by_group"] == {"lora": lora_params, "head": head_trainable, "encoder": 0}
-    assert params["trainable"] == lora_params + head_trainable
-    assert params["total"] == ENCODER + lora_params + HEAD  # the head's base weights always count in the total
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    params = metrics["params"]
+    assert params["by_group"] == {"lora": lora_params, "dora_magnitude": dora_params, "head": head, "encoder": 0}
+    assert params["trainable"] == lora_params + dora_params + head
+    # The head's base weights always count in the total.
+    assert params["total"] == ENCODER + lora_params + dora_params + HEAD
+    printed = capsys.readouterr().out
+    assert f"trainable {params['trainable']:,} of {params['total']:,}" in printed
+    assert ("dora_magnitude" in printed) == bool(dora_params)
+    used = "r=8 (budget 150,000)" if name.startswith("budget") else f"r={metrics['lora']['rank']} "
+    assert metrics["lora"]["rank_used"] == int(used.split()[0][2:]) and used in printed
 
 
 def adapted(overrides):

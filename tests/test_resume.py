@@ -41,8 +41,17 @@ def results_of(run_dir):
     [
         ["trainer.precision=fp32", "trainer.length_grouping=true"],
         ["trainer.precision=bf16", "trainer.length_grouping=false", "trainer.frozen_prefix=cache", "lora.top_layers=1"],
+        # LoRA+ adds optimizer groups at their own learning rates; DoRA, rsLoRA, layers and budget shape the model.
+        [
+            "trainer.precision=fp32",
+            "lora.loraplus_lr_ratio=4",
+            "lora.dora=true",
+            "lora.scaling=rslora",
+            "lora.layers=[1]",
+            "lora.budget=1000",
+        ],
     ],
-    ids=["fp32-grouped", "bf16-shuffled-cached"],
+    ids=["fp32-grouped", "bf16-shuffled-cached", "fp32-variants"],
 )
 def test_a_run_killed_between_epochs_resumes_to_the_uninterrupted_metrics(tmp_path, monkeypatch, extra):
     reviews = write_reviews(tmp_path / "reviews.csv", n=80)
