@@ -53,10 +53,15 @@ def _label_value(raw: object) -> int | None:
 
 
 def read_labelled_csv(
-    path: str | Path, text_column: str, label_column: str, split_column: str | None = None
+    path: str | Path,
+    text_column: str,
+    label_column: str | None,
+    split_column: str | None = None,
+    columns_hint: str = "set data.text_column/label_column",
 ) -> pd.DataFrame:
     """A validated frame with columns text (str) and label (0/1), plus `split` when a split column is named,
-    indexed by data row - 1; every problem is one UserError line."""
+    indexed by data row - 1; every problem is one UserError line. Without a label column (prediction), no `label`.
+    `columns_hint` is the way out a missing text or label column names."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"data file {path}: is a directory, not a CSV file")
@@ -75,7 +80,7 @@ def read_labelled_csv(
             found = ", ".join(map(str, frame.columns))
             raise UserError(
                 f"data file {path}: no column '{column}' (columns: {found}); "
-                + ("set data.split_column" if column == split_column else "set data.text_column/label_column")
+                + ("set data.split_column" if column == split_column else columns_hint)
             )
     if frame.empty:
         raise UserError(f"data file {path}: header only, no data rows")
@@ -83,8 +88,17 @@ def read_labelled_csv(
     for index, text in texts.items():
         if not text.strip():
             raise UserError(f"data file {path}: column '{text_column}', data row {index + 1}: empty text")
+    result = pd.DataFrame({"text": texts.astype(str).to_numpy()})
+    if label_column is not None:
+        result["label"] = _labels(frame[label_column], path, label_column)
+    if split_column is not None:
+        result["split"] = frame[split_column].astype(str).to_numpy()
+    return result
+
+
+def _labels(column: pd.Series, path: Path, label_column: str) -> list[int]:
     labels: list[int] = []
-    for index, raw in frame[label_column].items():
+    for index, raw in column.items():
         value = _label_value(raw)
         if value is None:
             raise UserError(
@@ -92,10 +106,17 @@ def read_labelled_csv(
                 "0/1, negative/positive, neg/pos"
             )
         labels.append(value)
-    result = pd.DataFrame({"text": texts.astype(str).to_numpy(), "label": labels})
-    if split_column is not None:
-        result["split"] = frame[split_column].astype(str).to_numpy()
-    return result
+    return labels
+
+
+def stripped(frame: pd.DataFrame, where: str, row_name: str = "data row") -> pd.DataFrame:
+    """The frame with its texts' HTML stripped; a text that was markup alone is one UserError line naming
+    `where` and its row (the frame's index is the row - 1)."""
+    frame = frame.assign(text=frame["text"].map(strip_html))
+    empty = frame.index[frame["text"] == ""]
+    if len(empty):
+        raise UserError(f"{where}, {row_name} {empty[0] + 1}: no text left once HTML is stripped")
+    return frame
 
 
 def distinct_reviews(frame: pd.DataFrame, path: Path, text_column: str, html: bool) -> tuple[pd.DataFrame, int]:
@@ -106,12 +127,7 @@ def distinct_reviews(frame: pd.DataFrame, path: Path, text_column: str, html: bo
     row - 1), so messages name the row of the file.
     """
     if html:
-        frame = frame.assign(text=frame["text"].map(strip_html))
-        empty = frame.index[frame["text"] == ""]
-        if len(empty):
-            raise UserError(
-                f"data file {path}: column '{text_column}', data row {empty[0] + 1}: no text left once HTML is stripped"
-            )
+        frame = stripped(frame, f"data file {path}: column '{text_column}'")
     key = frame["text"].str.split().str.join(" ")
     # Refused rather than resolved: which label is right is the user's call, and dropping both copies would hide
     # a labelling error that likely has siblings. The IMDB reviews have no such pair.

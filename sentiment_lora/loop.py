@@ -58,24 +58,41 @@ def batch_logits(model, batch: dict[str, torch.Tensor], device, dtype) -> torch.
 
 
 @torch.inference_mode()
-def evaluate(model, rows: list[dict], tokenizer, batch_size: int, device, dtype):
-    """Metrics, labels and probabilities of `rows`, in the order of `rows`.
+def predict(
+    model, rows: list[dict], tokenizer, batch_size: int, device, dtype, on_batch=None, progress: bool = False
+) -> np.ndarray:
+    """Probabilities of `rows`, in the order of `rows`.
 
     Batches run longest first (each pads to little more than its own length); predictions are put back.
+    `on_batch(logits, batch)` sees each batch's fp32 logits; `progress` shows a tqdm bar on a terminal.
     """
     model.eval()
     order = data_lib.length_order(rows)
-    probs, labels, loss_sum = [], [], 0.0
-    for batch in data_lib.loader([rows[index] for index in order], tokenizer, batch_size):
+    probs = []
+    batches = data_lib.loader([rows[index] for index in order], tokenizer, batch_size)
+    for batch in tqdm(batches, desc="predict", disable=None if progress else True, leave=False):
         logits = batch_logits(model, batch, device, dtype).float()
-        target = batch["labels"].to(device)
-        loss_sum += torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum").item()
+        if on_batch is not None:
+            on_batch(logits, batch)
         probs.append(torch.sigmoid(logits).cpu())
-        labels.append(target.cpu())
-    sorted_probs, sorted_labels = torch.cat(probs).numpy(), torch.cat(labels).numpy()
-    probs_np, labels_np = np.empty_like(sorted_probs), np.empty_like(sorted_labels)
-    probs_np[order], labels_np[order] = sorted_probs, sorted_labels
-    return classification_metrics(labels_np, probs_np, loss_sum / len(labels_np)), labels_np, probs_np
+    sorted_probs = torch.cat(probs).numpy()
+    probs_np = np.empty_like(sorted_probs)
+    probs_np[order] = sorted_probs
+    return probs_np
+
+
+def evaluate(model, rows: list[dict], tokenizer, batch_size: int, device, dtype):
+    """Metrics, labels and probabilities of `rows`, in the order of `rows` (computed by `predict`)."""
+    loss_sum = 0.0
+
+    def add_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> None:
+        nonlocal loss_sum
+        target = batch["labels"].to(logits.device)
+        loss_sum += torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="sum").item()
+
+    probs = predict(model, rows, tokenizer, batch_size, device, dtype, on_batch=add_loss)
+    labels = np.array([row["labels"] for row in rows], dtype=np.float32)
+    return classification_metrics(labels, probs, loss_sum / len(labels)), labels, probs
 
 
 def train_epoch(model, batches, optimizer, scheduler, trainer_cfg, epoch: int, device, dtype) -> tuple[float, int]:

@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sentiment_lora import __version__
+
 METRICS_FILE = "metrics.json"
+# The layout of a run directory and its metrics.json, recorded in every metrics.json as `run_format` (with the
+# package `version` that wrote it). Raise it when a change means a reader of this version would misread a run:
+# predict and export refuse a run of another format. Runs written before the field existed have this layout: 1.
+RUN_FORMAT = 1
 PREDICTIONS_FILE = "test_predictions.csv"
 # complete: trained and tested; dry_run: parameter counts only; pruned: stopped by a sweep's pruner (no test);
 # failed: raised inside a sweep (the sweep goes on), with `error`.
@@ -99,7 +105,7 @@ def write_record(run_dir: Path, status: str, cfg, **fields: Any) -> None:
     named like an identifier group adds to it (`data`: what was used beside what was asked)."""
     if status not in STATUSES:
         raise ValueError(f"unknown run status {status!r}")
-    record = {"status": status, **identifiers(cfg)}
+    record = {"status": status, "run_format": RUN_FORMAT, "version": __version__, **identifiers(cfg)}
     for key, value in fields.items():
         record[key] = {**record[key], **value} if isinstance(record.get(key), dict) else value
     write_json_atomic(Path(run_dir) / METRICS_FILE, record)

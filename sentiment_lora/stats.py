@@ -97,3 +97,38 @@ def seed_summary(values: list[float]) -> dict[str, float | int | None]:
         return {"mean": mean, "sd": 0.0, "n": n, "low": mean, "high": mean}
     low, high = scipy_stats.t.interval(LEVEL, n - 1, loc=mean, scale=sd / np.sqrt(n))
     return {"mean": mean, "sd": sd, "n": n, "low": float(low), "high": float(high)}
+
+
+def bootstrap_interval(
+    labels: np.ndarray, probs: np.ndarray, metric, resamples: int = 1000, seed: int = 0
+) -> tuple[float, float] | None:
+    """95% percentile-bootstrap interval over reviews of metric(labels, probs); resamples holding one class only
+    are skipped (ROC AUC is undefined there). None when fewer than half the resamples count."""
+    labels, probs = np.asarray(labels), np.asarray(probs)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        index = rng.integers(0, labels.size, labels.size)
+        if np.unique(labels[index]).size == 2:
+            values.append(metric(labels[index], probs[index]))
+    if len(values) < resamples / 2:
+        return None
+    low, high = np.percentile(values, [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2])
+    return float(low), float(high)
+
+
+def f1_at(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> float:
+    """F1 of the positive class at `threshold` (0 when nothing is predicted or labelled positive, as scikit-learn's
+    zero_division=0); plain numpy, for the thousand calls of a bootstrap."""
+    predicted = probs >= threshold
+    true_pos = np.sum(predicted & (labels == 1))
+    denominator = np.sum(predicted) + np.sum(labels == 1)
+    return float(2 * true_pos / denominator) if denominator else 0.0
+
+
+def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """ROC AUC as the Mann-Whitney statistic (ties count half), equal to scikit-learn's roc_auc_score."""
+    positive = labels == 1
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    ranks = scipy_stats.rankdata(probs)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

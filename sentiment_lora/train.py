@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from sentiment_lora import results, trial
 from sentiment_lora.config import CONF_DIR, register_configs
-from sentiment_lora.errors import UserError
+from sentiment_lora.errors import UserError, exit_with
 from sentiment_lora.run import train_seeds
 
 log = logging.getLogger(__name__)
@@ -42,9 +42,8 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             if not isinstance(err, UserError):
                 raise
-            print(f"error: {err}", file=sys.stderr)
             _remove_if_only_hydra_files(run_dir)
-            sys.exit(2)
+            exit_with(err)
         # In a sweep, the sweeper records the error and goes on; the run directory says what happened.
         if not (run_dir / results.METRICS_FILE).exists():
             results.write_record(run_dir, "failed", cfg, error=f"{type(err).__name__}: {err}")
@@ -99,8 +98,7 @@ def unknown_group_option(args: list[str]) -> str | None:
 def cli() -> None:
     problem = unknown_group_option(sys.argv[1:])
     if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        sys.exit(2)
+        exit_with(UserError(problem))
     main()
 
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sentiment_lora.stats import compare, holm, seed_summary
+from sentiment_lora.stats import bootstrap_interval, compare, f1_at, holm, roc_auc, seed_summary
 
 
 def correctness(both: int, only_a: int, only_b: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,3 +77,19 @@ def test_seed_summary_is_the_t_interval_of_the_mean():
     half = 4.302652729911275 * 0.02 / math.sqrt(3)  # t(0.975, df=2) * sd / sqrt(n)
     assert (summary["low"], summary["high"]) == pytest.approx((0.82 - half, 0.82 + half))
     assert seed_summary([0.8]) == {"mean": 0.8, "sd": None, "n": 1, "low": None, "high": None}
+
+
+def test_bootstrap_metrics_equal_scikit_learns_and_the_interval_holds_the_estimate():
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 200)
+    probs = np.round(np.clip(0.3 * labels + rng.random(200) * 0.7, 0, 1), 2)  # rounded: ties in the ranks
+    assert roc_auc(labels, probs) == pytest.approx(roc_auc_score(labels, probs), abs=1e-12)
+    assert f1_at(labels, probs) == pytest.approx(f1_score(labels, (probs >= 0.5).astype(int)), abs=1e-12)
+    assert f1_at(np.array([0, 1]), np.array([0.1, 0.2])) == 0.0  # nothing predicted positive: 0, as zero_division=0
+    low, high = bootstrap_interval(labels, probs, roc_auc)
+    assert low < roc_auc(labels, probs) < high and high - low < 0.2
+    # A resample of one class has no ROC AUC: it is skipped, and too few two-class resamples give no interval.
+    assert bootstrap_interval(np.array([0, 0, 1]), np.array([0.1, 0.2, 0.9]), roc_auc) == (1.0, 1.0)
+    assert bootstrap_interval(np.array([1, 1, 1]), np.array([0.1, 0.2, 0.9]), roc_auc) is None

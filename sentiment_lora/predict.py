@@ -1,0 +1,191 @@
+"""`python -m sentiment_lora.predict RUN_DIR [--csv FILE]`: score reviews with a completed run's model.
+
+The run is a run directory, or the best completed trial of an Optuna study (--storage, --study). Reviews come
+from a CSV (--csv, validated and HTML-stripped as training data is) or from stdin, one per line. The output is
+CSV `row,text_prefix,prob,prediction` on stdout or --out. The run's own tokenizer, max_length, truncation and
+pooling are used, in the run's own precision, with its length-sorted evaluation batches: the run's test split
+comes out as its test_predictions.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sentiment_lora import data as data_lib
+from sentiment_lora.config import DEVICE
+from sentiment_lora.errors import UserError, exit_with
+from sentiment_lora.loop import predict
+from sentiment_lora.model import load_trained
+from sentiment_lora.results import atomic_target
+from sentiment_lora.rundir import Run, open_run, study_run_dir
+from sentiment_lora.runtime import pick_device
+
+PREFIX_CHARS = 60
+PROGRESS_MIN_BATCHES = 10  # fewer batches finish before a bar would say anything
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m sentiment_lora.predict",
+        description="Score reviews with a completed run's model: CSV row,text_prefix,prob,prediction "
+        "(prob: probability of positive; prediction: prob >= 0.5).",
+    )
+    parser.add_argument("run_dir", nargs="?", type=Path, help="a completed run directory (or use --storage/--study)")
+    parser.add_argument("--storage", help="Optuna storage URL of a sweep's study, e.g. sqlite:///outputs/optuna/x.db")
+    parser.add_argument("--study", help="study name: predict with its best completed trial's run")
+    parser.add_argument("--trial", type=int, help="with --study: this trial number instead (multi-objective studies)")
+    parser.add_argument("--csv", type=Path, help="reviews to score; without it, stdin, one review per line")
+    parser.add_argument("--text-column", help="the CSV's text column (default: the run's data.text_column)")
+    parser.add_argument(
+        "--label-column",
+        help="the CSV's label column, if any: accuracy goes to stderr (default: the run's data.label_column)",
+    )
+    parser.add_argument("--out", type=Path, help="write the CSV here (atomically) instead of stdout")
+    parser.add_argument("--batch-size", type=int, help="default: the run's trainer.eval_batch_size")
+    parser.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    if (args.run_dir is None) == (args.study is None):
+        parser.error("give a run directory, or --storage URL --study NAME")
+    if args.study is not None and not args.storage:
+        parser.error("--study needs --storage")
+    if args.trial is not None and args.study is None:
+        parser.error("--trial needs --study")
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    return args
+
+
+def resolve_run(args: argparse.Namespace) -> Run:
+    run_dir = args.run_dir if args.run_dir is not None else study_run_dir(args.storage, args.study, args.trial)
+    return open_run(run_dir)
+
+
+def read_stdin(stream, strip_html: bool) -> pd.DataFrame:
+    """One review per line; blank lines are skipped, and `row` stays the line's 0-based number."""
+    lines = stream.read().splitlines()
+    frame = pd.DataFrame({"text": lines}).loc[[index for index, line in enumerate(lines) if line.strip()]]
+    if frame.empty:
+        raise UserError("no input: stdin held no review (one per line); or pass --csv FILE")
+    return data_lib.stripped(frame, "stdin", row_name="line") if strip_html else frame
+
+
+def _has_column(path: Path, column: str) -> bool:
+    try:
+        return column in pd.read_csv(path, nrows=0).columns
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError):
+        return False  # read_labelled_csv says what is wrong with the file
+
+
+def read_csv(path: Path, text_column: str, label_column: str | None, strip_html: bool) -> pd.DataFrame:
+    """The CSV's texts (and labels, when the label column is there), validated as training data is."""
+    frame = data_lib.read_labelled_csv(path, text_column, label_column, columns_hint="use --text-column/--label-column")
+    return data_lib.stripped(frame, f"data file {path}: column '{text_column}'") if strip_html else frame
+
+
+def read_input(args: argparse.Namespace, cfg) -> pd.DataFrame:
+    """Reviews to score: `text`, `label` when the CSV has labels; indexed by 0-based input row."""
+    data = cfg.data
+    if args.csv is None:
+        if sys.stdin.isatty():
+            print("reading reviews from stdin, one per line (end with Ctrl-D); or pass --csv FILE", file=sys.stderr)
+        return read_stdin(sys.stdin, data.strip_html)
+    label_column = args.label_column
+    if label_column is None and _has_column(args.csv.expanduser(), data.label_column):
+        label_column = data.label_column
+    return read_csv(args.csv, args.text_column or data.text_column, label_column, data.strip_html)
+
+
+def device_of(requested: str) -> torch.device:
+    if not DEVICE.fullmatch(requested):
+        raise UserError(f"--device: unknown device '{requested}'; choose from auto, cpu, cuda, cuda:N")
+    try:
+        return pick_device(requested)
+    except UserError as err:
+        raise UserError(f"--device: {str(err).split(': ', 1)[-1]}") from None
+
+
+def score(run: Run, frame: pd.DataFrame, batch_size: int | None, device: torch.device) -> np.ndarray:
+    """Probabilities of the frame's texts by the run's model, in the frame's order."""
+    cfg = run.cfg
+    trained = load_trained(cfg.model, run.dir)
+    cut = {"truncation": cfg.data.truncation, "head_fraction": cfg.data.head_fraction}
+    unlabelled = frame if "label" in frame else frame.assign(label=0)  # encode wants a label; it goes unused
+    rows = data_lib.encode(unlabelled, trained.tokenizer, cfg.trainer.max_length, **cut)
+    batch_size = batch_size or cfg.trainer.eval_batch_size
+    progress = -(-len(rows) // batch_size) >= PROGRESS_MIN_BATCHES
+    model = trained.model.to(device)
+    return predict(model, rows, trained.tokenizer, batch_size, device, trained.dtype, progress=progress)
+
+
+def predictions_frame(frame: pd.DataFrame, probs: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "row": frame.index.to_numpy(),
+            "text_prefix": [text[:PREFIX_CHARS] for text in frame["text"]],
+            "prob": probs,
+            "prediction": (probs >= 0.5).astype(int),
+        }
+    )
+
+
+def check_out(out: Path | None) -> None:
+    if out is None:
+        return
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a directory; name a file")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} not found")
+
+
+def write(predictions: pd.DataFrame, out: Path | None) -> None:
+    if out is None:
+        predictions.to_csv(sys.stdout, index=False)
+        return
+    with atomic_target(out) as tmp:
+        predictions.to_csv(tmp, index=False)
+
+
+def accuracy_line(labels: np.ndarray, predictions: np.ndarray) -> str:
+    from sentiment_lora.summary import wilson_interval
+
+    correct, n = int((labels == predictions).sum()), len(labels)
+    low, high = wilson_interval(correct, n)
+    return f"accuracy {correct / n:.4f} ({correct}/{n} reviews; 95% interval [{low:.3f}, {high:.3f}])"
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    out = args.out.expanduser() if args.out else None
+    check_out(out)
+    run = resolve_run(args)
+    device = device_of(args.device)
+    frame = read_input(args, run.cfg)  # read before the model loads: a bad input fails fast
+    probs = score(run, frame, args.batch_size, device)
+    predictions = predictions_frame(frame, probs)
+    write(predictions, out)
+    if "label" in frame:
+        print(accuracy_line(frame["label"].to_numpy(), predictions["prediction"].to_numpy()), file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars: stderr is for the accuracy line and errors
+    try:
+        run_predict(args)
+    except UserError as err:
+        exit_with(err)
+    except BrokenPipeError:  # stdout closed early (`... | head`): stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit would fail too
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

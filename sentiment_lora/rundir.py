@@ -1,0 +1,154 @@
+"""A completed run, found and checked before anything loads from it: the run directory (or an Optuna study's best
+trial), its record, its saved model files and its config. Used by predict and export; every problem is one
+UserError line that names the file and the way out.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sentiment_lora import __version__
+from sentiment_lora.config import Config
+from sentiment_lora.errors import UserError
+from sentiment_lora.results import METRICS_FILE, RUN_FORMAT, read_metrics
+
+# What load_trained reads besides metrics.json (encoder.safetensors too, for random-init models).
+MODEL_FILES = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "head.safetensors")
+SEED_DIR = re.compile(r"seed_(\d+)")
+
+
+@dataclass
+class Run:
+    dir: Path
+    cfg: DictConfig  # the run's composed config, merged onto this version's schema
+    metrics: dict
+    hydra_dir: Path  # the .hydra folder of the command that made it (the parent's, for a seed_<n> run)
+
+
+def _seed_runs(run_dir: Path) -> list[Path]:
+    found = [path for path in run_dir.glob("seed_*") if SEED_DIR.fullmatch(path.name) and path.is_dir()]
+    return sorted(found, key=lambda path: int(SEED_DIR.fullmatch(path.name).group(1)))
+
+
+def check_format(metrics: dict, where: Path) -> None:
+    """Refuse a record of another run format: this version would misread its files."""
+    found = metrics.get("run_format", RUN_FORMAT)  # written before the field existed: the first format
+    if found != RUN_FORMAT:
+        made_by = metrics.get("version") or "another version"
+        raise UserError(
+            f"{where}: run format {found!r}, written by sentiment-lora {made_by}; this is sentiment-lora "
+            f"{__version__}, which reads run format {RUN_FORMAT}: use the version that made the run"
+        )
+
+
+def _load_config(path: Path, seed: int | None) -> DictConfig:
+    """The run's composed config on this version's schema: keys it lacks take their defaults, and a key this
+    version does not know is refused (the run came from another version)."""
+    if not path.is_file():
+        raise UserError(f"{path}: not found; predict and export read the run's config from there (Hydra writes it)")
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
+    except OmegaConfBaseException as err:
+        reason = str(err).strip().splitlines()[0]
+        raise UserError(f"{path}: does not fit sentiment-lora {__version__}'s config ({reason})") from None
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: cannot read the run's config ({err})") from None
+    if seed is not None:  # a replicate of seeds=[...]: its config is the parent's with this trainer.seed
+        cfg.trainer.seed, cfg.seeds = seed, None
+    return cfg
+
+
+def open_run(run_dir: str | Path) -> Run:
+    """A completed run with its saved model, checked file by file; the run's config and record."""
+    run_dir = Path(run_dir).expanduser()
+    if not run_dir.exists():
+        raise UserError(f"run directory {run_dir}: not found")
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir}: is not a directory")
+    metrics_path = run_dir / METRICS_FILE
+    seeds = _seed_runs(run_dir)
+    if not metrics_path.exists() and seeds:
+        listed = ", ".join(str(path) for path in seeds)
+        raise UserError(f"run directory {run_dir}: holds one run per seed; pick one of {listed}")
+    if not metrics_path.exists():
+        raise UserError(f"{metrics_path}: not found; the run did not complete (or is still running)")
+    try:
+        metrics = read_metrics(run_dir)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{metrics_path}: cannot read it ({err})") from None
+    if not isinstance(metrics, dict):
+        raise UserError(f"{metrics_path}: not a sentiment-lora run record")
+    check_format(metrics, metrics_path)
+    if metrics.get("status") != "complete":
+        raise UserError(
+            f"{metrics_path}: status is {metrics.get('status')!r}; only a complete run has a trained model to use"
+        )
+    missing = [name for name in MODEL_FILES if not (run_dir / name).is_file()]
+    if missing:
+        raise UserError(
+            f"run directory {run_dir}: no {', '.join(missing)}; the run saved no model (save_adapter=false?)"
+        )
+    seed_match = SEED_DIR.fullmatch(run_dir.name)
+    hydra_dir, seed = run_dir / ".hydra", None
+    if not hydra_dir.is_dir() and seed_match and (run_dir.parent / ".hydra").is_dir():
+        hydra_dir, seed = run_dir.parent / ".hydra", int(seed_match.group(1))
+    cfg = _load_config(hydra_dir / "config.yaml", seed)
+    if cfg.model.source == "random" and not cfg.model.path and not (run_dir / "encoder.safetensors").is_file():
+        raise UserError(f"run directory {run_dir}: no encoder.safetensors, which a random-init model is saved in")
+    return Run(run_dir, cfg, metrics, hydra_dir)
+
+
+def overrides_of(run: Run) -> list[str] | None:
+    """The command-line overrides of the command that made the run (Hydra's overrides.yaml), or None."""
+    path = run.hydra_dir / "overrides.yaml"
+    if not path.is_file():
+        return None
+    try:
+        loaded = OmegaConf.to_container(OmegaConf.load(path))
+    except (OSError, ValueError, OmegaConfBaseException):
+        return None
+    return [str(item) for item in loaded] if isinstance(loaded, list) else None
+
+
+def study_run_dir(storage: str, study_name: str, trial_number: int | None = None) -> Path:
+    """The run directory of a study's best completed trial, or of trial `trial_number`.
+
+    A multi-objective study has no single best trial: the user picks one of its Pareto front with --trial.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise UserError(f"--study {study_name}: no such study in {storage}") from None
+    except Exception as err:  # storage URLs fail in many ways (driver, path, permissions): all one line here
+        raise UserError(f"--storage {storage}: cannot open it ({type(err).__name__}: {err})") from None
+    complete = optuna.trial.TrialState.COMPLETE
+    if trial_number is not None:
+        trials = [trial for trial in study.get_trials(deepcopy=False) if trial.number == trial_number]
+        if not trials:
+            raise UserError(f"study {study_name}: no trial {trial_number}")
+        trial = trials[0]
+        if trial.state != complete:
+            raise UserError(f"study {study_name}: trial {trial_number} is {trial.state.name}, not COMPLETE")
+    elif len(study.directions) > 1:
+        front = ", ".join(str(trial.number) for trial in sorted(study.best_trials, key=lambda t: t.number))
+        raise UserError(
+            f"study {study_name} has {len(study.directions)} objectives, so no single best trial; pick one with "
+            f"--trial N (its Pareto front: {front or 'no completed trial'})"
+        )
+    else:
+        if not study.get_trials(deepcopy=False, states=(complete,)):
+            raise UserError(f"study {study_name}: no completed trial")
+        trial = study.best_trial
+    run_dir = trial.user_attrs.get("run_dir")
+    if not run_dir:
+        raise UserError(f"study {study_name}: trial {trial.number} records no run_dir (not run by this harness?)")
+    return Path(run_dir)
