@@ -289,6 +289,39 @@ class TrainerConfig:
 
 
 @dataclass
+class TensorBoardConfig:
+    dir: str = _help(
+        "Folder of the event files, relative to where the command starts; each run writes to "
+        "<dir>/<experiment>/<run>, so `tensorboard --logdir <dir>` shows them all.",
+        "outputs/tensorboard",
+    )
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: str = _help(
+        "Where MLflow records runs: a database URI (sqlite:///path, a relative path taken from where the command "
+        "starts; postgresql://...) or a tracking server (http://host:5000). MLflow's file store (./mlruns) is in "
+        "maintenance mode and refused by MLflow 3 unless MLFLOW_ALLOW_FILE_STORE=true.",
+        "sqlite:///outputs/mlflow.db",
+    )
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment tracking besides metrics.json (the logger group: conf/logger/, off by default)."""
+
+    experiment: str | None = _help(
+        "Experiment name: MLflow's experiment and TensorBoard's subfolder. null: the study name in an Optuna "
+        "sweep (one experiment per study), the sweep folder's name in another multirun, 'sentiment-lora' for "
+        "single runs.",
+        None,
+    )
+    tensorboard: TensorBoardConfig | None = _help("TensorBoard event files (logger=tensorboard); null: off.", None)
+    mlflow: MlflowConfig | None = _help("MLflow runs (logger=mlflow); null: off.", None)
+
+
+@dataclass
 class TrialConfig:
     id: int | None = _help("Optuna trial id, set by the lora_optuna sweeper; null outside Optuna sweeps.", None)
     number: int | None = _help("Optuna trial number within its study, set by the lora_optuna sweeper.", None)
@@ -317,6 +350,11 @@ class Config:
         within=SEED,
     )
     trial: TrialConfig = field(default_factory=TrialConfig)
+    logger: LoggerConfig | None = _help(
+        "Experiment tracking: logger=tensorboard|mlflow|many (conf/logger/) logs the config, each epoch's metrics, "
+        "the final metrics, parameter counts and the run's status; null (the default): metrics.json only.",
+        None,
+    )
 
 
 def register_configs() -> None:

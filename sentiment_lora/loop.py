@@ -31,9 +31,10 @@ class TrainingDiverged(UserError):
 
 
 class EpochHook(Protocol):
-    """Called after each epoch with its validation metrics; True stops training (a pruned sweep trial)."""
+    """Called after each epoch with its validation metrics and its history entry (training loss, timings); True
+    stops training (a pruned sweep trial)."""
 
-    def __call__(self, epoch: int, val: dict[str, float]) -> bool: ...
+    def __call__(self, epoch: int, val: dict[str, float], entry: dict | None = None) -> bool: ...
 
     def stopped(self) -> Exception:
         """The exception that tells the sweeper this run was stopped."""
@@ -165,7 +166,7 @@ def fit(
             best_state = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
         if checkpoint is not None:
             checkpoint.save(epoch, model, optimizer, scheduler, batches, history, best, best_state)
-        if on_epoch is not None and on_epoch(epoch, val):
+        if on_epoch is not None and on_epoch(epoch, val, history[-1]):
             return Fitted(best, history, stopped=True)
     model.load_state_dict(best_state, strict=False)
     return Fitted(best, history, stopped=False)

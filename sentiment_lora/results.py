@@ -74,7 +74,7 @@ def identifiers(cfg) -> dict[str, Any]:
 # Keys that cannot change a run's numbers: runs that differ only in them are the same configuration.
 NOT_RESULTS = (
     "trainer.progress", "trainer.num_threads", "trainer.checkpoint", "trainer.keep_checkpoint", "trial", "seeds",
-    "save_adapter", "data.cache_dir",
+    "save_adapter", "data.cache_dir", "logger",
 )  # fmt: skip
 
 

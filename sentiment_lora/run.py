@@ -3,7 +3,7 @@
 Every configuration and every sweep trial runs `train`. It returns what `cfg.objectives` names (the selected
 epoch's validation accuracy by default), the value a sweeper optimizes. Side concerns live elsewhere: where
 weights and data come from (sources.py), the per-process memo (memo.py), the frozen-prefix modes (prefix.py),
-the epoch loop (loop.py), the record (results.py), the sweep's pruning hook (trial.py).
+the epoch loop (loop.py), the record (results.py), the sweep's pruning hook (trial.py), the loggers (tracking.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from omegaconf import open_dict
 
 from sentiment_lora import data as data_lib
-from sentiment_lora import prefix, results
+from sentiment_lora import prefix, results, tracking
 from sentiment_lora.checkpoint import Checkpoint
 from sentiment_lora.config import validate
 from sentiment_lora.loop import EpochHook, evaluate, fit
@@ -38,6 +38,7 @@ from sentiment_lora.sources import resolve_weights
 log = logging.getLogger(__name__)
 
 
+@tracking.tracked  # logger=tensorboard|mlflow|many: config, epochs, final metrics, status (tracking.py)
 def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tuple[float, ...]:
     validate(cfg)
     trainer = cfg.trainer

@@ -8,6 +8,7 @@ from the sweeper's own config, which Hydra hands every job (also under parallel 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -30,9 +31,12 @@ EPOCH_METRIC = {"val_accuracy": "accuracy", "val_loss": "loss"}
 
 
 class TrialReporter:
-    """The epoch hook (loop.EpochHook) of a sweep trial: reports each epoch's value, asks the pruner."""
+    """The epoch hook (loop.EpochHook) of a sweep trial: reports each epoch's value, asks the pruner; at the end,
+    adds the run's outcome to the trial's user attributes."""
 
-    def __init__(self, trial_id: int, sweeper_cfg, run_dir: Path, objective: str) -> None:
+    def __init__(
+        self, trial_id: int, sweeper_cfg, run_dir: Path, objective: str, seeds: list[int] | None = None
+    ) -> None:
         import optuna
 
         pruner = make_pruner(sweeper_cfg.get("pruner"))
@@ -43,8 +47,10 @@ class TrialReporter:
         # cannot record intermediate values of multi-objective trials (nor prune them).
         self.objective = objective
         self.reports = len(study.directions) == 1 and objective in EPOCH_METRIC
+        # With seeds (cfg.seeds) only the first seed's run has this hook: its test metrics are not the trial's.
+        self.seeds = seeds
 
-    def __call__(self, epoch: int, val: dict[str, float]) -> bool:
+    def __call__(self, epoch: int, val: dict[str, float], entry: dict | None = None) -> bool:
         if not self.reports:
             return False
         self.last = (epoch, val[EPOCH_METRIC[self.objective]])
@@ -57,6 +63,13 @@ class TrialReporter:
         epoch, value = self.last
         return optuna.TrialPruned(f"pruned after epoch {epoch} at {self.objective} {value:.4f}")
 
+    def finish(self, status: str, record: dict | None) -> None:
+        """When the run has ended (tracking.tracked calls this): what its metrics.json says, as user attributes that
+        optuna-dashboard shows beside the parameters. The sweeper then records the trial's state."""
+        if record is not None:
+            for key, value in outcome_attrs(record, test=not self.seeds).items():
+                self.trial.set_user_attr(key, value)
+
 
 def reporter_for(cfg, run_dir: Path) -> TrialReporter | None:
     """The epoch hook when this job is a trial of a lora_optuna sweep with a storage, else None."""
@@ -66,7 +79,23 @@ def reporter_for(cfg, run_dir: Path) -> TrialReporter | None:
     if not sweeper_cfg.get("storage"):
         log.warning("trial %s: the sweep has no storage, so epochs cannot be reported for pruning", cfg.trial.number)
         return None
-    return TrialReporter(cfg.trial.id, sweeper_cfg, run_dir, cfg.objectives[0])
+    return TrialReporter(cfg.trial.id, sweeper_cfg, run_dir, cfg.objectives[0], cfg.get("seeds"))
+
+
+def outcome_attrs(record: dict, test: bool = True) -> dict[str, int | float | None]:
+    """A trial's user attributes from its run's metrics.json record (complete or pruned): parameter counts, epochs,
+    the selected epoch and, with `test`, the test metrics. Plain numbers (NaN as None): Optuna stores them as JSON."""
+    params, val = record.get("params") or {}, record.get("val") or {}
+    attrs = {
+        "trainable_params": params.get("trainable"),
+        "total_params": params.get("total"),
+        "trainable_pct": params.get("trainable_pct"),
+        "epochs_run": record.get("epochs_run"),
+        "selected_epoch": val.get("epoch"),
+    }
+    if test and record.get("test"):
+        attrs.update({f"test_{name}": record["test"].get(name) for name in ("accuracy", "f1", "roc_auc")})
+    return {key: None if isinstance(value, float) and math.isnan(value) else value for key, value in attrs.items()}
 
 
 def is_pruned(error: BaseException) -> bool:

@@ -20,14 +20,14 @@ def options(group: str):
 
 GROUP_OPTIONS = [
     (group, option)
-    for group in ("model", "lora", "lora/targets", "optimizer", "data", "trainer")
+    for group in ("model", "lora", "lora/targets", "optimizer", "data", "trainer", "logger")
     for option in options(group)
 ]
 
 
 def test_every_group_has_options():
     groups = {group for group, _ in GROUP_OPTIONS}
-    assert groups == {"model", "lora", "lora/targets", "optimizer", "data", "trainer"}
+    assert groups == {"model", "lora", "lora/targets", "optimizer", "data", "trainer", "logger"}
     assert len(GROUP_OPTIONS) >= 18
 
 

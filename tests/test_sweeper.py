@@ -43,6 +43,7 @@ def test_returned_values_become_complete_trials(hydra_sweep_runner, tmp_path):
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     assert all(t.value == t.params["x"] for t in study.trials)
     assert study.best_value == max(t.params["x"] for t in study.trials)
+    assert study.metric_names == ["val_accuracy"]  # the config's objectives name the study's values (dashboard)
 
 
 def test_a_raising_job_becomes_a_failed_trial_with_its_error_and_the_sweep_goes_on(hydra_sweep_runner, tmp_path):

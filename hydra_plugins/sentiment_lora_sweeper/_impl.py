@@ -152,6 +152,9 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
         # asked for (and failed) before it is fixed.
         self._make_sweep_dir()
         study = self._open_study(directions, make_pruner(self.pruner_config))  # the pruner the jobs use
+        names = list(self.config.get("objectives") or [])
+        if len(names) == len(directions) and study.metric_names != names:
+            study.set_metric_names(names)  # optuna-dashboard and Optuna's plots name the objectives with them
         log.info("Optuna study '%s' in %s", study.study_name, _masked(self.storage) if self.storage else "memory")
         log.info(
             "Sampler %s (seed %s), pruner %s, directions %s",
