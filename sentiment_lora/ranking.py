@@ -38,6 +38,7 @@ def _describe(runs: pd.DataFrame) -> dict:
         "config": first["config_id"],
         "model": first["model"],
         "targets": first["targets"],
+        "variant": first.get("variant"),
         "truncation": first.get("truncation"),
         "rank": first["rank"],
         "alpha": first["alpha"],

@@ -58,18 +58,24 @@ def compare(correct_a: np.ndarray, correct_b: np.ndarray, seed: int = 0) -> Comp
         p = float(mcnemar([[both, only_a], [only_b, neither]], exact=True).pvalue)
         test = "mcnemar-exact"
     else:
+        # Swapping a and b within a review flips the sign of its difference: a sign-flip test. Reviews with no
+        # difference flip to themselves, so they are left out; the mean over the rest is the full mean rescaled,
+        # which gives the same p-value 5-10x faster (scipy draws a permutation of every element per resample).
+        differences = a - b
         result = scipy_stats.permutation_test(
-            (a, b),
-            lambda x, y: np.mean(x - y),
+            (differences[differences != 0],),
+            lambda d, axis: np.mean(d, axis=axis),
             permutation_type="samples",
+            vectorized=True,
             n_resamples=RESAMPLES,
             random_state=seed,
         )
         p, test = float(result.pvalue), "paired-permutation"
     interval = scipy_stats.bootstrap(
         (a, b),
-        lambda x, y: np.mean(x) - np.mean(y),
+        lambda x, y, axis: np.mean(x, axis=axis) - np.mean(y, axis=axis),
         paired=True,
+        vectorized=True,
         confidence_level=LEVEL,
         n_resamples=RESAMPLES,
         method="percentile" if a.size < 10 else "BCa",

@@ -14,7 +14,7 @@ from sentiment_lora.ranking import pareto
 from sentiment_lora.results import METRICS_FILE, read_metrics
 
 COLUMNS = [
-    "run", "trial", "state", "model", "targets", "rank", "alpha", "trainable", "trainable_pct", "val_acc",
+    "run", "trial", "state", "model", "targets", "variant", "rank", "alpha", "trainable", "trainable_pct", "val_acc",
     "test_acc", "test_acc_ci95", "test_f1", "epochs", "time_s", "pareto",
 ]  # fmt: skip
 
@@ -65,6 +65,24 @@ def rank_used(lora: dict) -> int | None:
     return None if lora.get("budget") is not None else lora.get("rank")
 
 
+def variant_of(lora: dict) -> str:
+    """What else than targets, rank and alpha shapes the adapters, in a few words: "LoRA" when nothing does."""
+    parts = []
+    if lora.get("scaling") == "rslora":
+        parts.append("rsLoRA")
+    if lora.get("dora"):
+        parts.append("DoRA")
+    if lora.get("loraplus_lr_ratio"):
+        parts.append(f"LoRA+ x{lora['loraplus_lr_ratio']:g}")
+    if lora.get("layers") is not None:
+        parts.append("layers " + ",".join(str(index) for index in lora["layers"]))
+    elif lora.get("top_layers") is not None:
+        parts.append(f"top {lora['top_layers']}")
+    if lora.get("budget") is not None:
+        parts.append(f"budget {lora['budget']:,}")
+    return " ".join(parts) or "LoRA"
+
+
 def row_of(run_dir: Path) -> dict:
     """One table row; raises Skipped when metrics.json is unreadable, not JSON, or not a run's record."""
     path = Path(run_dir) / METRICS_FILE
@@ -88,6 +106,7 @@ def row_of(run_dir: Path) -> dict:
         "state": metrics["status"],
         "model": _section(metrics, "model").get("name"),
         "targets": "+".join(lora.get("targets") or []) or None,
+        "variant": variant_of(lora) if metrics["status"] != "reference" else None,
         "rank": rank_used(lora),
         "alpha": lora.get("alpha"),
         "trainable": params.get("trainable"),
@@ -146,6 +165,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     shown["rank"] = shown["rank"].map(lambda v: "" if pd.isna(v) else str(int(v)))
     shown["alpha"] = shown["alpha"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
     shown["targets"] = shown["targets"].fillna("")
+    shown["variant"] = shown["variant"].fillna("")
     shown["trainable"] = shown["trainable"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}")
     shown["trainable_pct"] = shown["trainable_pct"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
     shown["time_s"] = shown["time_s"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
@@ -154,7 +174,8 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 CONFIG_COLUMNS = {
-    "config": "config", "model": "model", "targets": "targets", "truncation": "truncation", "rank": "r",
+    "config": "config", "model": "model", "targets": "targets", "variant": "variant", "truncation": "truncation",
+    "rank": "r",
     "alpha": "alpha", "trainable": "trainable", "seeds": "seeds",
     "val_acc": "val acc", "test_acc": "test acc", "test_ci": "test 95% CI", "test_sd": "sd",
     "vs_best": "Δ best [95% CI]", "vs_best_p": "p (Holm)", "tied_with_best": "≈ best",
@@ -177,8 +198,8 @@ def configurations_markdown(table: pd.DataFrame) -> str:
     """One evaluation group's configuration table (ranking.rank_group) as markdown; differences in points."""
     shown = pd.DataFrame(index=table.index)
     shown["config"] = table["config"].map(lambda v: str(v)[:8])  # config_id: what else differs is in its runs' config
-    for column in ("model", "targets", "truncation"):
-        shown[column] = table[column].fillna("")
+    for column in ("model", "targets", "variant", "truncation"):
+        shown[column] = table.get(column, pd.Series(index=table.index, dtype=object)).fillna("")
     shown["rank"] = table["rank"].map(lambda v: _number(v, ".0f"))
     shown["alpha"] = table["alpha"].map(lambda v: _number(v, "g"))
     shown["trainable"] = table["trainable"].map(lambda v: _number(v, ",.0f"))

@@ -43,11 +43,56 @@ def test_each_option_composes_and_validates(group, option):
         assert target == "head" or cfg.model.targets_map[target]
 
 
-def test_defaults_are_the_seed_lora_setting_on_the_offline_default():
+SEED_SETTING = {"lora.targets": ["q", "v"], "lora.top_layers": None, "optimizer.lr": 5e-4, "data.truncation": "head",
+                "trainer.frozen_prefix": "live", "model.attention_dropout": None}
+RECIPE = {"lora.targets": ["q", "k", "v", "output", "ffn", "head"], "lora.top_layers": 3, "optimizer.lr": 1e-3,
+          "data.truncation": "head_tail", "trainer.frozen_prefix": "cache", "model.attention_dropout": 0.0}
+
+
+def settings(cfg, keys) -> dict:
+    values = {}
+    for key in keys:
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        values[key] = list(node) if key == "lora.targets" else node
+    return values
+
+
+def test_the_default_run_is_minilms_recipe_on_the_offline_default():
     cfg = compose_config([])
     assert (cfg.model.name, cfg.data.name, cfg.optimizer.name) == ("minilm", "imdb", "adamw")
-    assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, list(cfg.lora.targets)) == (4, 16, 0.05, ["q", "v"])
+    assert (cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout) == (4, 16, 0.05)
+    assert settings(cfg, RECIPE) == RECIPE
+    assert (cfg.trainer.max_length, cfg.trainer.epochs) == (256, 3)
     assert (cfg.data.n_train, cfg.data.n_val, cfg.data.n_test, cfg.data.n_samples) == (1600, 1000, 4000, None)
+
+
+@pytest.mark.parametrize("overrides", [["recipe@_global_=seed"], ["model=distilbert"], ["model=tiny"]])
+def test_without_a_recipe_the_schema_defaults_are_the_seed_setting(overrides):
+    assert settings(compose_config(overrides), SEED_SETTING) == SEED_SETTING
+
+
+@pytest.mark.parametrize(
+    "override,key,value",
+    [
+        ("lora/targets=qv", "lora.targets", ["q", "v"]),  # a group choice on the command line beats the recipe's
+        ("optimizer.lr=5e-4", "optimizer.lr", 5e-4),
+        ("optimizer=sgd", "optimizer.lr", 1e-2),  # an optimizer file's own lr beats the recipe's
+        ("lora.top_layers=null", "lora.top_layers", None),
+        ("data.truncation=head", "data.truncation", "head"),
+    ],
+)
+def test_the_command_line_and_group_files_override_the_recipe(override, key, value):
+    cfg = compose_config([override])
+    assert settings(cfg, [key]) == {key: value}
+    others = {k: v for k, v in RECIPE.items() if k != key}
+    assert settings(cfg, others) == others
+
+
+def test_a_sweep_preset_varies_the_targets_the_recipe_chose():
+    cfg = compose_config(["hparams_search=study", "lora/targets=k"])
+    assert list(cfg.lora.targets) == ["k"] and cfg.lora.top_layers == 3
 
 
 def test_target_preset_and_list_override():
@@ -158,6 +203,11 @@ def test_every_sweep_preset_composes(preset):
     cfg = compose_with_hydra([f"hparams_search={preset}"])
     validate(cfg)
     sweeper = cfg.hydra.sweeper
+    if sweeper._target_.endswith("BasicSweeper"):  # a grid preset: every value of every axis composes and validates
+        for key, values in sweeper.params.items():
+            for value in str(values).split(","):
+                validate(compose_config([f"hparams_search={preset}", f"{key}={value}"]))
+        return
     assert sweeper._target_.endswith("LoraOptunaSweeper")
     assert sweeper.storage.startswith("sqlite:///outputs/optuna/") and sweeper.study_name in sweeper.storage
     directions = [sweeper.direction] if isinstance(sweeper.direction, str) else list(sweeper.direction)
