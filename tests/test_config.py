@@ -43,10 +43,22 @@ def test_each_option_composes_and_validates(group, option):
         assert target == "head" or cfg.model.targets_map[target]
 
 
-SEED_SETTING = {"lora.targets": ["q", "v"], "lora.top_layers": None, "optimizer.lr": 5e-4, "data.truncation": "head",
-                "trainer.frozen_prefix": "live", "model.attention_dropout": None}
-RECIPE = {"lora.targets": ["q", "k", "v", "output", "ffn", "head"], "lora.top_layers": 3, "optimizer.lr": 1e-3,
-          "data.truncation": "head_tail", "trainer.frozen_prefix": "cache", "model.attention_dropout": 0.0}
+SEED_SETTING = {
+    "lora.targets": ["q", "v"],
+    "lora.top_layers": None,
+    "optimizer.lr": 5e-4,
+    "data.truncation": "head",
+    "trainer.frozen_prefix": "live",
+    "model.attention_dropout": None,
+}
+RECIPE = {
+    "lora.targets": ["q", "k", "v", "output", "ffn", "head"],
+    "lora.top_layers": 3,
+    "optimizer.lr": 1e-3,
+    "data.truncation": "head_tail",
+    "trainer.frozen_prefix": "cache",
+    "model.attention_dropout": 0.0,
+}
 
 
 def settings(cfg, keys) -> dict:
