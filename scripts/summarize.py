@@ -28,8 +28,15 @@ from pathlib import Path
 import pandas as pd
 
 from sentiment_lora.errors import UserError
-from sentiment_lora.ranking import rank
-from sentiment_lora.summary import build_table, configurations_markdown, plot, runs_as_configurations, to_markdown
+from sentiment_lora.ranking import effects, rank
+from sentiment_lora.summary import (
+    build_table,
+    configurations_markdown,
+    effects_markdown,
+    plot,
+    runs_as_configurations,
+    to_markdown,
+)
 
 
 def check_storage(storage: str) -> None:
@@ -87,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--study", help="study name in --storage")
     parser.add_argument("--csv", type=Path, help="CSV output (default: <first input>/summary.csv)")
     parser.add_argument("--plot", type=Path, help="PNG output (default: <first input>/summary.png)")
+    parser.add_argument(
+        "--effect",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="config key whose effect to test, everything else fixed (e.g. lora.scaling, lora.rank); repeatable",
+    )
     args = parser.parse_args(argv)
     try:
         paths = list(args.paths)
@@ -120,6 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         pd.concat(all_configs).to_csv(configs_path, index=False)
         print(f"configurations: {configs_path}", file=sys.stderr)
     plot(tables[0][1] if tables else runs_as_configurations(table), png_path)
+    for key in args.effect:
+        found, effect_notes = effects(table, key)
+        for note in effect_notes:
+            print(f"note: {note}", file=sys.stderr)
+        if not found.empty:
+            found.to_csv(csv_path.with_name(f"effect_{key}.csv"), index=False)
+            print(f"\n### Effect of {key}, everything else fixed (paired over the same test reviews)\n")
+            print(effects_markdown(found))
     if args.storage and (found := importances(args.storage, args.study)) is not None:
         found.to_csv(csv_path.with_name("importances.csv"))
         print("\n### Hyper-parameter importances (fANOVA)\n\n" + found.to_frame().to_markdown(floatfmt=".3f"))

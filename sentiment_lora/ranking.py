@@ -135,3 +135,77 @@ def rank(runs: pd.DataFrame) -> tuple[list[tuple[str, pd.DataFrame]], list[str]]
             tables.append((fingerprint, table))
         notes.extend(group_notes)
     return tables, notes
+
+
+def _run_config(run_dir: Path):
+    """A run's composed config: its own .hydra/config.yaml, or its parent's for a seed_<n> replicate."""
+    from omegaconf import OmegaConf
+
+    for hydra_dir in (run_dir / ".hydra", run_dir.parent / ".hydra"):
+        if (hydra_dir / "config.yaml").is_file():
+            return OmegaConf.load(hydra_dir / "config.yaml")
+    return None
+
+
+def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
+    """The effect of one config key, everything else held fixed: configurations that differ only in `key` (and the
+    training seed) are paired on the same test reviews, each value against the group's first (sorted) value.
+
+    One row per comparison: the fixed part (targets, variant, rank), the two values, the difference in test
+    accuracy with its paired bootstrap interval, and the paired test's p-value, Holm-adjusted over every comparison
+    of the table (the family is "does `key` matter anywhere").
+    """
+    from omegaconf import OmegaConf
+
+    from sentiment_lora.results import config_digest
+
+    notes, members = [], []
+    for _, row in runs[runs["state"] == "complete"].iterrows():
+        cfg = _run_config(Path(row["run"]))
+        found = correctness(row["run"])
+        if cfg is None or found is None:
+            notes.append(f"{row['run']}: no config or test predictions, left out of the {key} comparison")
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        group = (row["eval_fingerprint"], config_digest(cfg, ignore=("trainer.seed", "seeds", key)))
+        members.append({**row.to_dict(), "group": group, "value": value, "correct": found[1]})
+    if not members:
+        return pd.DataFrame(), [*notes, f"no complete run records {key}"]
+    from sentiment_lora.config import Config
+
+    def text(value) -> str:
+        return "+".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+
+    def natural(value: str) -> tuple:
+        try:
+            return (0, float(value), value)
+        except ValueError:
+            return (1, 0.0, value)
+
+    # The baseline of each comparison is the schema's default where a group has it (standard scaling, rank 4,
+    # q+v), else the smallest value.
+    default = text(
+        OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(OmegaConf.structured(Config), key)}))["v"]
+    )
+    frame = pd.DataFrame(members)
+    frame["value_text"] = frame["value"].map(lambda v: text(OmegaConf.to_container(v) if OmegaConf.is_config(v) else v))
+    rows = []
+    for _, group in frame.groupby("group", sort=False):
+        values = sorted(group["value_text"].unique(), key=lambda v: (v != default, *natural(v)))
+        if len(values) < 2:
+            continue
+        matrices = {v: np.vstack(group.loc[group["value_text"] == v, "correct"].tolist()) for v in values}
+        first = group.iloc[0]
+        for value in values[1:]:
+            result = compare(matrices[value], matrices[values[0]])
+            fixed = {"targets": first["targets"], "variant": first["variant"], "rank": first["rank"]}
+            rows.append({**fixed, "baseline": values[0], "value": value,
+                         "seeds": f"{len(matrices[value])} vs {len(matrices[values[0]])}",
+                         "test_acc": matrices[value].mean(), "baseline_acc": matrices[values[0]].mean(),
+                         "diff": result.diff, "low": result.low, "high": result.high, "p": result.p})  # fmt: skip
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table, [*notes, f"no two configurations differ only in {key}"]
+    table["p_holm"] = holm(table["p"].tolist())
+    table["supported"] = table["p_holm"] < ALPHA
+    return table.sort_values("diff", ascending=False).reset_index(drop=True), notes

@@ -235,6 +235,10 @@ def runs_as_configurations(table: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+# Variants named beside each point of the plot (the legend colours the target sets).
+PLOT_TAGS = {"rsLoRA": "rs", "DoRA": "DoRA", "LoRA+": "LoRA+"}
+
+
 def plot(table: pd.DataFrame, path: Path) -> None:
     """Test accuracy (mean over seeds, 95% interval) against trainable parameters: one colour per target set, the
     Pareto front (on validation), the reference's test accuracy as a line."""
@@ -252,6 +256,8 @@ def plot(table: pd.DataFrame, path: Path) -> None:
                     color=plt.cm.tab10(index % 10), label=targets, zorder=3)  # fmt: skip
         for _, row in group.iterrows():
             label = f"r{int(row['rank'])}" if pd.notna(row["rank"]) else ""
+            variant = str(row.get("variant") or "")
+            label += "".join(f" {tag}" for word, tag in PLOT_TAGS.items() if word in variant)
             if row.get("seeds", 1) > 1:
                 label += f" n={int(row['seeds'])}"
             ax.annotate(
@@ -273,3 +279,24 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def effects_markdown(table: pd.DataFrame) -> str:
+    """ranking.effects as markdown: differences in points, Holm-adjusted p, and whether the data supports one."""
+    shown = pd.DataFrame(
+        {
+            "targets": table["targets"].fillna(""),
+            "variant": table["variant"].fillna(""),
+            "r": table["rank"].map(lambda v: _number(v, ".0f")),
+            "value vs baseline": table["value"] + " vs " + table["baseline"],
+            "seeds": table["seeds"],
+            "test acc": [f"{a:.4f} vs {b:.4f}" for a, b in zip(table["test_acc"], table["baseline_acc"], strict=True)],
+            "Δ points [95% CI]": [
+                f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                for d, lo, hi in zip(table["diff"], table["low"], table["high"], strict=True)
+            ],
+            "p (Holm)": table["p_holm"].map(lambda v: _number(v, ".3g")),
+            "supported": table["supported"].map({True: "yes", False: "no"}),
+        }
+    )
+    return shown.to_markdown(index=False)

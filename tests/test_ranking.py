@@ -102,3 +102,35 @@ def test_runs_on_other_evaluation_sets_get_their_own_table(tmp_path):
     assert [fingerprint for fingerprint, _ in tables] == ["E1", "E2"]
     assert set(tables[0][1]["config"]) == {"A", "B"} and list(tables[1][1]["config"]) == ["X"]
     assert any("different evaluation sets" in note for note in notes)
+
+
+def test_effects_pair_configurations_that_differ_only_in_the_key(tmp_path):
+    from omegaconf import OmegaConf
+
+    from sentiment_lora.ranking import effects
+
+    rows = []
+    strong, weak = correct_with(only_first=15, only_second=1)
+    settings = [  # (targets, scaling, seed, correctness): the scaling matters for q+v only
+        ("qv", "standard", 1, weak), ("qv", "rslora", 1, strong),
+        ("qv", "standard", 2, weak), ("qv", "rslora", 2, strong),
+        ("all", "standard", 1, strong), ("all", "rslora", 1, strong),
+        ("head", "rslora", 1, weak),  # nothing to pair it with
+    ]  # fmt: skip
+    for index, (targets, scaling, seed, correct) in enumerate(settings):
+        row = make_run(tmp_path, f"run{index}", correct, targets=targets, variant=scaling, val_acc=0.8)
+        cfg = {"lora": {"targets": targets, "scaling": scaling, "rank": 4}, "trainer": {"seed": seed}}
+        (tmp_path / f"run{index}" / ".hydra").mkdir()
+        OmegaConf.save(OmegaConf.create(cfg), tmp_path / f"run{index}" / ".hydra" / "config.yaml")
+        rows.append(row)
+    table, notes = effects(pd.DataFrame(rows), "lora.scaling")
+    assert len(table) == 2 and not notes
+    table = table.set_index("targets")
+    assert (table.loc["qv", "value"], table.loc["qv", "baseline"], table.loc["qv", "seeds"]) == (
+        "rslora",
+        "standard",
+        "2 vs 2",
+    )
+    assert table.loc["qv", "diff"] == pytest.approx(0.14) and table.loc["qv", "supported"]
+    assert table.loc["all", "diff"] == 0 and table.loc["all", "p"] == 1 and not table.loc["all", "supported"]
+    assert effects(pd.DataFrame(rows), "lora.rank")[0].empty  # every run has rank 4: nothing to compare

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from sentiment_lora import data as data_lib
 from sentiment_lora.config import validate
@@ -27,6 +28,7 @@ from sentiment_lora.model import (
     load_trained,
     matched_modules,
 )
+from sentiment_lora.predict import main as predict_main
 from sentiment_lora.run import train
 from sentiment_lora.runtime import make_optimizer
 from sentiment_lora.summary import row_of
@@ -252,7 +254,7 @@ VARIANTS = {
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_every_variant_reloads_to_its_own_test_predictions(tmp_path, variant):
+def test_every_variant_reloads_and_predicts_its_own_test_predictions(tmp_path, variant):
     reviews = write_reviews(tmp_path / "reviews.csv", n=60)
     overrides = [*TINY_FAST, "trainer.epochs=1", "data=csv", f"data.path={reviews}", *VARIANTS[variant]]
     run_dir = tmp_path / "run"
@@ -272,6 +274,17 @@ def test_every_variant_reloads_to_its_own_test_predictions(tmp_path, variant):
     # float32 probabilities survive the CSV's shortest-repr formatting exactly.
     np.testing.assert_array_equal(probs, saved.astype(probs.dtype))
     assert test == metrics["test"]
+
+    # The predict command reads the run as a user's: its .hydra/config.yaml (Hydra writes it; train() alone does not).
+    (run_dir / ".hydra").mkdir()
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    test_csv, scored = tmp_path / "test.csv", tmp_path / "scored.csv"
+    data_lib.load_splits(cfg.data)["test"].to_csv(test_csv, index=False)
+    predict_main([str(run_dir), "--csv", str(test_csv), "--out", str(scored)])
+    assert (
+        pd.read_csv(scored, dtype=str)["prob"].tolist()
+        == pd.read_csv(run_dir / "test_predictions.csv", dtype=str)["prob"].tolist()
+    )
 
     reloaded = dict(trained.model.named_parameters())
     layers = [module for _, module in trained.model.named_modules() if hasattr(module, "lora_A")]
