@@ -195,7 +195,7 @@ def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
         if len(values) < 2:
             continue
         matrices = {v: np.vstack(group.loc[group["value_text"] == v, "correct"].tolist()) for v in values}
-        first = group.iloc[0]
+        first = group[group["value_text"] == values[0]].iloc[0]  # the fixed part, described by the baseline's runs
         for value in values[1:]:
             result = compare(matrices[value], matrices[values[0]])
             fixed = {"targets": first["targets"], "variant": first["variant"], "rank": first["rank"]}
