@@ -149,7 +149,8 @@ def _run_config(run_dir: Path):
 
 def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
     """The effect of one config key, everything else held fixed: configurations that differ only in `key` (and the
-    training seed) are paired on the same test reviews, each value against the group's first (sorted) value.
+    training seed) are paired on the same test reviews, each value against the group's baseline: the schema's
+    default where the group has it (standard scaling, rank 4, q+v), else its smallest value.
 
     One row per comparison: the fixed part (targets, variant, rank), the two values, the difference in test
     accuracy with its paired bootstrap interval, and the paired test's p-value, Holm-adjusted over every comparison
@@ -157,7 +158,18 @@ def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
     """
     from omegaconf import OmegaConf
 
+    from sentiment_lora.config import Config
     from sentiment_lora.results import config_digest
+
+    def text(value) -> str:
+        value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        return "+".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+
+    def natural(value: str) -> tuple:
+        try:
+            return (0, float(value), value)
+        except ValueError:
+            return (1, 0.0, value)
 
     notes, members = [], []
     for _, row in runs[runs["state"] == "complete"].iterrows():
@@ -171,24 +183,9 @@ def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
         members.append({**row.to_dict(), "group": group, "value": value, "correct": found[1]})
     if not members:
         return pd.DataFrame(), [*notes, f"no complete run records {key}"]
-    from sentiment_lora.config import Config
-
-    def text(value) -> str:
-        return "+".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
-
-    def natural(value: str) -> tuple:
-        try:
-            return (0, float(value), value)
-        except ValueError:
-            return (1, 0.0, value)
-
-    # The baseline of each comparison is the schema's default where a group has it (standard scaling, rank 4,
-    # q+v), else the smallest value.
-    default = text(
-        OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(OmegaConf.structured(Config), key)}))["v"]
-    )
+    default = text(OmegaConf.select(OmegaConf.structured(Config), key, default=None))
     frame = pd.DataFrame(members)
-    frame["value_text"] = frame["value"].map(lambda v: text(OmegaConf.to_container(v) if OmegaConf.is_config(v) else v))
+    frame["value_text"] = frame["value"].map(text)
     rows = []
     for _, group in frame.groupby("group", sort=False):
         values = sorted(group["value_text"].unique(), key=lambda v: (v != default, *natural(v)))
