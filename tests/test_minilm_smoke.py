@@ -28,9 +28,11 @@ def test_minilm_trains_a_few_dozen_reviews_offline(tmp_path, monkeypatch):
     )
     train(cfg, tmp_path)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    # The real weights, not a random init: 22.7M encoder parameters and the seed LoRA setting on them.
-    assert metrics["params"]["total"] == 22_713_216 + 36_864 + 385
-    assert metrics["params"]["trainable"] == 36_864 + 385
+    # The real weights, not a random init: 22.7M encoder parameters and MiniLM's recipe on them (rank 4 on every
+    # module of the top 3 layers, the head adapted by LoRA, its 385 base parameters frozen).
+    assert metrics["params"]["total"] == 22_713_216 + 84_484 + 385
+    assert metrics["params"]["trainable"] == 84_484
+    assert metrics["prefix_cache_s"] is not None and metrics["data"]["truncation"] == "head_tail"
     assert metrics["model"]["source"] == "package"
     assert metrics["split_sizes"] == {"train": 38, "val": 5, "test": 5}
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and metrics["history"][0]["train_loss"] > 0

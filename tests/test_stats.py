@@ -93,3 +93,11 @@ def test_bootstrap_metrics_equal_scikit_learns_and_the_interval_holds_the_estima
     # A resample of one class has no ROC AUC: it is skipped, and too few two-class resamples give no interval.
     assert bootstrap_interval(np.array([0, 0, 1]), np.array([0.1, 0.2, 0.9]), roc_auc) == (1.0, 1.0)
     assert bootstrap_interval(np.array([1, 1, 1]), np.array([0.1, 0.2, 0.9]), roc_auc) is None
+
+
+def test_replicates_that_differ_on_one_review_are_no_evidence():
+    a = np.ones((2, 50))
+    b = a.copy()
+    b[:, 7] = 0  # both seeds of b miss one review a gets right
+    result = compare(a, b)
+    assert result.test == "paired-permutation" and result.p == 1.0 and result.diff == pytest.approx(0.02)
