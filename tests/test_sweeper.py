@@ -4,11 +4,13 @@ job-side hook reports epochs and is pruned."""
 
 from __future__ import annotations
 
+import datetime
 import sys
 from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from sentiment_lora.train import cli
@@ -106,12 +108,23 @@ def test_a_dead_workers_trial_goes_stale_is_failed_and_retried_with_its_paramete
     dead = optuna.load_study(study_name="dummy", storage=storage).ask()
     lost = dead.suggest_float("x", 0, 1)
     storage.record_heartbeat(dead._trial_id)
+    # Its last beat an hour ago by the database's own clock: stale however fast the next sweep starts. A beat
+    # recorded now goes stale only once grace_period has passed on the wall clock, so whether the next sweep's
+    # first stale check or a later one fails it (and whether the retry is trial 3 or 4) was a race.
+    beat = sqlalchemy.table("trial_heartbeats", sqlalchemy.column("trial_id"),
+                            sqlalchemy.column("heartbeat", sqlalchemy.DateTime))  # fmt: skip
+    with storage.engine.begin() as connection:
+        now = connection.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar()
+        past = now.replace(tzinfo=None) - datetime.timedelta(hours=1)
+        connection.execute(beat.update().where(beat.c.trial_id == dead._trial_id).values(heartbeat=past))
 
     trials = sweep(hydra_sweep_runner, tmp_path, "hydra.sweeper.n_trials=4", *beats).trials
+    # The first stale check fails trial 2 and queues its retry, which runs first (trial 3); then one new trial.
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2 + [TrialState.FAIL] + [TrialState.COMPLETE] * 2
-    retry = trials[4]
+    retry = trials[3]
     assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == 2
     assert retry.params == {"x": lost} and retry.value == lost
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trials[4]) is None
 
 
 @pytest.mark.parametrize("key, value", [("heartbeat_interval", 0), ("grace_period", -1), ("max_retry", -1)])
