@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import re
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
+from bs4.builder import HTMLTreeBuilder
 from omegaconf import OmegaConf
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader
@@ -33,14 +36,43 @@ LABEL_WORDS = {"0": 0, "1": 1, "negative": 0, "positive": 1, "neg": 0, "pos": 1}
 SPLITS = ("train", "val", "test")
 
 
+# HTML's element names: the WHATWG HTML standard's element index, the obsolete elements it still parses (its
+# "non-conforming features": <center>, <font>, <tt>, <strike>, ... as old review sites wrote them), and, for good
+# measure, the lists BeautifulSoup keeps (its void and block elements; it has no complete list). html.parser takes
+# any <word> for a tag, so "It was <terrible> and boring" lost its verdict, as did IMDB's own "<SPOILER>", "<grin>",
+# "<<<sigh>>>" and "<http://...>": a tag-like token whose name is not an element's is text.
+SPEC_ELEMENTS = """
+    a abbr address area article aside audio b base bdi bdo blockquote body br button canvas caption cite code col
+    colgroup data datalist dd del details dfn dialog div dl dt em embed fieldset figcaption figure footer form h1 h2
+    h3 h4 h5 h6 head header hgroup hr html i iframe img input ins kbd label legend li link main map mark math menu
+    meta meter nav noscript object ol optgroup option output p param picture pre progress q rp rt ruby s samp script
+    search section select slot small source span strong style sub summary sup svg table tbody td template textarea
+    tfoot th thead time title tr track u ul var video wbr
+    acronym applet basefont bgsound big blink center dir font frame frameset image isindex keygen listing marquee
+    menuitem multicol nextid nobr noembed noframes plaintext rb rtc spacer strike tt xmp"""
+HTML_ELEMENTS = (
+    frozenset(SPEC_ELEMENTS.split())
+    | HTMLTreeBuilder.DEFAULT_EMPTY_ELEMENT_TAGS
+    | HTMLTreeBuilder.DEFAULT_BLOCK_ELEMENTS
+)
+# "<" and the name html.parser would read as a tag's (a letter, then up to a space, "/" or ">").
+TAG_START = re.compile(r"<(/?)([A-Za-z][^\s/>]*)")
+
+
+def _escape_non_element(match: re.Match) -> str:
+    return match.group(0) if match.group(2).lower() in HTML_ELEMENTS else "&lt;" + match.group(0)[1:]
+
+
 def strip_html(text: str) -> str:
-    """Markup removed and whitespace collapsed: '<br />' in IMDB reviews becomes a space."""
+    """Markup removed and whitespace collapsed: '<br />' in IMDB reviews becomes a space, entities are decoded,
+    and a tag-like word that names no HTML element ('<terrible>', '<SPOILER>') stays as text."""
     if "<" not in text and "&" not in text:
         return " ".join(text.split())
     with warnings.catch_warnings():
         # A review that merely looks like a URL or file name is still a review.
         warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
-        return " ".join(BeautifulSoup(text, "html.parser").get_text(" ").split())
+        soup = BeautifulSoup(TAG_START.sub(_escape_non_element, text), "html.parser")
+        return " ".join(soup.get_text(" ").split())
 
 
 def _label_value(raw: object) -> int | None:
@@ -75,6 +107,7 @@ def read_labelled_csv(
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"data file {path}: cannot be parsed as CSV ({first_line})") from None
+    _refuse_repeated_columns(path, [column for column in (text_column, label_column, split_column) if column])
     for column in (text_column, label_column, split_column):
         if column is not None and column not in frame.columns:
             found = ", ".join(map(str, frame.columns))
@@ -88,12 +121,35 @@ def read_labelled_csv(
     for index, text in texts.items():
         if not text.strip():
             raise UserError(f"data file {path}: column '{text_column}', data row {index + 1}: empty text")
+        if not visible(text):
+            raise UserError(f"data file {path}: column '{text_column}', data row {index + 1}: {_invisible(text)}")
+    # Reviews are words: a column of numbers alone (an id, a rating, a score) is the wrong column.
+    if pd.to_numeric(texts.str.strip(), errors="coerce").notna().all():
+        raise UserError(
+            f"data file {path}: column '{text_column}' holds only numbers (data row 1: {texts.iloc[0]!r}), not "
+            f"review texts; {columns_hint}"
+        )
     result = pd.DataFrame({"text": texts.astype(str).to_numpy()})
     if label_column is not None:
         result["label"] = _labels(frame[label_column], path, label_column)
     if split_column is not None:
         result["split"] = frame[split_column].astype(str).to_numpy()
     return result
+
+
+def _refuse_repeated_columns(path: Path, columns: list[str]) -> None:
+    """pandas renames a repeated header name (`text,label,label` reads as label and label.1) and the first column
+    would be used silently, even where the two disagree: a column the run reads must be named once. The header is
+    read as a data row, so as the file holds it (compressed files too); a repeated column no one reads changes
+    nothing and is left alone."""
+    header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
+    for column in columns:
+        positions = [str(number) for number, name in enumerate(header, start=1) if name == column]
+        if len(positions) > 1:
+            raise UserError(
+                f"data file {path}: column '{column}' appears {len(positions)} times in the header (columns "
+                f"{', '.join(positions)}); rename or remove all but one"
+            )
 
 
 def _labels(column: pd.Series, path: Path, label_column: str) -> list[int]:
@@ -109,6 +165,24 @@ def _labels(column: pd.Series, path: Path, label_column: str) -> list[int]:
     return labels
 
 
+# Letters and symbols that render as nothing: the Hangul fillers and the braille blank, which Unicode lists as
+# default-ignorable or blank though their category is a letter's or a symbol's (unicodedata has no such property).
+BLANK_CHARACTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def visible(text: str) -> bool:
+    """Whether any character of `text` shows: a letter, digit, punctuation or symbol. Not visible:
+    separators (Z*: spaces), controls, format characters (Cf: zero-width space and joiners, the BOM, bidi
+    controls such as U+200E and U+202E), surrogates, private-use and unassigned code points (C*), combining marks
+    with nothing to combine with (M*), and BLANK_CHARACTERS."""
+    return any(unicodedata.category(char)[0] in "LNPS" and char not in BLANK_CHARACTERS for char in text)
+
+
+def _invisible(text: str) -> str:
+    shown = ", ".join(f"U+{ord(char):04X}" for char in dict.fromkeys(text) if not char.isspace())
+    return f"no visible text, only invisible characters ({shown}); remove the row or fix its text"
+
+
 def stripped(frame: pd.DataFrame, where: str, row_name: str = "data row") -> pd.DataFrame:
     """The frame with its texts' HTML stripped; a text that was markup alone is one UserError line naming
     `where` and its row (the frame's index is the row - 1)."""
@@ -116,6 +190,11 @@ def stripped(frame: pd.DataFrame, where: str, row_name: str = "data row") -> pd.
     empty = frame.index[frame["text"] == ""]
     if len(empty):
         raise UserError(f"{where}, {row_name} {empty[0] + 1}: no text left once HTML is stripped")
+    # Markup around invisible characters alone ('<p>\u200b</p>') is as empty as markup alone.
+    blank = frame.index[~frame["text"].map(visible)]
+    if len(blank):
+        row = blank[0]
+        raise UserError(f"{where}, {row_name} {row + 1}: once HTML is stripped, {_invisible(frame['text'].loc[row])}")
     return frame
 
 
@@ -218,6 +297,15 @@ def _given(frames: dict[str, pd.DataFrame], paths: dict[str, Path], data_cfg) ->
         duplicates += dropped
     where = ", ".join(sorted({str(path) for path in paths.values()}))
     splits, leaked = disjoint({name: frame.reset_index(drop=True) for name, frame in frames.items()}, where)
+    for name in SPLITS:
+        # As the fraction and pool splits require: one class in train learns nothing, and one in val or test
+        # makes accuracy meaningless and ROC AUC undefined (a run reported "complete" with val accuracy 0.0).
+        if splits[name]["label"].nunique() < 2:
+            source = f"data file {paths[name]}" + (f", column '{data_cfg.split_column}'" * bool(data_cfg.split_column))
+            raise UserError(
+                f"{source}: the {name} split holds one class ({_class_counts(splits[name])}); every split needs "
+                "reviews of both classes"
+            )
     used = sum(len(part) for part in splits.values())
     return splits, {"n_samples": used, "duplicates_dropped": duplicates, "train_dropped_as_in_eval": leaked}
 

@@ -264,6 +264,13 @@ def test_given_splits_drop_training_copies_of_evaluation_reviews(tmp_path):
         (["data.n_val=100"], "data.n_val/n_test: set both"),
         (["data.n_val=10", "data.n_test=10", "data.n_samples=100"], "data.n_samples: is not used"),
         (["data.train_path=a.csv"], "give all three files"),
+        # Keys the chosen layout does not read: refused, not recorded in metrics.json as if used.
+        (
+            ["data.train_path=a.csv", "data.val_path=b.csv", "data.test_path=c.csv"],
+            "config data.path: is not read when data.train_path/val_path/test_path give the splits: set data.path=null",
+        ),
+        (["data.split_column=split", "data.n_samples=100"], "config data.n_samples: is not used with given splits"),
+        (["data.n_train=100"], "config data.n_train: is used only with data.n_val/n_test"),
     ],
 )
 def test_split_layouts_that_contradict_each_other_are_one_line(overrides, message):
@@ -281,3 +288,134 @@ def test_a_bad_split_name_names_the_file_column_and_row(tmp_path):
     reviews.to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(UserError, match=r"bad.csv, column 'split': data row 3: split 'holdout'"):
         load_data(csv_config(tmp_path / "bad.csv", split_column="split"))
+
+
+# IMDB's own markup is stripped as before; a tag-like word that names no HTML element is the reviewer's text.
+@pytest.mark.parametrize(
+    "raw,clean",
+    [
+        ("It was <terrible> and boring", "It was <terrible> and boring"),
+        ("I <3 this film", "I <3 this film"),
+        ("a < b > c", "a < b > c"),
+        ("The ending is ridiculous <SPOILER>, as he", "The ending is ridiculous <SPOILER>, as he"),  # IMDB's own
+        ("give it an extra star <grin>)", "give it an extra star <grin>)"),  # IMDB's own
+        ("meet such a man??? <<<sigh>>> Sophie", "meet such a man??? <<<sigh>>> Sophie"),  # IMDB's own
+        ("well spent. <http://example.com/x?y=1>", "well spent. <http://example.com/x?y=1>"),
+        ("</terrible> end", "</terrible> end"),
+        ("One.<br /><br />Two.<br/>Three<BR>four", "One. Two. Three four"),
+        ("an abbey of <i>very</i> long-lived <b>monks</b>", "an abbey of very long-lived monks"),
+        ("Verhoeven's<em>Basic instinct</em>, <hr>It's", "Verhoeven's Basic instinct , It's"),
+        ("Tom &amp; Jerry, it&#39;s &quot;fine&quot; &lt;ok&gt;", 'Tom & Jerry, it\'s "fine" <ok>'),
+        ('see <a href="http://example.com/review?id=1&amp;p=2">this review</a> now', "see this review now"),
+        ("<p>home.<p><br /><br />There</p>", "home. There"),
+        ("<center><font color=red>Red</font></center>", "Red"),  # obsolete elements are still markup
+    ],
+)
+def test_strip_html_strips_real_markup_only(raw, clean):
+    assert strip_html(raw) == clean
+
+
+INVISIBLE = ["\u200b", "\u200b\u200d\ufeff", "\u200e\u202e", "\u2060 \u00a0", "\u3164", "\u2800\u200c"]
+
+
+@pytest.mark.parametrize("text", INVISIBLE, ids=[f"U+{ord(t[0]):04X}" for t in INVISIBLE])
+def test_a_review_of_invisible_characters_alone_is_an_empty_review_naming_its_row(tmp_path, text):
+    path = tmp_path / "invisible.csv"
+    pd.DataFrame({"text": ["good film", text, "bad film"], "label": [1, 0, 0]}).to_csv(path, index=False)
+    with pytest.raises(UserError) as err:
+        read_labelled_csv(path, "text", "label")
+    message = str(err.value)
+    assert message.startswith(f"data file {path}: column 'text', data row 2: no visible text, only invisible ")
+    assert f"U+{ord(text[0]):04X}" in message and "\n" not in message
+
+
+def test_invisible_characters_around_visible_text_are_kept_and_markup_around_them_alone_is_empty(tmp_path):
+    rows = "".join(f"review number {i},{i % 2}\n" for i in range(40))
+    kept = write(tmp_path, f"text,label\n{rows}\u200bfine\u200e,1\n", "kept.csv")
+    splits = load_data(csv_config(kept))[0]
+    assert "\u200bfine\u200e" in set().union(*(part["text"] for part in splits.values()))
+    wrapped = write(tmp_path, f"text,label\n{rows}<p>\u200b</p><br />,1\n", "wrapped.csv")
+    with pytest.raises(UserError) as err:
+        load_data(csv_config(wrapped))
+    assert str(err.value) == (
+        f"data file {wrapped}: column 'text', data row 41: once HTML is stripped, no visible text, only invisible "
+        "characters (U+200B); remove the row or fix its text"
+    )
+
+
+@pytest.mark.parametrize("values", [["1", "2", "3", "4"], ["4.5", " 7", "-1", "1e3"]])
+def test_a_text_column_of_numbers_alone_is_the_wrong_column(tmp_path, values):
+    path = tmp_path / "numbers.csv"
+    pd.DataFrame({"id": values, "label": [0, 1, 0, 1], "review": ["a", "b", "c", "d"]}).to_csv(path, index=False)
+    with pytest.raises(UserError) as err:
+        read_labelled_csv(path, "id", "label")
+    assert str(err.value) == (
+        f"data file {path}: column 'id' holds only numbers (data row 1: {values[0]!r}), not review texts; "
+        "set data.text_column/label_column"
+    )
+    # A number among words is a review like any other ("10/10", "7").
+    path.write_text("text,label\n10,1\ngreat film,1\n7,0\n")
+    assert list(read_labelled_csv(path, "text", "label")["text"]) == ["10", "great film", "7"]
+
+
+@pytest.mark.parametrize("name", ["dup.csv", "dup.csv.gz", "dup.csv.bz2"])
+def test_a_repeated_column_name_is_refused_naming_it(tmp_path, name):
+    # The two label columns contradict each other: pandas would read them as label and label.1 and use the first.
+    path = tmp_path / name
+    frame = pd.DataFrame([["good", 1, 0], ["bad", 0, 1]], columns=["text", "label", "label"])
+    frame.to_csv(path, index=False)
+    with pytest.raises(UserError) as err:
+        read_labelled_csv(path, "text", "label")
+    assert str(err.value) == (
+        f"data file {path}: column 'label' appears 2 times in the header (columns 2, 3); rename or remove all but one"
+    )
+    # A repeated column that is not read changes nothing.
+    pd.DataFrame([["good", 1, "x", "y"]], columns=["text", "label", "note", "note"]).to_csv(path, index=False)
+    assert list(read_labelled_csv(path, "text", "label")["label"]) == [1]
+
+
+def given_files(tmp_path, labels: dict[str, list[int]]) -> dict[str, str]:
+    paths = {}
+    for name, split_labels in labels.items():
+        texts = [f"{name} review {i} {'great' if label else 'awful'}" for i, label in enumerate(split_labels)]
+        pd.DataFrame({"text": texts, "label": split_labels}).to_csv(tmp_path / f"{name}.csv", index=False)
+        paths[f"{name}_path"] = str(tmp_path / f"{name}.csv")
+    return paths
+
+
+BOTH = [0, 1] * 5
+
+
+@pytest.mark.parametrize("one_class", ["train", "val", "test"])
+def test_given_split_files_with_one_class_in_a_split_are_refused_naming_the_file(tmp_path, one_class):
+    labels = {"train": BOTH * 2, "val": BOTH, "test": BOTH, one_class: [1] * 8}
+    with pytest.raises(UserError) as err:
+        load_data(csv_config(None, **given_files(tmp_path, labels)))
+    assert str(err.value) == (
+        f"data file {tmp_path / f'{one_class}.csv'}: the {one_class} split holds one class (0 negative and 8 "
+        "positive); every split needs reviews of both classes"
+    )
+
+
+def test_a_split_column_with_one_class_in_a_split_is_refused_naming_the_column(tmp_path):
+    path = tmp_path / "with_split.csv"
+    labels = BOTH * 2 + [0] * 6 + BOTH
+    split_names = ["train"] * 20 + ["val"] * 6 + ["test"] * 10
+    texts = [f"review {i}" for i in range(len(labels))]
+    pd.DataFrame({"text": texts, "label": labels, "split": split_names}).to_csv(path, index=False)
+    with pytest.raises(UserError) as err:
+        load_data(csv_config(path, split_column="split"))
+    assert str(err.value) == (
+        f"data file {path}, column 'split': the val split holds one class (6 negative and 0 positive); every split "
+        "needs reviews of both classes"
+    )
+
+
+def test_a_training_split_left_with_one_class_once_evaluation_copies_are_dropped_is_refused(tmp_path):
+    paths = given_files(tmp_path, {"train": [1] * 6, "val": BOTH, "test": BOTH})
+    # The training split's only negative review is a copy of a validation review: dropped, one class remains.
+    train = pd.read_csv(paths["train_path"])
+    val = pd.read_csv(paths["val_path"])
+    pd.concat([train, val.iloc[[0]]]).to_csv(paths["train_path"], index=False)
+    with pytest.raises(UserError, match=r"train.csv: the train split holds one class \(0 negative and 6 positive\)"):
+        load_data(csv_config(None, **paths))
