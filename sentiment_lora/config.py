@@ -7,14 +7,16 @@ split fractions) live in `validate`, which raises `UserError` with one line nami
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from sentiment_lora.errors import UserError
 
@@ -412,12 +414,20 @@ def _validate_data_layout(data: Any, dry_run: bool) -> None:
         _fail("data.train_path/val_path/test_path", "give all three files, or none")
     if all(given_files) and (data.split_column or data.n_test is not None):
         _fail("data.train_path", "given split files exclude data.split_column and data.n_val/n_test")
+    if all(given_files) and data.path:
+        # The split files are read and data.path is not; metrics.json would still record it as the data.
+        _fail("data.path", "is not read when data.train_path/val_path/test_path give the splits: set data.path=null")
     if (data.n_val is None) != (data.n_test is None):
         _fail("data.n_val/n_test", "set both to draw evaluation sets from the pool, or neither")
     if data.n_test is not None and data.n_samples is not None:
         _fail("data.n_samples", "is not used when data.n_val/n_test draw the evaluation sets: set data.n_train")
     if data.n_test is not None and data.split_column:
         _fail("data.split_column", "excludes data.n_val/n_test: the file's own split is used")
+    # Keys that the chosen layout does not read are refused, not ignored: metrics.json records them as if used.
+    if data.n_samples is not None and (all(given_files) or data.split_column):
+        _fail("data.n_samples", "is not used with given splits (split files or data.split_column): set it null")
+    if data.n_train is not None and data.n_test is None:
+        _fail("data.n_train", "is used only with data.n_val/n_test; with fractions, data.n_samples sets the sample")
     if data.source == "csv" and not data.path and not all(given_files) and not dry_run:
         _fail("data.path", "is required for data=csv (data.path=/path/to/reviews.csv)")
 
@@ -434,9 +444,63 @@ def _validate_lora_layers(lora: Any) -> None:
         _fail("lora.layers", f"lists a layer twice: {list(lora.layers)}")
 
 
+def _section(node: Any, name: str) -> Any:
+    """The dataclass that the field `name` of dataclass `node` holds (Optional unwrapped), or None: a leaf, or a
+    free-form dict such as model.arch or model.targets_map, which takes any key."""
+    hint = typing.get_type_hints(node)[name]
+    for candidate in (hint, *typing.get_args(hint)):
+        if is_dataclass(candidate):
+            return candidate
+    return None
+
+
+def unknown_key(key: str) -> str | None:
+    """The problem with a dotted key that the schema has no place for, or None when it has (a key inside a
+    free-form dict included). `hydra.*` is Hydra's own and not checked here."""
+    node, parts = Config, key.split(".")
+    for depth, part in enumerate(parts):
+        names = [item.name for item in fields(node)]
+        if part not in names:
+            where = ".".join(parts[:depth])
+            close = difflib.get_close_matches(part, names, n=1)
+            if close:
+                hint = f"did you mean {'.'.join([*parts[:depth], close[0]])}?"
+            else:
+                hint = f"{where or 'the top level'} has {', '.join(names)}"
+            return f"unknown key (not in the schema, sentiment_lora/config.py); {hint}"
+        node = _section(node, part)
+        if node is None:
+            return None
+    return None
+
+
+def _added_keys(tree: dict, node: Any = Config, prefix: str = "") -> list[str]:
+    """Dotted keys of a composed config (a plain container) that the schema does not have: a `+key=value`
+    override adds one past Hydra's struct check, and the run would silently ignore it."""
+    found = []
+    names = {item.name for item in fields(node)}
+    for key, value in tree.items():
+        if not prefix and key == "hydra":
+            continue
+        if key not in names:
+            found.append(f"{prefix}{key}")
+            continue
+        section = _section(node, key)
+        if section is not None and isinstance(value, dict):
+            found.extend(_added_keys(value, section, f"{prefix}{key}."))
+    return found
+
+
+def _validate_keys(cfg: Any) -> None:
+    tree = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
+    for key in _added_keys(tree):
+        _fail(key, unknown_key(key) or "unknown key")
+
+
 def validate(cfg: Any) -> None:
     """Semantic checks a dataclass type cannot express; one line per problem, naming the key. Checks that need the
     model (lora.rank against layer widths, trainer.max_length against positions) run where it is built."""
+    _validate_keys(cfg)
     for key, allowed in CHOICES.items():
         value = _get(cfg, key)
         noun = {"lora.targets": "target", "objectives": "objective"}.get(key, "value")

@@ -1,7 +1,7 @@
 """The command line: `python -m sentiment_lora.train [overrides]` (and `sentiment-lora-train`).
 
 Hydra composes the config; `run.train` does the work. This module holds what surrounds a run: a pre-check of the
-command line's config-group options, and the exception policy: a user's mistake is one `error:` line and exit
+command line's config-group options and keys, and the exception policy: a user's mistake is one `error:` line and exit
 status 2 in a single run; inside a sweep, a failed run records why and the sweep goes on.
 """
 
@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from sentiment_lora import results, trial
-from sentiment_lora.config import CONF_DIR, register_configs
+from sentiment_lora.config import CONF_DIR, register_configs, unknown_key
 from sentiment_lora.errors import UserError, exit_with
 from sentiment_lora.run import train_seeds
 
@@ -54,30 +54,37 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
         raise
 
 
-def _overrides(args: list[str]) -> list[str]:
-    """The config overrides on a command line, without Hydra's own flags and their values."""
+def _overrides(args: list[str]) -> list[str] | None:
+    """The config overrides on a command line, without Hydra's own flags and their values; None when the
+    command line may bring config groups from elsewhere (hydra.searchpath, --config-dir), which the checks below
+    cannot see."""
     from hydra._internal.utils import get_args_parser  # the parser hydra.main itself uses
 
     try:
         known, _ = get_args_parser().parse_known_args(args)
     except SystemExit:
         return []  # a malformed flag: Hydra reports it
+    if known.config_dir or any(arg.startswith("hydra.searchpath") for arg in known.overrides):
+        return None
     return known.overrides
 
 
-def unknown_group_option(args: list[str]) -> str | None:
-    """Hydra reports `model=foo` in a dozen lines; this names the group and its options in one."""
+def _parsed(args: list[str]) -> list:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
     overrides = _overrides(args)
-    if any(arg.startswith("hydra.searchpath") for arg in overrides):
-        return None  # options may come from other config folders: leave the check to Hydra
+    if not overrides:
+        return []
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
+        return OverridesParser.create().parse_overrides(overrides)
     except HydraException:
-        return None  # a syntax error: Hydra's own message says where
-    for override in parsed:
+        return []  # a syntax error: Hydra's own message says where
+
+
+def unknown_group_option(args: list[str]) -> str | None:
+    """Hydra reports `model=foo` in a dozen lines; this names the group and its options in one."""
+    for override in _parsed(args):
         group = CONF_DIR / override.key_or_group
         # hydra/* groups also hold options registered by plugins, which have no file here.
         if override.is_delete() or not group.is_dir() or override.key_or_group.startswith("hydra/"):
@@ -95,8 +102,28 @@ def unknown_group_option(args: list[str]) -> str | None:
     return None
 
 
+def unknown_key_override(args: list[str]) -> str | None:
+    """A key the schema lacks, named in one line with the key it likely meant, before Hydra writes anything.
+
+    `+lora.rnk=8` (what Hydra's own message for `lora.rnk=8` suggests) would otherwise add a key that no code
+    reads: the run trains at rank 4. config.validate refuses such keys in the composed config too; this check
+    comes first, so that nothing is written (Hydra writes .hydra/ before the run starts)."""
+    for override in _parsed(args):
+        key = override.key_or_group
+        # Config groups (model=tiny, lora/targets=qv, recipe@_global_=seed, hparams_search=...) and Hydra's own
+        # keys are Hydra's to check.
+        if override.is_delete() or override.package is not None or "/" in key or (CONF_DIR / key).is_dir():
+            continue
+        if key == "hydra" or key.startswith("hydra."):
+            continue
+        problem = unknown_key(key)
+        if problem:
+            return f"config {key}: {problem}"
+    return None
+
+
 def cli() -> None:
-    problem = unknown_group_option(sys.argv[1:])
+    problem = unknown_group_option(sys.argv[1:]) or unknown_key_override(sys.argv[1:])
     if problem:
         exit_with(UserError(problem))
     main()
