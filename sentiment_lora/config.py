@@ -231,7 +231,11 @@ class DataConfig:
     seed: int = _help(
         "Seed of the sample and the split; kept apart from trainer.seed so runs share one split.", 0, within=SEED
     )
-    strip_html: bool = _help("Strip HTML markup with BeautifulSoup before tokenizing.", True)
+    strip_html: bool = _help(
+        "Strip HTML markup with BeautifulSoup before tokenizing: real elements only; a tag-like word that names no "
+        "HTML element ('<terrible>') stays as text.",
+        True,
+    )
     truncation: str = _help(
         "Which tokens of a review longer than trainer.max_length are kept: the first (head), the last (tail), or "
         "the first data.head_fraction of them plus the last rest (head_tail).",

@@ -251,3 +251,71 @@ def test_a_cuda_device_beyond_the_count_is_one_line(monkeypatch):
     assert pick_device("cuda:0") == torch.device("cuda:0")
     with pytest.raises(UserError, match="trainer.device: 'cuda:1' requested but CUDA has 1 devices"):
         pick_device("cuda:1")
+
+
+SCHEMA = "unknown key (not in the schema, sentiment_lora/config.py)"
+
+
+@pytest.mark.parametrize(
+    "overrides,line",
+    [
+        # What Hydra's own message for `lora.rnk=8` suggests; the run trained at rank 4 and predict refused it.
+        (["+lora.rnk=8"], f"config lora.rnk: {SCHEMA}; did you mean lora.rank?"),
+        (["++trainer.epoch=2"], f"config trainer.epoch: {SCHEMA}; did you mean trainer.epochs?"),
+        (["+model.pooling_mode=mean"], f"config model.pooling_mode: {SCHEMA}; did you mean model.pooling?"),
+        (["data=csv", "data.path=x.csv", "+data.pth=y.csv"], f"config data.pth: {SCHEMA}; did you mean data.path?"),
+        (["+seedz=[1,2]"], f"config seedz: {SCHEMA}; did you mean seeds?"),
+        (["logger=tensorboard", "+logger.tensorboard.dirr=tb"],
+         f"config logger.tensorboard.dirr: {SCHEMA}; did you mean logger.tensorboard.dir?"),
+        (["+optimizer.learning_rate=1e-3"], f"config optimizer.learning_rate: {SCHEMA}; optimizer has name, lr, "
+                                            "weight_decay, momentum, betas, scheduler, warmup_ratio"),
+        (["+foo.bar=1"], f"config foo: {SCHEMA}; the top level has model, lora, optimizer, data, trainer, dry_run, "
+                         "save_adapter, objectives, seeds, trial, logger"),
+    ],
+)  # fmt: skip
+def test_an_added_key_outside_the_schema_is_one_line_naming_the_likely_key(overrides, line):
+    cfg = compose_config(["model=tiny", *overrides])  # `+` adds a key past Hydra's struct check
+    with pytest.raises(UserError) as err:
+        validate(cfg)
+    assert str(err.value) == line
+
+
+def test_keys_added_inside_free_form_dicts_are_accepted():
+    cfg = compose_config(["model=tiny", "+model.arch.type_vocab_size=2", "+model.targets_map.extra=[x]"])
+    validate(cfg)
+    assert cfg.model.arch.type_vocab_size == 2
+
+
+@pytest.mark.parametrize(
+    "args,line",
+    [
+        (["+lora.rnk=8"], f"config lora.rnk: {SCHEMA}; did you mean lora.rank?"),
+        (["lora.rnk=8"], f"config lora.rnk: {SCHEMA}; did you mean lora.rank?"),  # Hydra's: five lines
+        (["-m", "trainer.epoch=1,2"], f"config trainer.epoch: {SCHEMA}; did you mean trainer.epochs?"),
+        (["+foo.bar=1"], f"config foo.bar: {SCHEMA}; the top level has model, lora, optimizer, data, trainer, "
+                         "dry_run, save_adapter, objectives, seeds, trial, logger"),
+        # Groups, free-form dicts, Hydra's own keys and deletions are not keys of the schema to check.
+        (["model=tiny", "lora/targets=qv", "recipe@_global_=seed", "hparams_search=study", "logger=many",
+          "+model.arch.type_vocab_size=2", "hydra.sweeper.n_trials=3", "+hydra.job.env_set.X=1", "~lora.top_layers",
+          "lora.rank=8", "trainer.epochs=1"], None),
+        # Config folders from elsewhere may bring groups of their own: Hydra and validate check those.
+        (["hydra.searchpath=[file://elsewhere]", "+experiment=mine"], None),
+        (["--config-dir", "elsewhere", "+experiment=mine"], None),
+    ],
+)  # fmt: skip
+def test_the_command_line_pre_check_names_an_unknown_key_before_hydra_writes_anything(args, line):
+    from sentiment_lora.train import unknown_key_override
+
+    assert unknown_key_override(args) == line
+
+
+def test_every_config_in_the_project_composes_without_keys_outside_the_schema():
+    # Sweep presets (their grids included), recipes, the logger group and the benchmark's presets: validate's key
+    # check sees every key they set.
+    for preset in options("hparams_search"):
+        validate(compose_config([f"hparams_search={preset}"]))
+    for recipe in options("recipe"):
+        validate(compose_config([f"recipe@_global_={recipe}"]))
+    bench = f"hydra.searchpath=[file://{CONF.parent / 'bench' / 'conf'}]"
+    for preset in ("bench_fast", "bench_plain"):
+        validate(compose_config([bench, f"hparams_search={preset}"]))

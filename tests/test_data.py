@@ -300,7 +300,8 @@ def test_a_bad_split_name_names_the_file_column_and_row(tmp_path):
         ("The ending is ridiculous <SPOILER>, as he", "The ending is ridiculous <SPOILER>, as he"),  # IMDB's own
         ("give it an extra star <grin>)", "give it an extra star <grin>)"),  # IMDB's own
         ("meet such a man??? <<<sigh>>> Sophie", "meet such a man??? <<<sigh>>> Sophie"),  # IMDB's own
-        ("well spent. <http://example.com/x?y=1>", "well spent. <http://example.com/x?y=1>"),
+        ("well spent. <http://example.com/x?y=1>", "well spent."),  # an address, as an href, goes (IMDB's own)
+        ("mail <mailto:a@example.com> me", "mail me"),
         ("</terrible> end", "</terrible> end"),
         ("One.<br /><br />Two.<br/>Three<BR>four", "One. Two. Three four"),
         ("an abbey of <i>very</i> long-lived <b>monks</b>", "an abbey of very long-lived monks"),
