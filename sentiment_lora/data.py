@@ -39,8 +39,8 @@ SPLITS = ("train", "val", "test")
 # HTML's element names: the WHATWG HTML standard's element index, the obsolete elements it still parses (its
 # "non-conforming features": <center>, <font>, <tt>, <strike>, ... as old review sites wrote them), and, for good
 # measure, the lists BeautifulSoup keeps (its void and block elements; it has no complete list). html.parser takes
-# any <word> for a tag, so "It was <terrible> and boring" lost its verdict, as did IMDB's own "<SPOILER>", "<grin>",
-# "<<<sigh>>>" and "<http://...>": a tag-like token whose name is not an element's is text.
+# any <word> for a tag, so "It was <terrible> and boring" lost its verdict, as did IMDB's own "<SPOILER>", "<grin>"
+# and "<<<sigh>>>": a tag-like token whose name is not an element's is text.
 SPEC_ELEMENTS = """
     a abbr address area article aside audio b base bdi bdo blockquote body br button canvas caption cite code col
     colgroup data datalist dd del details dfn dialog div dl dt em embed fieldset figcaption figure footer form h1 h2
@@ -185,7 +185,8 @@ def visible(text: str) -> bool:
 
 
 def _invisible(text: str) -> str:
-    shown = ", ".join(f"U+{ord(char):04X}" for char in dict.fromkeys(text) if not char.isspace())
+    found = [f"U+{ord(char):04X}" for char in dict.fromkeys(text) if not char.isspace()]
+    shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
     return f"no visible text, only invisible characters ({shown}); remove the row or fix its text"
 
 

@@ -1,8 +1,8 @@
 """The command line: `python -m sentiment_lora.train [overrides]` (and `sentiment-lora-train`).
 
 Hydra composes the config; `run.train` does the work. This module holds what surrounds a run: a pre-check of the
-command line's config-group options and keys, and the exception policy: a user's mistake is one `error:` line and exit
-status 2 in a single run; inside a sweep, a failed run records why and the sweep goes on.
+command line's config-group options and keys, and the exception policy: a user's mistake is one `error:` line and
+exit status 2 in a single run; inside a sweep, a failed run records why and the sweep goes on.
 """
 
 from __future__ import annotations
