@@ -68,7 +68,7 @@ def step(model, optimizer, ids, mask, labels, dtype) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", choices=["minilm", "distilbert"], default="minilm")
+    parser.add_argument("--model", choices=["minilm", "distilbert", "tiny"], default="minilm")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5)
@@ -80,7 +80,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     torch.set_num_threads(opts.threads)
     dtype = torch.bfloat16 if opts.dtype == "bf16" else None
-    model_args = ["model=distilbert", "model.source=random"] if opts.model == "distilbert" else ["model=minilm"]
+    model_args = {"distilbert": ["model=distilbert", "model.source=random"]}.get(opts.model, [f"model={opts.model}"])
     overrides = [*model_args, *opts.override]
 
     peak_before = matmul_peak(opts.peak_size, dtype or torch.float32)

@@ -70,19 +70,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--paths", default="plain,fast", help="comma-separated: plain, fast; ratios are vs the first")
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--n-samples", type=int, default=400, help="balanced IMDB sample, split 60/30/10")
+    parser.add_argument("--model", default="minilm", help="model config (conf/model)")
+    parser.add_argument("--data-csv", type=Path, help="a CSV (text,label) instead of the IMDB draw")
+    parser.add_argument("--n-train", type=int, default=240, help="training reviews, drawn balanced")
+    parser.add_argument("--n-val", type=int, default=120, help="validation reviews")
+    parser.add_argument("--n-test", type=int, default=40, help="test reviews")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="keep the sweep directories here instead of a temporary folder")
+    parser.add_argument("--override", action="append", default=[], help="extra override for both sweeps")
     opts = parser.parse_args()
     data = [
-        f"data.n_samples={opts.n_samples}",
-        "data.val_fraction=0.3",
-        "data.test_fraction=0.1",
+        f"model={opts.model}",
+        *(["data=csv", f"data.path={opts.data_csv.resolve()}"] if opts.data_csv else []),
+        f"data.n_train={opts.n_train}",
+        f"data.n_val={opts.n_val}",
+        f"data.n_test={opts.n_test}",
         f"trainer.max_length={opts.max_length}",
         f"trainer.epochs={opts.epochs}",
+        *opts.override,
     ]
-    print(f"# {opts.trials} trials, MiniLM, {' '.join(data)}", flush=True)
+    print(f"# {opts.trials} trials, {' '.join(data)}", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         root = opts.keep or Path(scratch)

@@ -1,0 +1,115 @@
+"""Every bench script runs, end to end, on the tiny model and a toy CSV: a benchmark that nothing runs stops
+working unseen (the throughput and sweep benchmarks did, when the evaluation sets changed). The timings they
+print are not checked here; speed is measured in bench/, against a baseline of the same run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from .conftest import REPO, compose_config, write_reviews
+from .test_speed import throughput_bench
+
+TINY_DATA = ["--n-train", "40", "--n-val", "20", "--n-test", "20"]
+
+
+def bench(script: str, args: list[str], cwd) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def table_rows(output: str) -> list[list[str]]:
+    """The cells of the markdown table's body rows."""
+    lines = [line for line in output.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+@pytest.mark.slow
+def test_the_throughput_benchmark_times_both_layouts_against_the_hf_trainer(tmp_path):
+    csv = write_reviews(tmp_path / "reviews.csv", n=120)
+    runs = "hf,plain,fast,hf-recipe,default"
+    output = bench(
+        "throughput.py",
+        ["--model", "tiny", "--data-csv", str(csv), *TINY_DATA, "--max-length", "32", "--batch-size", "8",
+         "--threads", "1", "--precision", "fp32", "--runs", runs],
+        tmp_path,
+    )  # fmt: skip
+    rows = table_rows(output)
+    assert [row[0].split(" (")[0] for row in rows] == [
+        "HF Trainer + PEFT", "sentiment-lora plain", "sentiment-lora fast",
+        "HF Trainer + PEFT, the default recipe's layout", "sentiment-lora default",
+    ]  # fmt: skip
+    assert {row[1] for row in rows} == {"fp32"}
+    assert len({row[2] for row in rows}) == 1  # the same trainable parameters on both sides: the same layout
+    assert rows[0][5] == "1.00x"
+
+
+def test_the_hf_baseline_adapts_the_default_recipes_modules_through_layers_to_transform():
+    import peft
+
+    bench = throughput_bench()
+    cfg = compose_config(["model=minilm"])  # the recipe: every module of the top 3 layers, LoRA on the head
+    assert list(cfg.lora.targets) == ["q", "k", "v", "output", "ffn", "head"] and cfg.lora.top_layers == 3
+    torch.manual_seed(0)
+    model = bench.PooledClassifier(bench.build_encoder(cfg.model, None), cfg.model.pooling, 0.1)
+    layout = bench.peft_layout(model, cfg)
+    assert layout["layers_to_transform"] == [3, 4, 5] and layout["layers_pattern"] == "layer"
+    wrapped = peft.get_peft_model(
+        model, peft.LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, modules_to_save=["head"], **layout)
+    )
+    adapted = sorted({name.split(".lora_A")[0].split("encoder.encoder.")[1] for name, _ in wrapped.named_parameters()
+                      if "lora_A" in name})  # fmt: skip
+    per_layer = ["attention.output.dense", "attention.self.key", "attention.self.query", "attention.self.value",
+                 "intermediate.dense", "output.dense"]  # fmt: skip
+    assert adapted == sorted(f"layer.{layer}.{module}" for layer in (3, 4, 5) for module in per_layer)
+    trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
+    # sentiment-lora's 84,484, less LoRA on the head (4 * (384 + 1)), plus the head trained whole (384 + 1)
+    assert trainable == 84_484 - 4 * (384 + 1) + 385
+
+
+@pytest.mark.slow
+def test_the_sweep_benchmark_runs_both_paths(tmp_path):
+    csv = write_reviews(tmp_path / "reviews.csv", n=120)
+    output = bench(
+        "sweep.py",
+        ["--model", "tiny", "--data-csv", str(csv), *TINY_DATA, "--max-length", "32", "--epochs", "2",
+         "--trials", "2", "--override", "lora.top_layers=choice(1,2)", "--override", "trainer.num_threads=1"],
+        tmp_path,
+    )  # fmt: skip
+    rows = table_rows(output)
+    assert [row[0] for row in rows] == ["plain", "fast"]
+    assert all(int(row[3]) + int(row[4]) + int(row[5]) == 2 for row in rows)  # complete + pruned + failed
+
+
+@pytest.mark.slow
+def test_the_flops_benchmark_counts_a_step(tmp_path):
+    output = bench(
+        "flops.py",
+        ["--model", "tiny", "--batch-size", "4", "--max-length", "32", "--steps", "2", "--peak-size", "64",
+         "--threads", "1"],
+        tmp_path,
+    )  # fmt: skip
+    measures = {row[0]: row[1] for row in table_rows(output)}
+    assert float(measures["FLOPs per training step (counted)"].split()[0]) >= 0
+    assert "achieved / peak" in measures
+
+
+@pytest.mark.slow
+def test_the_eval_cost_benchmark_times_an_evaluation_pass(tmp_path):
+    csv = write_reviews(tmp_path / "reviews.csv", n=120)
+    output = bench(
+        "eval_cost.py",
+        ["--reviews", "10", "--override", "model=tiny", "data=csv", f"data.path={csv}", "data.n_train=40",
+         "data.n_val=20", "data.n_test=20", "trainer.max_length=32", "trainer.num_threads=1"],
+        tmp_path,
+    )  # fmt: skip
+    assert "reviews/s (10 timed)" in output and "per run (3 validation passes of 20" in output
