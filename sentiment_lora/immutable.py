@@ -111,7 +111,7 @@ def _differences(recorded: DictConfig, cfg) -> str:
                 out[f"{prefix}{key}"] = value
         return out
 
-    ignored = set(results.NOT_RESULTS)
+    ignored = set(results.NOT_RESULTS) - {"seeds"}  # the digest leaves seeds out, claim compares them itself
     old = flat(OmegaConf.to_container(recorded, resolve=True))
     new = flat({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"})
     changed = [
@@ -122,10 +122,12 @@ def _differences(recorded: DictConfig, cfg) -> str:
     return "; ".join(changed[:4]) + (f" (+{len(changed) - 4} more)" if len(changed) > 4 else "")
 
 
-def _refuse(run_dir: Path, what: str, detail: str) -> RunExists:
+def _refuse(run_dir: Path, what: str, detail: str, resumable: bool) -> RunExists:
+    resume = f"to resume it, re-run the overrides in {run_dir / RUN_CONFIG_FILE}; " if resumable else ""
     return RunExists(
         f"run directory {run_dir}: holds {what} of another configuration{detail}, and a run is never overwritten; "
-        f"to start over, give this command a new hydra.run.dir (hydra.sweep.dir in a sweep) or move {run_dir} aside"
+        f"{resume}to start over, give this command a new hydra.run.dir (hydra.sweep.dir in a sweep) or move "
+        f"{run_dir} aside"
     )
 
 
@@ -153,21 +155,22 @@ def claim(cfg, run_dir: Path) -> float | tuple[float, ...] | None:
     own = read_own_config(run_dir)
     record = _recorded_status(run_dir)
     what = f"a {record.get('status')} run" if record else "a started run (a checkpoint or seed_<n>/ runs)"
+    resumable = own is not None and (record is None or record.get("status") == "failed")
     if own is not None:
         seeds = OmegaConf.to_container(cfg, resolve=True).get("seeds")  # config_digest leaves seeds out
         same = own.digest == results.config_digest(cfg) and OmegaConf.to_container(own.config).get("seeds") == seeds
         if not same:
             diff = _differences(own.config, cfg)
-            raise _refuse(run_dir, what, f" ({diff})" if diff else " (seeds or a schema default differ)")
+            raise _refuse(run_dir, what, f" ({diff})" if diff else "", resumable)
     elif record is not None and record.get("config_id") is not None:
         # A run written before run.yaml existed: its record's config_id (the digest without trainer.seed) and seed.
         if (record.get("config_id"), record.get("seed")) != (results.config_id(cfg), cfg.trainer.seed):
-            raise _refuse(run_dir, what, "")
+            raise _refuse(run_dir, what, "", resumable)
     elif (run_dir / CHECKPOINT_FILE).exists():
         from sentiment_lora.checkpoint import checkpoint_digest  # torch and safetensors: only when there is one
 
         if checkpoint_digest(run_dir / CHECKPOINT_FILE) != results.config_digest(cfg):
-            raise _refuse(run_dir, what, "")
+            raise _refuse(run_dir, what, "", resumable)
     if record is not None and record.get("status") in ("complete", "pruned", "dry_run"):
         value = math.nan if record["status"] == "dry_run" else results.objectives_of(record, cfg.objectives)
         scores = [f"{split} accuracy {record[split]['accuracy']:.4f}" for split in ("val", "test") if record.get(split)]
