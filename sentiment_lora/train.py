@@ -140,7 +140,8 @@ def run_dir_under_a_file(args: list[str]) -> str | None:
     """hydra.run.dir=somefile/run fails inside Hydra with a traceback; name the file in one line instead."""
     for override in _overrides(args):
         key, _, value = override.lstrip("+").partition("=")
-        if key not in ("hydra.run.dir", "hydra.sweep.dir") or not value or "${" in value:
+        # (hydra.sweep.dir: the lora_optuna sweeper names the problem itself, before its first trial)
+        if key != "hydra.run.dir" or not value or "${" in value:
             continue
         path = Path(value.strip("'\"")).expanduser()
         for folder in (path, *path.parents):
