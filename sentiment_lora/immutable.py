@@ -100,7 +100,7 @@ def _write_own_config(run_dir: Path, cfg) -> None:
 
 
 def _differences(recorded: DictConfig, cfg) -> str:
-    """The keys whose values differ, as `key: old -> new` (first few), for the refusal's one line."""
+    """The keys whose values differ, as `key old -> new` (the first four), for the refusal's one line."""
 
     def flat(node, prefix=""):
         out = {}
@@ -154,6 +154,11 @@ def claim(cfg, run_dir: Path) -> float | tuple[float, ...] | None:
         return None
     own = read_own_config(run_dir)
     record = _recorded_status(run_dir)
+    if record is not None and record.get("status") not in results.STATUSES:  # e.g. the TF-IDF baseline's
+        status = record.get("status")
+        raise RunExists(
+            f"run directory {run_dir}: holds a {status!r} record, not a run to resume; use a new hydra.run.dir"
+        )
     what = f"a {record.get('status')} run" if record else "a started run (a checkpoint or seed_<n>/ runs)"
     resumable = own is not None and (record is None or record.get("status") == "failed")
     if own is not None:

@@ -153,3 +153,10 @@ def test_a_failed_record_is_retried_by_its_own_configuration_only(tmp_path):
         run_lib.train_seeds(compose_config([*overrides, "lora.rank=2"]), tmp_path)
     run_lib.train_seeds(cfg, tmp_path)
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "complete"
+
+
+def test_a_directory_with_a_baseline_record_is_not_trained_into(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "reference", "test": {"accuracy": 0.86}}))
+    overrides = [*TINY_FAST, "trainer.epochs=1", "dry_run=true"]
+    with pytest.raises(RunExists, match="holds a 'reference' record, not a run to resume"):
+        run_lib.train_seeds(compose_config(overrides), tmp_path)
