@@ -176,8 +176,11 @@ def claim(cfg, run_dir: Path) -> float | tuple[float, ...] | None:
 
         if checkpoint_digest(run_dir / CHECKPOINT_FILE) != results.config_digest(cfg):
             raise _refuse(run_dir, what, "", resumable)
-    if record is not None and record.get("status") in ("complete", "pruned", "dry_run"):
-        value = math.nan if record["status"] == "dry_run" else results.objectives_of(record, cfg.objectives)
+    if record is not None and record.get("status") == "dry_run":
+        print(results.counts_line(cfg, record["lora"]["rank_used"], record["params"]))  # as the dry run printed it
+        return math.nan
+    if record is not None and record.get("status") in ("complete", "pruned"):
+        value = results.objectives_of(record, cfg.objectives)
         scores = [f"{split} accuracy {record[split]['accuracy']:.4f}" for split in ("val", "test") if record.get(split)]
         log.info(
             "%s already holds this configuration's %s run%s: nothing to do (a new hydra.run.dir starts over)",

@@ -109,6 +109,18 @@ def objectives_of(record: dict[str, Any], names) -> float | tuple[float, ...]:
     return returned[0] if len(returned) == 1 else tuple(returned)
 
 
+def counts_line(cfg, rank: int, params: dict[str, Any]) -> str:
+    """What a dry run prints: the configured architecture's exact parameter counts."""
+    groups = params["by_group"]
+    budget = "" if cfg.lora.budget is None else f" (budget {cfg.lora.budget:,})"
+    dora = f" + dora_magnitude {groups['dora_magnitude']:,}" if groups["dora_magnitude"] else ""
+    return (
+        f"{cfg.model.name} lora r={rank}{budget} targets={list(cfg.lora.targets)}: "
+        f"trainable {params['trainable']:,} of {params['total']:,} ({params['trainable_pct']:.3f}%) "
+        f"= lora {groups['lora']:,}{dora} + head {groups['head']:,}"
+    )
+
+
 def write_record(run_dir: Path, status: str, cfg, **fields: Any) -> None:
     """metrics.json for a run of any status: the status, the run's identifiers, then the given fields. A dict field
     named like an identifier group adds to it (`data`: what was used beside what was asked)."""

@@ -138,12 +138,5 @@ def dry_run(cfg, run_dir: Path) -> float:
     model = attach_lora(build_classifier(cfg.model, None), cfg.lora, cfg.model.targets_map)
     params, rank = count_params(model), adapter_rank(model)
     results.write_record(run_dir, "dry_run", cfg, lora={"rank_used": rank}, params=params)
-    groups = params["by_group"]
-    budget = "" if cfg.lora.budget is None else f" (budget {cfg.lora.budget:,})"
-    dora = f" + dora_magnitude {groups['dora_magnitude']:,}" if groups["dora_magnitude"] else ""
-    print(
-        f"{cfg.model.name} lora r={rank}{budget} targets={list(cfg.lora.targets)}: "
-        f"trainable {params['trainable']:,} of {params['total']:,} ({params['trainable_pct']:.3f}%) "
-        f"= lora {groups['lora']:,}{dora} + head {groups['head']:,}"
-    )
+    print(results.counts_line(cfg, rank, params))
     return math.nan

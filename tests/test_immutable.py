@@ -98,7 +98,7 @@ def test_a_killed_grid_rerun_into_its_sweep_dir_trains_only_the_missing_points(t
     assert json.loads((sweep / "0" / "metrics.json").read_text())["lora"]["rank"] == 1
 
 
-def test_seed_replicates_and_dry_runs_are_not_rewritten_either(tmp_path, monkeypatch):
+def test_seed_replicates_and_dry_runs_are_not_rewritten_either(tmp_path, monkeypatch, capsys):
     reviews = write_reviews(tmp_path / "reviews.csv", n=40)
     overrides = [*TINY_FAST, "trainer.epochs=1", "trainer.precision=fp32", "data=csv", f"data.path={reviews}"]
     parent = tmp_path / "seeds"
@@ -124,8 +124,9 @@ def test_seed_replicates_and_dry_runs_are_not_rewritten_either(tmp_path, monkeyp
     dry = tmp_path / "dry"
     dry.mkdir()
     assert math.isnan(run_lib.train_seeds(compose_config([*overrides, "dry_run=true"]), dry))
-    record = (dry / "metrics.json").read_bytes()
+    record, counts = (dry / "metrics.json").read_bytes(), capsys.readouterr().out
     assert math.isnan(run_lib.train_seeds(compose_config([*overrides, "dry_run=true"]), dry))
+    assert capsys.readouterr().out == counts and counts.startswith("tiny lora r=4")  # recalled, not recounted
     with pytest.raises(RunExists, match=r"holds a dry_run run of another configuration \(dry_run True -> False\)"):
         run_lib.train_seeds(compose_config(overrides), dry)
     assert (dry / "metrics.json").read_bytes() == record and trained == ["seed_2", "dry"]

@@ -165,7 +165,7 @@ def test_ctrl_c_is_one_line_with_the_epoch_and_a_refused_resume_leaves_the_runs_
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, "-m", "sentiment_lora.train", *args]
     with subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     ) as proc:
         while not (run_dir / CHECKPOINT_FILE).exists() and proc.poll() is None:
             time.sleep(0.1)  # the first epoch's checkpoint: training is under way
