@@ -53,7 +53,10 @@ def _interrupted(cfg, run_dir: Path) -> str:
 
     found = sorted(run_dir.glob(f"**/{CHECKPOINT_FILE}"))
     if not found:
-        return f"interrupted in epoch 1 of {cfg.trainer.epochs}, before any checkpoint: nothing to resume in {run_dir}"
+        return (
+            f"interrupted before the run's first checkpoint (trainer.epochs={cfg.trainer.epochs}); to start it again, "
+            f"re-run the same command with hydra.run.dir={run_dir}"
+        )
     try:
         done = read_checkpoint(found[-1], tensors=False)[0].get("epoch", 0)
     except UserError:
