@@ -7,8 +7,8 @@ returns what it recorded, so a killed grid re-run into its sweep directory train
 resumes a checkpoint and retries a failed record. Another configuration is refused in one line.
 
 The run's own config, `run.yaml`, is written here when the run starts and never rewritten: the config digest, the
-command-line overrides and the resolved config. predict, export and resume read it, not `.hydra/`, which Hydra
-rewrites on every command into the directory. Hydra's files are kept out of a directory that holds a run (the
+command-line overrides and the resolved config. predict, export and resume read it, not `.hydra/`, which Hydra would
+rewrite on every command into the directory. Hydra's files are kept out of a directory that holds a run (the
 `sentiment_lora.hydra_subdir` resolver below, which conf/config.yaml gives `hydra.output_subdir`), so a refused
 or no-op command leaves `.hydra/` as the run's first command wrote it.
 """
