@@ -10,6 +10,7 @@ during the write leaves the previous epoch's checkpoint intact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -24,6 +25,45 @@ from sentiment_lora.results import atomic_target, config_digest
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """A hash of every tensor's name, dtype, shape and bytes: safetensors checks a file's layout, not its values."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        value = tensors[key].detach().contiguous().cpu()
+        digest.update(f"{key}|{value.dtype}|{list(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _damaged(path: Path, reason: str) -> UserError:
+    return UserError(
+        f"{path}: {reason}; the checkpoint is damaged: delete it to train this run from epoch 1, or use a new run "
+        "directory"
+    )
+
+
+def read_checkpoint(path: Path, tensors: bool = True) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a checkpoint file; one line naming the file when it is truncated, empty or altered."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:  # one read: metadata and tensors
+            meta = json.loads((handle.metadata() or {})["state"])
+            loaded = {key: handle.get_tensor(key) for key in handle.keys()} if tensors else {}
+    except OSError as err:
+        raise _damaged(path, f"cannot read it ({err.strerror or err})") from None
+    except (KeyError, ValueError, TypeError):
+        raise _damaged(path, "no sentiment-lora state in its metadata") from None
+    except Exception as err:  # noqa: BLE001 - safetensors' own error type (truncated, empty, bad header)
+        raise _damaged(path, f"not a readable safetensors file ({str(err).strip().splitlines()[0]})") from None
+    if tensors and "sha256" in meta and tensors_sha256(loaded) != meta["sha256"]:
+        raise _damaged(path, "its tensors differ from the sha256 recorded in it")
+    return meta, loaded
+
+
+def checkpoint_digest(path: Path) -> str | None:
+    """The config digest a checkpoint was written under (its metadata only)."""
+    return read_checkpoint(path, tensors=False)[0].get("digest")
 
 
 def _sampler_generator(batches) -> torch.Generator | None:
@@ -67,6 +107,7 @@ class Checkpoint:
             "scheduler": scheduler.state_dict(),
         }
         tensors = {key: value.detach().contiguous().cpu() for key, value in tensors.items()}
+        meta["sha256"] = tensors_sha256(tensors)  # checked on resume: flipped bytes would resume silently
         with atomic_target(self.path) as tmp:
             save_file(tensors, str(tmp), metadata={"state": json.dumps(meta, default=list)})
 
@@ -75,10 +116,8 @@ class Checkpoint:
         set as they were after that epoch; None when there is no checkpoint."""
         if not self.enabled or not self.path.exists():
             return None
-        with safe_open(str(self.path), framework="pt") as handle:  # one read: metadata and tensors
-            meta = json.loads(handle.metadata()["state"])
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        if meta["digest"] != self.digest:
+        meta, tensors = read_checkpoint(self.path)
+        if meta.get("digest") != self.digest:
             raise UserError(
                 f"{self.path} is a checkpoint of another configuration; re-run with the same overrides to resume, "
                 "or use a new run directory"

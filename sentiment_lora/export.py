@@ -228,7 +228,7 @@ def model_card(run: Run, out_name: str, merge_diff: float, with_adapter: bool) -
         f"- optimizer {cfg.optimizer.name}, lr {cfg.optimizer.lr:g}, {metrics.get('epochs_run')} epochs run, "
         f"batch {cfg.trainer.batch_size}, seed {cfg.trainer.seed}, precision {metrics.get('precision')}, device "
         f"{metrics.get('device')}",
-        f"- command: `{command}`" if command else "- command: unknown (the run directory has no .hydra/overrides.yaml)",
+        f"- command: `{command}`" if command else "- command: unknown (no run.yaml nor .hydra/overrides.yaml)",
         f"- config_id `{metrics.get('config_id')}`",
         "",
         "## Files",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 from contextlib import contextmanager
 from operator import attrgetter
 from pathlib import Path
@@ -142,7 +144,12 @@ def encoder_config(model_cfg, weights: str | None):
             raise UserError(f"model '{model_cfg.name}': model.arch needs a model_type to build a random-init model")
         arch.update(_config_overrides(model_cfg, model_type))
         return AutoConfig.for_model(model_type, **arch)
-    config = AutoConfig.from_pretrained(weights, trust_remote_code=False)
+    try:
+        config = AutoConfig.from_pretrained(weights, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as err:  # an unknown model_type, a config.json that is no JSON
+        reason = (str(err).strip().split(". ") or [type(err).__name__])[0].strip()
+        key = f"model.path={weights}" if model_cfg.path else f"model '{model_cfg.name}'"
+        raise UserError(f"{key}: transformers cannot read its config.json ({reason})") from None
     config.update(_config_overrides(model_cfg, config.model_type))
     return config
 
@@ -383,18 +390,30 @@ def save_trained(wrapped: peft.PeftModel, run_dir: Path, encoder_state: dict[str
     """Adapter in PEFT format, head base weights as safetensors, and the encoder only when it was random-init.
 
     encoder_state is the random-init encoder captured before LoRA was attached (None for pretrained weights,
-    which are reloaded from their source instead).
+    which are reloaded from their source instead). Written into a temporary folder in the run directory and
+    renamed into place: a full disk or a kill leaves no half-written weights under the final names.
     """
-    wrapped.save_pretrained(str(run_dir / "adapter"), safe_serialization=True)
-    head = classifier_of(wrapped).head
-    head = head.base_layer if isinstance(head, peft.tuners.lora.LoraLayer) else head
-    save_file(plain_state(head), str(run_dir / "head.safetensors"))
-    if encoder_state is not None:
-        save_file(encoder_state, str(run_dir / "encoder.safetensors"))
-    # safetensors (0.8) writes through a temporary file created 0o600 and renamed into place, so only the owner
-    # could read the weights (safetensors/safetensors#782): give them the mode of the run's other files.
-    for weights in [*run_dir.glob("*.safetensors"), *(run_dir / "adapter").glob("*.safetensors")]:
-        os.chmod(weights, new_file_mode())
+    staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".saving.", suffix=".tmp"))
+    try:
+        wrapped.save_pretrained(str(staging / "adapter"), safe_serialization=True)
+        head = classifier_of(wrapped).head
+        head = head.base_layer if isinstance(head, peft.tuners.lora.LoraLayer) else head
+        save_file(plain_state(head), str(staging / "head.safetensors"))
+        if encoder_state is not None:
+            save_file(encoder_state, str(staging / "encoder.safetensors"))
+        # safetensors (0.8) writes through a temporary file created 0o600 and renamed into place, and mkdtemp makes
+        # a 0o700 folder (safetensors/safetensors#782): give every file the umask's mode, as results.atomic_target
+        # does, before anything gets its final name.
+        file_mode = new_file_mode()
+        for path in staging.rglob("*"):
+            os.chmod(path, (file_mode | (file_mode & 0o444) >> 2) if path.is_dir() else file_mode)
+        for path in sorted(staging.iterdir()):
+            target = run_dir / path.name
+            if target.is_dir():  # a retried run's leftovers (a completed run is never rewritten: immutable.py)
+                shutil.rmtree(target)
+            os.replace(path, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 class Trained(NamedTuple):

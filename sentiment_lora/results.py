@@ -100,6 +100,27 @@ def config_id(cfg) -> str:
     return config_digest(cfg, ignore=("trainer.seed",))
 
 
+def objectives_of(record: dict[str, Any], names) -> float | tuple[float, ...]:
+    """What a run returns to a sweeper (cfg.objectives) from its record: one value, or a tuple of them."""
+    val, params = record.get("val") or {}, record.get("params") or {}
+    values = {"val_accuracy": val.get("accuracy"), "val_loss": val.get("loss")}
+    values["trainable_params"] = params.get("trainable")
+    returned = [math.nan if values[name] is None else float(values[name]) for name in names]
+    return returned[0] if len(returned) == 1 else tuple(returned)
+
+
+def counts_line(cfg, rank: int, params: dict[str, Any]) -> str:
+    """What a dry run prints: the configured architecture's exact parameter counts."""
+    groups = params["by_group"]
+    budget = "" if cfg.lora.budget is None else f" (budget {cfg.lora.budget:,})"
+    dora = f" + dora_magnitude {groups['dora_magnitude']:,}" if groups["dora_magnitude"] else ""
+    return (
+        f"{cfg.model.name} lora r={rank}{budget} targets={list(cfg.lora.targets)}: "
+        f"trainable {params['trainable']:,} of {params['total']:,} ({params['trainable_pct']:.3f}%) "
+        f"= lora {groups['lora']:,}{dora} + head {groups['head']:,}"
+    )
+
+
 def write_record(run_dir: Path, status: str, cfg, **fields: Any) -> None:
     """metrics.json for a run of any status: the status, the run's identifiers, then the given fields. A dict field
     named like an identifier group adds to it (`data`: what was used beside what was asked)."""
@@ -137,10 +158,13 @@ def atomic_target(path: Path) -> Iterator[Path]:
     path = Path(path)
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(handle)
-    # mkstemp creates the file 0o600, which the rename would carry over: give it an ordinary file's mode.
+    # mkstemp creates the file 0o600, which the rename would carry over: give it an ordinary file's mode, before
+    # it is written (readers of a run in progress) and after (a writer like safetensors' replaces it with its own
+    # 0o600 file). One rule for every file of a run: the mode open() gives under the umask.
     os.chmod(tmp, new_file_mode())
     try:
         yield Path(tmp)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -158,4 +182,26 @@ def read_metrics(run_dir: Path) -> dict[str, Any]:
 
 def write_predictions(run_dir: Path, labels: np.ndarray, probs: np.ndarray) -> None:
     frame = pd.DataFrame({"label": labels.astype(int), "prob": probs, "prediction": (probs >= 0.5).astype(int)})
-    frame.to_csv(Path(run_dir) / PREDICTIONS_FILE, index_label="row")
+    with atomic_target(Path(run_dir) / PREDICTIONS_FILE) as tmp:
+        frame.to_csv(tmp, index_label="row")
+
+
+# The files of a completed run whose sha256 metrics.json records (`sha256`), checked before predict, export or a
+# re-run trusts them: flipped bytes in a weights file load without an error and change predictions.
+HASHED_FILES = (
+    "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "head.safetensors", "encoder.safetensors",
+    PREDICTIONS_FILE,
+)  # fmt: skip
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def artefact_hashes(run_dir: Path) -> dict[str, str]:
+    """{file relative to the run directory: sha256} for the run's saved artefacts."""
+    return {name: sha256_of(Path(run_dir) / name) for name in HASHED_FILES if (Path(run_dir) / name).is_file()}

@@ -19,7 +19,7 @@ import torch
 from omegaconf import open_dict
 
 from sentiment_lora import data as data_lib
-from sentiment_lora import prefix, results, tracking
+from sentiment_lora import immutable, prefix, results, tracking
 from sentiment_lora.checkpoint import Checkpoint
 from sentiment_lora.config import validate
 from sentiment_lora.loop import EpochHook, evaluate, fit
@@ -96,34 +96,37 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
         save_trained(model, run_dir, random_encoder_state)
     results.write_predictions(run_dir, test_labels, test_probs)
     results.write_record(
-        run_dir, "complete", cfg, lora=lora_used, data=data_facts, data_fingerprint=data_lib.fingerprint(splits),
+        run_dir, "complete", cfg, sha256=results.artefact_hashes(run_dir), lora=lora_used, data=data_facts,
+        data_fingerprint=data_lib.fingerprint(splits),
         eval_fingerprint=data_lib.fingerprint(splits, ("val", "test")),
         split_sizes={name: len(split_rows) for name, split_rows in encoded.items()}, params=params,
         **fitted.record(), test=test, device=str(device), precision=precision_name(dtype),
         prefix_cache_s=frozen.seconds, time_s=time.perf_counter() - started,
     )  # fmt: skip
     checkpoint.finish()
-    best = fitted.best
-    values = {"val_accuracy": best["accuracy"], "val_loss": best["loss"], "trainable_params": params["trainable"]}
-    returned = [float(values[name]) for name in cfg.objectives]
-    return returned[0] if len(returned) == 1 else tuple(returned)
+    return results.objectives_of({"val": fitted.best, "params": params}, cfg.objectives)
 
 
 def train_seeds(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tuple[float, ...]:
     """`train`, or with cfg.seeds one run per seed in seed_<seed>/ subdirectories, returning the mean objective(s).
 
-    Only the first seed reports to the epoch hook: a sweep's pruner judges the trial by it.
+    Only the first seed reports to the epoch hook: a sweep's pruner judges the trial by it. A run directory that
+    already holds this configuration's finished run returns what it recorded; another configuration's is refused
+    (immutable.py).
     """
+    validate(cfg)
+    if (recorded := immutable.claim(cfg, run_dir)) is not None:
+        return recorded
     if not cfg.seeds or cfg.dry_run:
         return train(cfg, run_dir, on_epoch)
-    validate(cfg)
     values = []
     for index, seed in enumerate(cfg.seeds):
-        seed_cfg = copy.deepcopy(cfg)
+        seed_cfg, seed_dir = copy.deepcopy(cfg), run_dir / f"seed_{seed}"
         with open_dict(seed_cfg):
             seed_cfg.trainer.seed, seed_cfg.seeds = seed, None
-        (run_dir / f"seed_{seed}").mkdir(parents=True, exist_ok=True)
-        values.append(train(seed_cfg, run_dir / f"seed_{seed}", on_epoch if index == 0 else None))
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        recorded = immutable.claim(seed_cfg, seed_dir)
+        values.append(recorded if recorded is not None else train(seed_cfg, seed_dir, on_epoch if index == 0 else None))
     log.info("seeds %s: objectives %s", list(cfg.seeds), values)
     means = np.mean(np.array(values, dtype=float).reshape(len(values), -1), axis=0).tolist()
     return means[0] if len(means) == 1 else tuple(means)
@@ -135,12 +138,5 @@ def dry_run(cfg, run_dir: Path) -> float:
     model = attach_lora(build_classifier(cfg.model, None), cfg.lora, cfg.model.targets_map)
     params, rank = count_params(model), adapter_rank(model)
     results.write_record(run_dir, "dry_run", cfg, lora={"rank_used": rank}, params=params)
-    groups = params["by_group"]
-    budget = "" if cfg.lora.budget is None else f" (budget {cfg.lora.budget:,})"
-    dora = f" + dora_magnitude {groups['dora_magnitude']:,}" if groups["dora_magnitude"] else ""
-    print(
-        f"{cfg.model.name} lora r={rank}{budget} targets={list(cfg.lora.targets)}: "
-        f"trainable {params['trainable']:,} of {params['total']:,} ({params['trainable_pct']:.3f}%) "
-        f"= lora {groups['lora']:,}{dora} + head {groups['head']:,}"
-    )
+    print(results.counts_line(cfg, rank, params))
     return math.nan

@@ -16,7 +16,8 @@ from omegaconf.errors import OmegaConfBaseException
 from sentiment_lora import __version__
 from sentiment_lora.config import Config
 from sentiment_lora.errors import UserError
-from sentiment_lora.results import METRICS_FILE, RUN_FORMAT, read_metrics
+from sentiment_lora.immutable import RUN_CONFIG_FILE, read_own_config
+from sentiment_lora.results import METRICS_FILE, RUN_FORMAT, read_metrics, sha256_of
 
 # What load_trained reads besides metrics.json (encoder.safetensors too, for random-init models).
 MODEL_FILES = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "head.safetensors")
@@ -29,6 +30,7 @@ class Run:
     cfg: DictConfig  # the run's composed config, merged onto this version's schema
     metrics: dict
     hydra_dir: Path  # the .hydra folder of the command that made it (the parent's, for a seed_<n> run)
+    own: DictConfig | None = None  # its run.yaml (None for a run written before run.yaml existed)
 
 
 def _seed_runs(run_dir: Path) -> list[Path]:
@@ -47,13 +49,20 @@ def check_format(metrics: dict, where: Path) -> None:
         )
 
 
-def _load_config(path: Path, seed: int | None) -> DictConfig:
+def _load_config(
+    path: Path, seed: int | None, own: DictConfig | None = None, own_path: Path | None = None
+) -> DictConfig:
     """The run's composed config on this version's schema: keys it lacks take their defaults, and a key this
-    version does not know is refused (the run came from another version)."""
-    if not path.is_file():
-        raise UserError(f"{path}: not found; predict and export read the run's config from there (Hydra writes it)")
+    version does not know is refused (the run came from another version). From its run.yaml when it has one."""
+    if own is None and not path.is_file():
+        raise UserError(
+            f"{path}: not found; predict and export read the run's config from its {RUN_CONFIG_FILE}, or from there "
+            "for a run written before run.yaml existed"
+        )
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
+        if own is not None:
+            path = own_path
+        cfg = OmegaConf.merge(OmegaConf.structured(Config), own.config if own is not None else OmegaConf.load(path))
     except OmegaConfBaseException as err:
         reason = str(err).strip().splitlines()[0]
         raise UserError(f"{path}: does not fit sentiment-lora {__version__}'s config ({reason})") from None
@@ -98,14 +107,30 @@ def open_run(run_dir: str | Path) -> Run:
     hydra_dir, seed = run_dir / ".hydra", None
     if not hydra_dir.is_dir() and seed_match and (run_dir.parent / ".hydra").is_dir():
         hydra_dir, seed = run_dir.parent / ".hydra", int(seed_match.group(1))
-    cfg = _load_config(hydra_dir / "config.yaml", seed)
+    own = read_own_config(run_dir)  # its own config, written with the run; a seed_<n> run has its own too
+    cfg = _load_config(hydra_dir / "config.yaml", None if own is not None else seed, own, run_dir / RUN_CONFIG_FILE)
     if cfg.model.source == "random" and not cfg.model.path and not (run_dir / "encoder.safetensors").is_file():
         raise UserError(f"run directory {run_dir}: no encoder.safetensors, which a random-init model is saved in")
-    return Run(run_dir, cfg, metrics, hydra_dir)
+    check_hashes(run_dir, metrics)
+    return Run(run_dir, cfg, metrics, hydra_dir, own)
+
+
+def check_hashes(run_dir: Path, metrics: dict) -> None:
+    """Each saved file against the sha256 metrics.json recorded when the run wrote it (older runs record none)."""
+    for name, expected in (metrics.get("sha256") or {}).items():
+        path = run_dir / name
+        if path.is_file() and sha256_of(path) != expected:
+            raise UserError(
+                f"{path}: its sha256 differs from the one {METRICS_FILE} recorded when the run saved it; the file "
+                "was changed or damaged since: restore it from a copy, or train the run again"
+            )
 
 
 def overrides_of(run: Run) -> list[str] | None:
-    """The command-line overrides of the command that made the run (Hydra's overrides.yaml), or None."""
+    """The command-line overrides of the command that made the run (its run.yaml, or for an older run Hydra's
+    overrides.yaml), or None."""
+    if run.own is not None:
+        return [str(item) for item in run.own.get("overrides") or []]
     path = run.hydra_dir / "overrides.yaml"
     if not path.is_file():
         return None

@@ -6,6 +6,7 @@ can fix, so failures are `UserError` lines that name the way out.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -53,12 +54,30 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
+def _check_model_type(folder: Path) -> None:
+    """A config.json transformers cannot build: one line, before the tokenizer or the encoder tries to."""
+    import transformers
+    from transformers import CONFIG_MAPPING
+
+    path = folder / "config.json"
+    try:
+        model_type = json.loads(path.read_text()).get("model_type")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
+        raise UserError(f"model.path={folder}: cannot read config.json ({err})") from None
+    if isinstance(model_type, str) and model_type not in CONFIG_MAPPING:  # none: AutoConfig guesses, or says why
+        raise UserError(
+            f"model.path={folder}: config.json has model_type {model_type!r}, which transformers "
+            f"{transformers.__version__} does not know; point model.path at a folder saved by save_pretrained"
+        )
+
+
 def resolve_weights(model_cfg) -> str | None:
     """Folder or hub id that from_pretrained should load, or None for a random-init model."""
     if model_cfg.path:
         folder = Path(model_cfg.path).expanduser()
         if not (folder / "config.json").is_file():
             raise UserError(f"model.path={folder}: no config.json there (need a folder with config.json + safetensors)")
+        _check_model_type(folder)
         return str(folder)
     if model_cfg.source == "random":
         return None

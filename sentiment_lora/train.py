@@ -1,12 +1,14 @@
 """The command line: `python -m sentiment_lora.train [overrides]` (and `sentiment-lora-train`).
 
 Hydra composes the config; `run.train` does the work. This module holds what surrounds a run: a pre-check of the
-command line's config-group options and keys, and the exception policy: a user's mistake is one `error:` line and
-exit status 2 in a single run; inside a sweep, a failed run records why and the sweep goes on.
+command line's config-group options, keys and run directory, and the exception policy: a user's mistake (a full
+disk included) is one `error:` line and exit status 2 in a single run, Ctrl-C one line and status 130; inside a
+sweep, a failed run records why and the sweep goes on.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import sys
@@ -17,19 +19,54 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sentiment_lora import results, trial
+from sentiment_lora import immutable, results, trial
 from sentiment_lora.config import CONF_DIR, register_configs, unknown_key
 from sentiment_lora.errors import UserError, exit_with
 from sentiment_lora.run import train_seeds
 
 log = logging.getLogger(__name__)
 register_configs()
+immutable.register_resolver()  # conf/config.yaml's hydra.output_subdir
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 def _remove_if_only_hydra_files(run_dir: Path) -> None:
     """A run stopped by a user error leaves no directory behind, unless something else is in it."""
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log"}:
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", immutable.RUN_CONFIG_FILE}:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _as_user_error(err: Exception, run_dir: Path) -> Exception:
+    """A full disk is the user's to fix: one line. The writes are atomic, so nothing half-written is left."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return UserError(
+            f"run directory {run_dir}: {err.strerror} while writing the run; nothing half-written was left: free "
+            "space and re-run the same command (it resumes after the last checkpointed epoch)"
+        )
+    return err
+
+
+def _interrupted(cfg, run_dir: Path) -> str:
+    """Ctrl-C's one line: the epoch the run stopped in and how to resume it."""
+    from sentiment_lora.checkpoint import CHECKPOINT_FILE, read_checkpoint
+
+    found = sorted(run_dir.glob(f"**/{CHECKPOINT_FILE}"))
+    if not found:
+        return (
+            f"interrupted before the run's first checkpoint (trainer.epochs={cfg.trainer.epochs}); to start it again, "
+            f"re-run the same command with hydra.run.dir={run_dir}"
+        )
+    try:
+        done = read_checkpoint(found[-1], tensors=False)[0].get("epoch", 0)
+    except UserError:
+        done = "?"
+    epochs = cfg.trainer.epochs
+    stopped = f"in epoch {done + 1} of {epochs}" if isinstance(done, int) and done < epochs else "after its epochs"
+    return (
+        f"interrupted {stopped}; {found[-1]} holds epoch {done}: to resume from there, re-run the same command with "
+        f"hydra.run.dir={run_dir}"
+    )
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config")
@@ -38,14 +75,21 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         return train_seeds(cfg, run_dir, on_epoch=trial.reporter_for(cfg, run_dir))
+    except KeyboardInterrupt:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise
+        print(f"error: {_interrupted(cfg, run_dir)}", file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)
     except Exception as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
+            err = _as_user_error(err, run_dir)
             if not isinstance(err, UserError):
                 raise
             _remove_if_only_hydra_files(run_dir)
             exit_with(err)
-        # In a sweep, the sweeper records the error and goes on; the run directory says what happened.
-        if not (run_dir / results.METRICS_FILE).exists():
+        # In a sweep, the sweeper records the error and goes on; the run directory says what happened (unless it
+        # holds another configuration's run, which is not this job's to touch).
+        if not isinstance(err, immutable.RunExists) and not (run_dir / results.METRICS_FILE).exists():
             results.write_record(run_dir, "failed", cfg, error=f"{type(err).__name__}: {err}")
         if trial.is_pruned(err):
             log.info("%s", err)
@@ -122,8 +166,23 @@ def unknown_key_override(args: list[str]) -> str | None:
     return None
 
 
+def run_dir_under_a_file(args: list[str]) -> str | None:
+    """hydra.run.dir=somefile/run fails inside Hydra with a traceback; name the file in one line instead."""
+    for override in _overrides(args) or []:
+        key, _, value = override.lstrip("+").partition("=")
+        # (hydra.sweep.dir: the lora_optuna sweeper names the problem itself, before its first trial)
+        if key != "hydra.run.dir" or not value or "${" in value:
+            continue
+        path = Path(value.strip("'\"")).expanduser()
+        for folder in (path, *path.parents):
+            if folder.exists() and not folder.is_dir():
+                return f"config {key}: {folder} is a file, not a folder; choose another {key}"
+    return None
+
+
 def cli() -> None:
-    problem = unknown_group_option(sys.argv[1:]) or unknown_key_override(sys.argv[1:])
+    args = sys.argv[1:]
+    problem = unknown_group_option(args) or unknown_key_override(args) or run_dir_under_a_file(args)
     if problem:
         exit_with(UserError(problem))
     main()

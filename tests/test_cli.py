@@ -290,3 +290,63 @@ def test_the_auto_bf16_mode_reaches_this_process_and_its_subprocesses():
     probe = "import torch, sentiment_lora.runtime as r; print(r.pick_dtype('auto', torch.device('cpu')))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "torch.bfloat16", done.stderr
+
+
+def test_a_model_path_of_an_unknown_model_type_is_one_line_and_leaves_nothing(monkeypatch, capsys, tmp_path):
+    from transformers import AutoTokenizer
+
+    from sentiment_lora.sources import package_model_path
+
+    write_reviews(tmp_path / "reviews.csv", n=40)
+    AutoTokenizer.from_pretrained(package_model_path()).save_pretrained(tmp_path / "weights")  # a tokenizer loads
+    (tmp_path / "weights" / "config.json").write_text(json.dumps({"model_type": "frobnicator", "hidden_size": 32}))
+    args = ["model=tiny", "model.path=weights", *GOOD_CSV, "trainer.epochs=1", "trainer.progress=false"]
+    code, err = run_in_process(monkeypatch, capsys, tmp_path, args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert lines[0].startswith(
+        "error: model.path=weights: config.json has model_type 'frobnicator', which transformers"
+    )
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs" / "runs").iterdir())
+
+
+def test_a_run_dir_under_a_regular_file_is_one_line(monkeypatch, capsys, tmp_path):
+    (tmp_path / "somefile").write_text("not a folder")
+    code, err = run_in_process(
+        monkeypatch, capsys, tmp_path, ["model=tiny", "dry_run=true", "hydra.run.dir=somefile/run"]
+    )
+    assert code == 2
+    assert err.splitlines() == [
+        "error: config hydra.run.dir: somefile is a file, not a folder; choose another hydra.run.dir"
+    ]
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(monkeypatch, capsys, tmp_path):
+    import errno
+
+    from sentiment_lora.checkpoint import CHECKPOINT_FILE
+
+    write_reviews(tmp_path / "reviews.csv", n=40)
+    run_dir = tmp_path / "R"
+    args = [*TINY_FAST, "trainer.epochs=1", "trainer.precision=fp32", *GOOD_CSV, f"hydra.run.dir={run_dir}"]
+
+    def disk_full(tensors, filename, metadata=None):  # writes part of the file, then the disk is full
+        with open(filename, "wb") as handle:
+            handle.write(b"\0" * 64)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+
+    with monkeypatch.context() as patch:
+        patch.setattr("sentiment_lora.model.save_file", disk_full)  # the head's weights, after the adapter's
+        code, err = run_in_process(patch, capsys, tmp_path, args)
+    assert code == 2 and err.splitlines() == [
+        f"error: run directory {run_dir}: No space left on device while writing the run; nothing half-written was "
+        "left: free space and re-run the same command (it resumes after the last checkpointed epoch)"
+    ]
+    left = sorted(path.relative_to(run_dir).as_posix() for path in run_dir.iterdir())
+    assert left == [".hydra", CHECKPOINT_FILE, "run.yaml", "train.log"]  # the last epoch's checkpoint kept
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["sentiment_lora.train", *args])
+    cli()  # space freed: the same command resumes and completes
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "complete"
+    assert "resuming from" in (run_dir / "train.log").read_text()

@@ -135,10 +135,11 @@ def test_stdin_one_review_per_line_and_csv_give_the_same_probabilities(runs, tmp
 
 
 def test_a_csv_with_labels_prints_accuracy_and_a_seed_run_is_read_with_its_parents_config(runs, tmp_path, capsys):
-    # A seeds=[...] run: the parent holds .hydra/, each seed_<n>/ a run.
+    # A seeds=[...] run as written before run.yaml existed: the parent holds .hydra/, each seed_<n>/ a run. (Now
+    # each seed_<n>/ has a run.yaml of its own, with its seed.)
     parent = tmp_path / "replicates"
     shutil.copytree(runs["fp32"] / ".hydra", parent / ".hydra")
-    shutil.copytree(runs["fp32"], parent / "seed_3", ignore=shutil.ignore_patterns(".hydra"))
+    shutil.copytree(runs["fp32"], parent / "seed_3", ignore=shutil.ignore_patterns(".hydra", "run.yaml"))
     run = open_run(parent / "seed_3")
     assert run.cfg.trainer.seed == 3 and run.cfg.seeds is None
     reviews = write_reviews(tmp_path / "labelled.csv", n=6)
@@ -199,8 +200,17 @@ def make_seed_parent(run_dir):
 
 
 def unknown_config_key(run_dir):
-    path = run_dir / ".hydra" / "config.yaml"
-    path.write_text(path.read_text().replace("lora:\n", "lora:\n  flavour: sparkly\n", 1))
+    path = run_dir / "run.yaml"  # the run's own config, which predict and export read
+    path.write_text(path.read_text().replace("\n  lora:\n", "\n  lora:\n    flavour: sparkly\n", 1))
+
+
+def flip_a_byte(name: str):
+    def change(run_dir):
+        data = bytearray((run_dir / name).read_bytes())
+        data[-3] ^= 0x01  # in the tensor data: the file still loads, with other weights
+        (run_dir / name).write_bytes(bytes(data))
+
+    return change
 
 
 # (id, change to the run, extra arguments, stdin, expected part of the one error line)
@@ -217,8 +227,12 @@ ERRORS = [
     ("other_format", edit_metrics(run_format=2, version="9.0.0"), [], None,
      "run format 2, written by sentiment-lora 9.0.0; this is sentiment-lora 0.1.0, which reads run format 1"),
     ("seed_parent", make_seed_parent, [], None, "holds one run per seed; pick one of {run}/seed_3, {run}/seed_5"),
-    ("no_config", lambda d: shutil.rmtree(d / ".hydra"), [], None, ".hydra/config.yaml: not found"),
-    ("unknown_config_key", unknown_config_key, [], None, "config.yaml: does not fit sentiment-lora 0.1.0's config"),
+    ("no_config", lambda d: (shutil.rmtree(d / ".hydra"), (d / "run.yaml").unlink()), [], None,
+     ".hydra/config.yaml: not found; predict and export read the run's config from its run.yaml"),
+    ("unknown_config_key", unknown_config_key, [], None, "run.yaml: does not fit sentiment-lora 0.1.0's config"),
+    ("flipped_adapter_byte", flip_a_byte("adapter/adapter_model.safetensors"), [], None,
+     "adapter/adapter_model.safetensors: its sha256 differs from the one metrics.json recorded when the run saved it"),
+    ("flipped_encoder_byte", flip_a_byte("encoder.safetensors"), [], None, "encoder.safetensors: its sha256 differs"),
     ("empty_stdin", None, [], "\n  \n", "no input: stdin held no review (one per line); or pass --csv FILE"),
     ("markup_line", None, [], "fine\n<br/>\n", "stdin, line 2: no text left once HTML is stripped"),
     ("header_only_csv", None, ["--csv", "{tmp}/header.csv"], None, "header.csv: header only, no data rows"),
@@ -322,3 +336,41 @@ def test_export_refuses_a_non_empty_folder_unless_forced_and_a_run_that_is_not_c
     code, _, err = call(export_lib.main, [incomplete, tmp_path / "other"], capsys)
     assert code == 2 and "status is 'failed'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "other").exists()
+
+
+def test_predict_and_export_read_the_runs_own_config_not_what_a_later_command_left_in_hydra(runs, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["fp32"], run_dir)
+    # As a later command into the run directory would have written them (before Hydra was kept out of it).
+    hydra = run_dir / ".hydra"
+    (hydra / "config.yaml").write_text((hydra / "config.yaml").read_text().replace("max_length: 32", "max_length: 4"))
+    (hydra / "overrides.yaml").write_text("- trainer.max_length=4\n- data.path=missing.csv\n")
+    run = open_run(run_dir)
+    assert run.cfg.trainer.max_length == 32
+    assert export_lib.train_command(run) == "python -m sentiment_lora.train " + " ".join(
+        OmegaConf.load(run_dir / "run.yaml").overrides
+    )
+    code, _, err = call(export_lib.main, [run_dir, tmp_path / "out"], capsys)
+    assert code == 0, err
+    spec = json.loads((tmp_path / "out" / "classifier.json").read_text())
+    assert spec["max_length"] == 32 and "max_length=4" not in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_export_refuses_a_damaged_file_and_a_run_without_run_yaml_or_hashes_still_opens(runs, tmp_path, capsys):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(runs["fp32"], damaged)
+    flip_a_byte("head.safetensors")(damaged)
+    code, _, err = call(export_lib.main, [damaged, tmp_path / "out"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {damaged / 'head.safetensors'}: its sha256 differs"), err
+    assert not (tmp_path / "out").exists()
+
+    # A run written before run.yaml and the hashes: its config from .hydra/, its files unchecked.
+    older = tmp_path / "older"
+    shutil.copytree(runs["fp32"], older)
+    (older / "run.yaml").unlink()
+    edit_metrics(sha256=None)(older)
+    flip_a_byte("head.safetensors")(older)  # nothing to check it against
+    run = open_run(older)
+    assert run.own is None and run.cfg.trainer.max_length == 32
+    assert export_lib.train_command(run).startswith("python -m sentiment_lora.train model=tiny")

@@ -206,3 +206,23 @@ def test_a_launcher_failure_leaves_no_trial_running(sweep_env, monkeypatch):
     trials = load(sweep_env, "lora_optuna").trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL]
     assert trials[0].user_attrs["error"] == "launcher: RuntimeError: cluster unavailable"
+
+
+def test_a_new_study_in_another_studys_sweep_dir_is_refused_before_its_first_trial(sweep_env, monkeypatch, capsys):
+    args = optuna_args(sweep_env, "lora_optuna", 1, "trainer.epochs=1")
+    assert multirun(monkeypatch, args) == 0
+    trial_dir = sweep_env / "sweep" / "trial_0"
+    kept = {path.name: path.read_bytes() for path in trial_dir.iterdir() if path.is_file()}
+    capsys.readouterr()
+    assert multirun(monkeypatch, [*args, "hydra.sweeper.study_name=other"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: config hydra.sweep.dir: {sweep_env}/sweep holds trial folders of another study (trial_0) that study "
+        "'other' would overwrite; give this study its own hydra.sweep.dir, or continue the other one with its "
+        "hydra.sweeper.storage and study_name"
+    ]
+    assert load(sweep_env, "other").trials == []
+    assert {path.name: path.read_bytes() for path in trial_dir.iterdir() if path.is_file()} == kept
+    assert load(sweep_env, "lora_optuna").trials[0].user_attrs["run_dir"] == str(trial_dir)
+    # The same study, continued into its own folder, still gets new trials.
+    assert multirun(monkeypatch, optuna_args(sweep_env, "lora_optuna", 2, "trainer.epochs=1")) == 0
+    assert [t.number for t in load(sweep_env, "lora_optuna").trials] == [0, 1]

@@ -152,6 +152,7 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
         # asked for (and failed) before it is fixed.
         self._make_sweep_dir()
         study = self._open_study(directions, make_pruner(self.pruner_config))  # the pruner the jobs use
+        self._check_sweep_dir_is_the_studys(study)
         names = list(self.config.get("objectives") or [])
         if len(names) == len(directions) and study.metric_names != names:
             study.set_metric_names(names)  # optuna-dashboard and Optuna's plots name the objectives with them
@@ -201,6 +202,30 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
             sweep_dir.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise UserError(f"config hydra.sweep.dir: cannot create {sweep_dir}: {err.strerror}") from err
+
+    def _check_sweep_dir_is_the_studys(self, study: optuna.Study) -> None:
+        """Trials write to <sweep dir>/trial_<number>/: refuse a study whose trials would overwrite another study's
+        folders there (a new study numbers its trials from 0 again). A folder is this study's when the study has a
+        trial of that number that does not record another run_dir; continuing a study keeps working."""
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+        foreign = []
+        for folder in sweep_dir.glob("trial_*"):
+            number = folder.name[len("trial_") :]
+            if not folder.is_dir() or not number.isdigit():
+                continue
+            trial = trials.get(int(number))
+            recorded = trial.user_attrs.get("run_dir") if trial is not None else None
+            if trial is None or (recorded is not None and Path(recorded) != folder.resolve()):
+                foreign.append(folder.name)
+        if foreign:
+            listed = ", ".join(sorted(foreign, key=lambda name: int(name[len("trial_") :]))[:3])
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            raise UserError(
+                f"config hydra.sweep.dir: {sweep_dir} holds trial folders of another study ({listed}{more}) that "
+                f"study '{study.study_name}' would overwrite; give this study its own hydra.sweep.dir, or continue the "
+                "other one with its hydra.sweeper.storage and study_name"
+            )
 
     def _open_study(self, directions: list[str], pruner: optuna.pruners.BasePruner) -> optuna.Study:
         """Create the study, or load it to resume or share it."""
