@@ -46,15 +46,50 @@ def test_returned_values_become_complete_trials(hydra_sweep_runner, tmp_path):
     assert study.metric_names == ["val_accuracy"]  # the config's objectives name the study's values (dashboard)
 
 
-def test_a_raising_job_becomes_a_failed_trial_with_its_error_and_the_sweep_goes_on(hydra_sweep_runner, tmp_path):
-    study = sweep(hydra_sweep_runner, tmp_path, "outcome=raise")
+def failed_sweep(runner, tmp_path: Path, capsys, *overrides: str) -> tuple[optuna.Study, list[str]]:
+    """A sweep whose trials fail: it ends with exit status 1 and one error line; the study and the stderr lines."""
+    with pytest.raises(SystemExit) as exit_info:
+        sweep(runner, tmp_path, "outcome=raise", *overrides)
+    assert exit_info.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    # Hydra's own line for each failed job, then the sweep's (log handlers of earlier tests may add noise here).
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], lines
+    return optuna.load_study(study_name="dummy", storage=f"sqlite:///{tmp_path}/study.db"), lines
+
+
+def test_a_raising_job_becomes_a_failed_trial_with_its_error_and_the_sweep_goes_on(hydra_sweep_runner, tmp_path,
+                                                                                 capsys):  # fmt: skip
+    # max_failure_rate=1.0: the sweep goes on through every trial, then says that all of them failed.
+    study, lines = failed_sweep(hydra_sweep_runner, tmp_path, capsys)
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 3
     assert all(t.user_attrs["error"] == f"ValueError: x={t.params['x']} is bad" for t in study.trials)
+    last = study.trials[-1].user_attrs["error"]
+    assert lines[-1:] == [
+        f"error: every trial of this sweep failed (3 of 3); each FAIL trial's error is in its 'error' user attribute "
+        f"(study 'dummy' in sqlite:///{tmp_path}/study.db) and in its run directory's metrics.json under "
+        f"{tmp_path / 'sweep'}; the last: {last}"
+    ]
+    assert (tmp_path / "sweep" / "optimization_results.yaml").is_file()
 
 
-def test_too_many_failures_stop_the_sweep(hydra_sweep_runner, tmp_path):
-    with pytest.raises(RuntimeError, match="max_failure_rate"):
-        sweep(hydra_sweep_runner, tmp_path, "outcome=raise", "hydra.sweeper.max_failure_rate=0.5")
+def test_too_many_failures_stop_the_sweep_with_one_line(hydra_sweep_runner, tmp_path, capsys):
+    study, lines = failed_sweep(hydra_sweep_runner, tmp_path, capsys, "hydra.sweeper.max_failure_rate=0.5")
+    assert [t.state for t in study.trials] == [TrialState.FAIL]  # stopped at the first: 1 of 1 is above 0.5
+    assert lines[-1].startswith(
+        "error: sweep stopped: 1 of 1 trials failed, above hydra.sweeper.max_failure_rate=0.5; each FAIL trial's "
+        "error is in its 'error' user attribute (study 'dummy' in sqlite:///"
+    ), lines
+
+
+@pytest.mark.parametrize("value", [0, -3])
+def test_n_trials_below_one_is_one_error_line_before_any_study_is_made(hydra_sweep_runner, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        sweep(hydra_sweep_runner, tmp_path, f"hydra.sweeper.n_trials={value}")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: config hydra.sweeper.n_trials: must be 1 or more, got {value}"
+    ]
+    assert not (tmp_path / "study.db").exists() or optuna.get_all_study_names(f"sqlite:///{tmp_path}/study.db") == []
 
 
 def test_a_pruned_job_becomes_a_pruned_trial(hydra_sweep_runner, tmp_path):
