@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}", file=sys.stderr)
     out_dir = args.paths[0] if args.paths and args.paths[0].is_dir() else Path("outputs")
     csv_path, png_path = args.csv or out_dir / "summary.csv", args.plot or out_dir / "summary.png"
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    for folder in {csv_path.parent, png_path.parent}:  # --csv elsewhere leaves the plot in outputs/
+        folder.mkdir(parents=True, exist_ok=True)
     table.to_csv(csv_path, index=False)
     print(to_markdown(table))
     tables, rank_notes = rank(table)
