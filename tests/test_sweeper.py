@@ -188,3 +188,25 @@ def test_a_sweep_directory_that_cannot_be_made_is_one_error_line_and_uses_no_tri
                           f"hydra.sweep.dir={tmp_path}/f/sweep")  # fmt: skip
     assert code == 2 and err == [f"error: config hydra.sweep.dir: cannot create {tmp_path}/f/sweep: Not a directory"]
     assert optuna.get_all_study_names(storage) == []
+
+
+@pytest.mark.parametrize(
+    "storage, pgpassword, expected",
+    [
+        ("mysql+pymysql://me:Pa55word@127.0.0.1:1/optuna", None,
+         "mysql+pymysql://me:***@127.0.0.1:1/optuna holds a password, which Hydra would save in every trial's "
+         ".hydra/hydra.yaml; give the whole URL as ${oc.env:VAR}, which Hydra saves unresolved (docs/sweeps.md)"),
+        ("postgresql://me:Pa55word@127.0.0.1:1/optuna", "another",
+         "postgresql://me:***@127.0.0.1:1/optuna holds a password other than PGPASSWORD's; keep one: drop it from "
+         "the URL (PGPASSWORD or ~/.pgpass gives it), or give the whole URL as ${oc.env:VAR}"),
+    ],
+    ids=["not-postgresql", "other-pgpassword"],
+)  # fmt: skip
+def test_a_storage_password_that_cannot_be_kept_out_of_the_saved_configs_is_one_error_line(
+    monkeypatch, capsys, tmp_path, storage, pgpassword, expected
+):
+    if pgpassword:
+        monkeypatch.setenv("PGPASSWORD", pgpassword)
+    code, err = cli_sweep(monkeypatch, capsys, tmp_path, f"hydra.sweeper.storage={storage}")
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: config hydra.sweeper.storage: {expected}"), err
+    assert "Pa55word" not in err[0] and not (tmp_path / "outputs").exists()  # no sweep folder, no study

@@ -157,17 +157,17 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
         if password is None or OmegaConf.is_interpolation(node, "storage"):
             yield
             return
-        how = "or give the URL as ${oc.env:VAR}, which Hydra saves unresolved (docs/sweeps.md)"
+        env_url = "give the whole URL as ${oc.env:VAR}, which Hydra saves unresolved (docs/sweeps.md)"
         if sqlalchemy.engine.make_url(self.storage).get_backend_name() != "postgresql":
             raise UserError(
                 f"config {STORAGE_KEY}: {_masked(self.storage)} holds a password, which Hydra would save in every "
-                f"trial's .hydra/hydra.yaml; {how}"
+                f"trial's .hydra/hydra.yaml; {env_url}"
             )
         before = os.environ.get("PGPASSWORD")
         if before not in (None, password):
             raise UserError(
-                f"config {STORAGE_KEY}: {_masked(self.storage)} holds a password other than PGPASSWORD's; keep one "
-                f"(PGPASSWORD or ~/.pgpass with a URL without password, {how})"
+                f"config {STORAGE_KEY}: {_masked(self.storage)} holds a password other than PGPASSWORD's; keep one: "
+                f"drop it from the URL (PGPASSWORD or ~/.pgpass gives it), or {env_url}"
             )
         bare = credentials.without_password(self.storage)
         with read_write(self.config.hydra), open_dict(self.config.hydra):
