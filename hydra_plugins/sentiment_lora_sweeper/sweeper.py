@@ -12,8 +12,8 @@ its plain sweep loop lacks.
 - Heartbeats: a trial whose worker died is failed by another worker, and re-run with its parameters up to
   max_retry times.
 - A storage or sweep directory that cannot be opened, or a sweeper key out of range (n_trials=0), is one
-  `error:` line, before any trial is asked for; a sweep stopped by failed trials (or whose every trial failed) is
-  one line too, with exit status 1.
+  `error:` line, before any trial is asked for; a sweep stopped by too many failed trials is one line too, with
+  exit status 1.
 - A password in the storage URL is written nowhere: the jobs' saved configs get the URL without it (and the jobs
   the password through PGPASSWORD), logs and optimization_results.yaml the URL with it masked.
 
@@ -153,7 +153,7 @@ class LoraOptunaSweeper(Sweeper):
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
         except SweepFailed as err:
-            # Trials failed (too many, or all): their errors are recorded, so one line says how many and where;
+            # Too many trials failed: their errors are recorded, so one line says how many and where;
             # status 1, as a run that fails (not a mistake on the command line) ends.
             print(f"error: {err}", file=sys.stderr)
             sys.exit(1)
