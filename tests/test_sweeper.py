@@ -201,3 +201,11 @@ def test_a_storage_password_that_cannot_be_kept_out_of_the_saved_configs_is_one_
     code, err = cli_sweep(monkeypatch, capsys, tmp_path, f"hydra.sweeper.storage={storage}")
     assert code == 2 and len(err) == 1 and err[0].startswith(f"error: config hydra.sweeper.storage: {expected}"), err
     assert "Pa55word" not in err[0] and not (tmp_path / "outputs").exists()  # no sweep folder, no study
+
+
+def test_a_password_in_the_tracking_uri_stops_a_sweep_before_its_study_is_made(monkeypatch, capsys, tmp_path):
+    code, err = cli_sweep(monkeypatch, capsys, tmp_path, f"hydra.sweeper.storage=sqlite:///{tmp_path}/study.db",
+                          "logger=mlflow", "logger.mlflow.tracking_uri=http://me:Pa55word@127.0.0.1:1")  # fmt: skip
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: config logger.mlflow.tracking_uri: http://me:***@127.0.0.1:1 holds a password")
+    assert not (tmp_path / "study.db").exists() and not (tmp_path / "outputs").exists()
