@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from sentiment_lora.credentials import masked, redacted
 from sentiment_lora.errors import UserError
 from sentiment_lora.ranking import effects, rank
 from sentiment_lora.summary import (
@@ -47,21 +48,31 @@ def check_storage(storage: str) -> None:
     try:
         url = make_url(storage)
     except ArgumentError:
-        raise UserError(f"--storage: not a database URL: {storage}") from None
+        raise UserError(f"--storage: not a database URL: {masked(storage)}") from None
     in_memory = url.database in (None, "", ":memory:") or url.query.get("uri") == "true"
     if url.get_backend_name() == "sqlite" and not in_memory and not Path(url.database).is_file():
         raise UserError(f"--storage {storage}: no SQLite file {url.database}")
 
 
+def load_study(storage: str, study_name: str):
+    """The study, or one line naming what is wrong: no such study, or a storage that cannot be opened (a server
+    that is down, a wrong password, a missing driver: SQLAlchemy's and Optuna's errors run to a hundred lines)."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise UserError(f"no study '{study_name}' in {masked(storage)}") from None
+    except (SQLAlchemyError, ImportError, OSError) as err:
+        problem = redacted(str(getattr(err, "orig", None) or err).strip(), storage).splitlines()[0]
+        raise UserError(f"--storage {masked(storage)}: cannot open it: {problem}") from None
+
+
 def study_run_dirs(storage: str, study_name: str) -> list[Path]:
     """Run directories linked to the study's trials (each trial records its run_dir)."""
-    import optuna
-
     check_storage(storage)
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        raise UserError(f"no study '{study_name}' in {storage}") from None
+    study = load_study(storage, study_name)
     dirs = [Path(t.user_attrs["run_dir"]) for t in study.get_trials(deepcopy=False) if "run_dir" in t.user_attrs]
     missing = len(study.trials) - len(dirs)
     if missing:
@@ -74,7 +85,7 @@ def importances(storage: str, study_name: str):
     import optuna
     import pandas as pd
 
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    study = load_study(storage, study_name)
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(study.directions) > 1 or len(complete) < 2:
         return None
@@ -118,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}", file=sys.stderr)
     out_dir = args.paths[0] if args.paths and args.paths[0].is_dir() else Path("outputs")
     csv_path, png_path = args.csv or out_dir / "summary.csv", args.plot or out_dir / "summary.png"
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    for folder in {csv_path.parent, png_path.parent}:  # --csv elsewhere leaves the plot in outputs/
+        folder.mkdir(parents=True, exist_ok=True)
     table.to_csv(csv_path, index=False)
     print(to_markdown(table))
     tables, rank_notes = rank(table)

@@ -26,14 +26,17 @@ from safetensors.torch import load_file, save_file
 
 from sentiment_lora import __version__
 from sentiment_lora import data as data_lib
+from sentiment_lora.credentials import masked_override
 from sentiment_lora.errors import UserError, exit_with
 from sentiment_lora.loop import predict
-from sentiment_lora.model import load_trained, plain_state
+from sentiment_lora.model import plain_state
 from sentiment_lora.results import PREDICTIONS_FILE, RUN_FORMAT, new_file_mode
-from sentiment_lora.rundir import Run, open_run, overrides_of
+from sentiment_lora.rundir import Run, load_model, open_run, overrides_of, run_holding
 from sentiment_lora.stats import bootstrap_interval, f1_at, roc_auc
 
 CLASSIFIER_FILE = "classifier.json"
+# classifier.json's mark of a folder this command wrote: --force replaces such a folder and nothing else.
+WRITTEN_BY = "sentiment_lora.export"
 THRESHOLD = 0.5
 # The merged export must score as the unmerged run does; fp32 merging moves probabilities by ~1e-7.
 MERGE_TOLERANCE = 1e-4
@@ -53,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("run_dir", type=Path, help="a completed run directory")
     parser.add_argument("out_dir", type=Path, help="the folder to write (must not exist or be empty)")
     parser.add_argument("--adapter", action="store_true", help="also write the unmerged PEFT adapter in adapter/")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it holds a previous export")
     return parser.parse_args(argv)
 
 
@@ -83,10 +86,11 @@ def plain_probabilities(folder: Path, texts: list[str]) -> np.ndarray:
 
 
 def train_command(run: Run) -> str | None:
+    """The command that made the run, as the card shows it: a password in an override's URL is masked."""
     overrides = overrides_of(run)
     if overrides is None:
         return None
-    return " ".join(["python -m sentiment_lora.train", *(shlex.quote(item) for item in overrides)])
+    return " ".join(["python -m sentiment_lora.train", *(shlex.quote(masked_override(item)) for item in overrides)])
 
 
 def _value(value) -> str:
@@ -295,6 +299,7 @@ def classifier_spec(run: Run) -> dict:
     cfg = run.cfg
     return {
         "format": 1,
+        "written_by": WRITTEN_BY,
         "pooling": cfg.model.pooling,
         "max_length": cfg.trainer.max_length,
         "truncation": cfg.data.truncation,
@@ -313,11 +318,10 @@ def harness_probabilities(trained, rows: list[dict]) -> np.ndarray:
     return predict(trained.model, rows, trained.tokenizer, 16, torch.device("cpu"), None)
 
 
-def write_export(run: Run, folder: Path, with_adapter: bool, out_name: str) -> float:
+def write_export(run: Run, trained, folder: Path, with_adapter: bool, out_name: str) -> float:
     """Everything into `folder` (to be renamed `out_name`); returns the largest probe difference between the
-    export and the run's model."""
+    export and the run's model (`trained`, loaded from the run)."""
     cfg = run.cfg
-    trained = load_trained(cfg.model, run.dir)
     # Head truncation, as the plain lines do: the probe reviews are short, so every truncation agrees on them.
     probes = data_lib.encode(
         pd.DataFrame({"text": PROBE_REVIEWS, "label": 0}), trained.tokenizer, cfg.trainer.max_length
@@ -348,21 +352,52 @@ def _give_modes(folder: Path) -> None:
         os.chmod(path, dir_mode if path.is_dir() else file_mode)
 
 
-def export(run_dir: Path, out_dir: Path, with_adapter: bool = False, force: bool = False) -> Path:
-    """Write the run's export to out_dir, all or nothing."""
-    out_dir = Path(out_dir).expanduser()
+def is_export(folder: Path) -> bool:
+    """Whether `folder` holds an export: its classifier.json is this command's (older exports, without the
+    written_by mark, have the same format and version fields), and no run lies anywhere beneath it."""
+    try:
+        spec = json.loads((folder / CLASSIFIER_FILE).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(spec, dict):
+        return False
+    marked = spec.get("written_by") == WRITTEN_BY or {"format", "sentiment_lora_version", "threshold"} <= set(spec)
+    return marked and not any(folder.rglob("metrics.json"))
+
+
+def check_out_dir(out_dir: Path, run: Run, force: bool) -> None:
+    """OUT_DIR must be new, empty, or (with --force) a previous export: never the run, a folder holding it (its
+    siblings with it) or one inside it, and never any other folder --force would delete."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise UserError(f"{out_dir}: exists and is not empty; pass --force to replace it")
+    out, run_dir = out_dir.resolve(), run.dir.resolve()  # symlinks resolved: a link to the run is the run
+    if out == run_dir or out in run_dir.parents:
+        raise UserError(f"{out_dir}: holds the run directory {run.dir}; export to a folder of its own")
+    holder = run_holding(out_dir, run)
+    if holder is not None:
+        raise UserError(f"{out_dir}: is inside the run directory {holder}; export elsewhere")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise UserError(f"{out_dir}: exists and is not empty; pass --force to replace a previous export")
+        if not is_export(out_dir):
+            raise UserError(
+                f"{out_dir}: is not a previous export (no {CLASSIFIER_FILE} written by sentiment_lora.export), so "
+                "--force leaves it alone; choose another folder, or remove it yourself"
+            )
+
+
+def export(run_dir: Path, out_dir: Path, with_adapter: bool = False, force: bool = False) -> Path:
+    """Write the run's export to out_dir, all or nothing: a failure leaves no folder behind."""
+    out_dir = Path(out_dir).expanduser()
     run = open_run(run_dir)
-    if out_dir.resolve() == run.dir.resolve() or run.dir.resolve() in out_dir.resolve().parents:
-        raise UserError(f"{out_dir}: is inside the run directory; export elsewhere")
+    check_out_dir(out_dir, run, force)
+    trained = load_model(run)  # a damaged run is refused before any folder is made
+    missing = [folder for folder in (out_dir.parent, *out_dir.parent.parents) if not folder.exists()]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    old = None
+    old, done = None, False
     try:
-        write_export(run, tmp, with_adapter, out_dir.name)
+        write_export(run, trained, tmp, with_adapter, out_dir.name)
         _give_modes(tmp)
         if out_dir.exists():  # empty, or --force: set it aside, rename the new folder in, then remove it
             old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
@@ -373,10 +408,17 @@ def export(run_dir: Path, out_dir: Path, with_adapter: bool = False, force: bool
             if old is not None:
                 os.replace(old / "replaced", out_dir)
             raise
+        done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+        if not done:
+            for folder in missing:  # the parents this export made, innermost first, if still empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
     return out_dir
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sentiment_lora import results
+from sentiment_lora import credentials, results
 from sentiment_lora.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,10 @@ def _command_overrides() -> list[str]:
 def _write_own_config(run_dir: Path, cfg) -> None:
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
-    own = {"digest": results.config_digest(cfg), "overrides": _command_overrides(), "config": plain}
+    # Resolved, an `${oc.env:...}` tracking URI would bring its password here: every URL is written masked (the
+    # digest is taken from the config itself, so a resume still compares what was run).
+    overrides = [credentials.masked_override(item) for item in _command_overrides()]
+    own = {"digest": results.config_digest(cfg), "overrides": overrides, "config": credentials.masked_values(plain)}
     with results.atomic_target(Path(run_dir) / RUN_CONFIG_FILE) as tmp:
         tmp.write_text(HEADER + OmegaConf.to_yaml(OmegaConf.create(own)))
 

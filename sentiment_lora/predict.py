@@ -22,9 +22,8 @@ from sentiment_lora import data as data_lib
 from sentiment_lora.config import DEVICE
 from sentiment_lora.errors import UserError, exit_with
 from sentiment_lora.loop import predict
-from sentiment_lora.model import load_trained
 from sentiment_lora.results import atomic_target
-from sentiment_lora.rundir import Run, open_run, study_run_dir
+from sentiment_lora.rundir import Run, load_model, open_run, run_holding, study_run_dir
 from sentiment_lora.runtime import pick_device
 
 PREFIX_CHARS = 60
@@ -67,9 +66,26 @@ def resolve_run(args: argparse.Namespace) -> Run:
     return open_run(run_dir)
 
 
+def _stdin_text(stream) -> str:
+    """stdin as UTF-8 text, read as bytes: Python's own decoding would either fail with a traceback or, under a C
+    locale, pass undecodable bytes on as surrogates that the tokenizer then refuses."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:  # a text stream without bytes underneath (a test's StringIO)
+        return stream.read()
+    data = buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start)  # 0-based, as `row` counts lines
+        raise UserError(
+            f"stdin, line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); convert it first, e.g. "
+            "iconv -f latin1 -t utf-8, or pass --csv FILE"
+        ) from None
+
+
 def read_stdin(stream, strip_html: bool) -> pd.DataFrame:
     """One review per line; blank lines are skipped, and `row` stays the line's 0-based number."""
-    lines = stream.read().splitlines()
+    lines = _stdin_text(stream).splitlines()
     frame = pd.DataFrame({"text": lines}).loc[[index for index, line in enumerate(lines) if line.strip()]]
     if frame.empty:
         raise UserError("no input: stdin held no review (one per line); or pass --csv FILE")
@@ -114,7 +130,7 @@ def device_of(requested: str) -> torch.device:
 def score(run: Run, frame: pd.DataFrame, batch_size: int | None, device: torch.device) -> np.ndarray:
     """Probabilities of the frame's texts by the run's model, in the frame's order."""
     cfg = run.cfg
-    trained = load_trained(cfg.model, run.dir)
+    trained = load_model(run)
     cut = {"truncation": cfg.data.truncation, "head_fraction": cfg.data.head_fraction}
     unlabelled = frame if "label" in frame else frame.assign(label=0)  # encode wants a label; it goes unused
     rows = data_lib.encode(unlabelled, trained.tokenizer, cfg.trainer.max_length, **cut)
@@ -144,6 +160,21 @@ def check_out(out: Path | None) -> None:
         raise UserError(f"--out {out}: folder {out.parent} not found")
 
 
+def check_out_spares(out: Path | None, csv: Path | None, run: Run) -> None:
+    """--out replaces the file it names: never the input, nor a file in a run directory (the one used or any
+    other), where it could replace the run's record, predictions or weights. Paths are compared resolved."""
+    if out is None:
+        return
+    if csv is not None:
+        csv = csv.expanduser()
+        same = out.exists() and csv.exists() and os.path.samefile(out, csv)  # hard links and symlinks too
+        if same or out.resolve() == csv.resolve():
+            raise UserError(f"--out {out}: is the --csv input {csv}; write the scores to another file")
+    holder = run_holding(out, run)
+    if holder is not None:
+        raise UserError(f"--out {out}: is inside the run directory {holder}; write the scores outside it")
+
+
 def write(predictions: pd.DataFrame, out: Path | None) -> None:
     if out is None:
         predictions.to_csv(sys.stdout, index=False)
@@ -164,6 +195,7 @@ def run_predict(args: argparse.Namespace) -> None:
     out = args.out.expanduser() if args.out else None
     check_out(out)
     run = resolve_run(args)
+    check_out_spares(out, args.csv, run)
     device = device_of(args.device)
     frame = read_input(args, run.cfg)  # read before the model loads: a bad input fails fast
     probs = score(run, frame, args.batch_size, device)

@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sentiment_lora import __version__
 from sentiment_lora.config import Config
+from sentiment_lora.credentials import masked, redacted
 from sentiment_lora.errors import UserError
 from sentiment_lora.immutable import RUN_CONFIG_FILE, read_own_config
 from sentiment_lora.results import METRICS_FILE, RUN_FORMAT, read_metrics, sha256_of
@@ -149,12 +150,14 @@ def study_run_dir(storage: str, study_name: str, trial_number: int | None = None
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    shown = masked(storage)  # the URL as messages show it: never its password
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
-        raise UserError(f"--study {study_name}: no such study in {storage}") from None
+        raise UserError(f"--study {study_name}: no such study in {shown}") from None
     except Exception as err:  # storage URLs fail in many ways (driver, path, permissions): all one line here
-        raise UserError(f"--storage {storage}: cannot open it ({type(err).__name__}: {err})") from None
+        problem = redacted(str(getattr(err, "orig", None) or err).strip(), storage).splitlines()[0]
+        raise UserError(f"--storage {shown}: cannot open it ({type(err).__name__}: {problem})") from None
     complete = optuna.trial.TrialState.COMPLETE
     if trial_number is not None:
         trials = [trial for trial in study.get_trials(deepcopy=False) if trial.number == trial_number]
@@ -177,3 +180,40 @@ def study_run_dir(storage: str, study_name: str, trial_number: int | None = None
     if not run_dir:
         raise UserError(f"study {study_name}: trial {trial.number} records no run_dir (not run by this harness?)")
     return Path(run_dir)
+
+
+# Weights files of a run that load_trained reads (encoder.safetensors: random-init models only).
+WEIGHT_FILES = ("adapter/adapter_model.safetensors", "head.safetensors", "encoder.safetensors")
+
+
+def load_model(run: Run):
+    """The run's trained classifier (model.load_trained), with a damaged weights file (truncated, empty, not
+    safetensors) one line naming it instead of the loader's traceback."""
+    from safetensors import SafetensorError, safe_open
+
+    from sentiment_lora.model import load_trained
+
+    for name in WEIGHT_FILES:
+        path = run.dir / name
+        if not path.is_file():
+            continue  # open_run has refused a run without the files it needs
+        try:
+            with safe_open(str(path), framework="pt"):  # reads the header and checks it covers the file
+                pass
+        except (SafetensorError, OSError) as err:
+            raise UserError(
+                f"{path}: not a complete safetensors file ({err}); the run's saved model is damaged: restore the "
+                "file from a copy, or train the run again"
+            ) from None
+    return load_trained(run.cfg.model, run.dir)
+
+
+def run_holding(path: Path, run: Run | None = None) -> Path | None:
+    """The run directory that `path` is in (or is), if any: `run`'s own (its seeds' parent included), or any folder
+    with a run's metrics.json. A file written there could replace one of the run's files. Symlinks resolved."""
+    resolved = Path(path).expanduser().resolve()
+    own = {run.dir.resolve(), run.hydra_dir.parent.resolve()} if run is not None else set()
+    for folder in (resolved, *resolved.parents):
+        if folder in own or (folder / METRICS_FILE).is_file():
+            return folder
+    return None

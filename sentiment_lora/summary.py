@@ -83,6 +83,26 @@ def variant_of(lora: dict) -> str:
     return " ".join(parts) or "LoRA"
 
 
+# The numbers a row is built from, by section of metrics.json ("" for the top level).
+NUMBERS = {
+    "val": ("accuracy",),
+    "test": ("accuracy", "n", "f1"),
+    "params": ("trainable", "trainable_pct"),
+    "": ("epochs_run", "time_s"),
+}
+
+
+def _check_numbers(metrics: dict, path: Path) -> None:
+    """A number that is not one (a hand-edited "0.9", say) would fail deep in the arithmetic: skip the run."""
+    for section, keys in NUMBERS.items():
+        values = _section(metrics, section) if section else metrics
+        for key in keys:
+            value = values.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                name = f"{section}.{key}" if section else key
+                raise Skipped(f"{path}: {name} is {value!r}, not a number; skipped")
+
+
 def row_of(run_dir: Path) -> dict:
     """One table row; raises Skipped when metrics.json is unreadable, not JSON, or not a run's record."""
     path = Path(run_dir) / METRICS_FILE
@@ -94,6 +114,7 @@ def row_of(run_dir: Path) -> dict:
         raise Skipped(f"cannot read {path}: {err}") from None
     if not isinstance(metrics, dict) or metrics.get("status") not in ("complete", "pruned", "failed", "reference"):
         raise Skipped(f"{path} is not a sentiment-lora run (or a dry run), skipped")
+    _check_numbers(metrics, path)
     lora, params, trial = _section(metrics, "lora"), _section(metrics, "params"), _section(metrics, "trial")
     val, test = _section(metrics, "val"), _section(metrics, "test")
     ci, low, high = "", None, None

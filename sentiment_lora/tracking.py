@@ -30,7 +30,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from sentiment_lora import results
+from omegaconf import OmegaConf
+
+from sentiment_lora import credentials, results
 from sentiment_lora.config import validate
 from sentiment_lora.errors import UserError
 
@@ -151,6 +153,7 @@ def open_loggers(cfg, run_dir: Path) -> list[Logger]:
     if not spec or not (spec.tensorboard or spec.mlflow):
         return []
     validate(cfg)  # a config mistake is one line before anything is logged
+    check_tracking_uri(cfg)
     experiment, name = experiment_name(cfg), run_name(run_dir)
     params = flat_params(cfg)
     tags = {"run_dir": str(Path(run_dir).resolve()), "config_id": results.config_id(cfg)}
@@ -163,6 +166,26 @@ def open_loggers(cfg, run_dir: Path) -> list[Logger]:
         loggers.append(TensorBoardLogger(spec.tensorboard.dir, experiment, name, params))
     log.info("logging to %s as %s/%s", ", ".join(type(lg).__name__ for lg in loggers), experiment, name)
     return loggers
+
+
+TRACKING_URI_KEY = "logger.mlflow.tracking_uri"
+
+
+def check_tracking_uri(cfg) -> None:
+    """Refuse a password written into logger.mlflow.tracking_uri: Hydra has saved it, as given, in the run's
+    .hydra/config.yaml and overrides.yaml before the run starts (a refused run leaves no directory). MLflow and
+    libpq read credentials from the environment instead, and ${oc.env:VAR} is saved unresolved."""
+    spec = cfg.get("logger")
+    mlflow = spec.get("mlflow") if spec else None
+    if not mlflow or OmegaConf.is_interpolation(mlflow, "tracking_uri"):
+        return
+    uri = mlflow.get("tracking_uri")
+    if credentials.password_of(uri) is not None:
+        raise UserError(
+            f"config {TRACKING_URI_KEY}: {credentials.masked(uri)} holds a password, which Hydra saves in the run's "
+            ".hydra/ files; drop it from the URI and set MLFLOW_TRACKING_PASSWORD (an MLflow server) or PGPASSWORD "
+            "or ~/.pgpass (a PostgreSQL store), or give the URI as ${oc.env:VAR} (docs/tracking.md)"
+        )
 
 
 def experiment_name(cfg) -> str:
@@ -193,7 +216,6 @@ def run_name(run_dir: Path) -> str:
 
 def flat_params(cfg) -> dict[str, Any]:
     """The resolved config as dotted keys; numbers, strings and null stay, lists and booleans become JSON text."""
-    from omegaconf import OmegaConf
 
     def flatten(node: Any, prefix: str) -> dict[str, Any]:
         if isinstance(node, dict):
@@ -202,7 +224,8 @@ def flat_params(cfg) -> dict[str, Any]:
             node = json.dumps(node)
         return {prefix[:-1]: node}
 
-    return flatten(OmegaConf.to_container(cfg, resolve=True), "")
+    # Resolved, so a URI given as ${oc.env:VAR} is its value here: its password is masked before it is logged.
+    return flatten(credentials.masked_values(OmegaConf.to_container(cfg, resolve=True)), "")
 
 
 def _text(value: Any) -> str:
@@ -285,6 +308,7 @@ class MlflowLogger:
         from mlflow.entities import Param
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
+        from sqlalchemy.exc import SQLAlchemyError
 
         self.uri = absolute_uri(uri)
         try:
@@ -295,9 +319,9 @@ class MlflowLogger:
                 experiment_id = self._experiment(experiment)
                 self.run_id = self.client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
             self.client.log_batch(self.run_id, params=[Param(key, _text(value)) for key, value in params.items()])
-        except MlflowException as err:
-            problem = str(err).strip().splitlines()[0]
-            raise UserError(f"config logger.mlflow.tracking_uri: cannot log to {uri}: {problem}") from None
+        except (MlflowException, SQLAlchemyError) as err:  # a database store may fail below MLflow
+            problem = credentials.redacted(str(err).strip(), uri, self.uri).splitlines()[0]
+            raise UserError(f"config {TRACKING_URI_KEY}: cannot log to {credentials.masked(uri)}: {problem}") from None
 
     def _experiment(self, name: str) -> str:
         from mlflow.exceptions import MlflowException

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import csv
+import glob
 import os
 import random
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -97,3 +102,73 @@ TINY_FAST = [
     "optimizer.lr=1e-2",
     "trainer.progress=false",
 ]
+
+
+# ---- a PostgreSQL server on loopback (the scale-out and credential tests) ----
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or (
+        [shutil.which("initdb")] if shutil.which("initdb") else []
+    )
+    return Path(found[-1]).parent if found else None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Postgres:
+    port: int
+    password: str  # the password of the role `slora`, which logs in with it (scram-sha-256), not by trust
+
+    @property
+    def url(self) -> str:
+        """The superuser, trusted on loopback: no password anywhere."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def password_url(self, database: str = "slora") -> str:
+        """The role `slora` with its password in the URL, on a database it owns (slora or slora_mlflow)."""
+        return f"postgresql://slora:{self.password}@127.0.0.1:{self.port}/{database}"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Postgres:
+    bindir = _postgres_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server binaries not found; .ci/run installs them")
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    # PostgreSQL refuses to run as root: run it as the postgres user in a directory that user owns.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    datadir = Path(tempfile.mkdtemp(prefix="slora-pg-"))
+    if as_user:
+        shutil.chown(datadir, "postgres", "postgres")
+    port = _free_port()
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(datadir), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)  # fmt: skip
+    # The first matching line wins: role slora must give its password, even on loopback.
+    hba = datadir / "pg_hba.conf"
+    hba.write_text("host all slora 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+    options = f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1"
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(datadir), "-o", options, "-l", str(datadir / "log"),
+                    "-w", "start"], check=True, capture_output=True)  # fmt: skip
+    server = Postgres(port, "Xk9PgSecretPw")
+    psql = [*as_user, str(bindir / "psql"), "-h", str(datadir), "-p", str(port), "-U", "postgres", "-q", "-c"]
+    try:
+        for statement in (f"CREATE ROLE slora LOGIN PASSWORD '{server.password}'", "CREATE DATABASE slora OWNER slora",
+                          "CREATE DATABASE slora_mlflow OWNER slora"):  # fmt: skip
+            subprocess.run([*psql, statement], check=True, capture_output=True)
+        yield server
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "stop"],
+                       capture_output=True)  # fmt: skip
+        shutil.rmtree(datadir, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres: Postgres) -> str:
+    return postgres.url

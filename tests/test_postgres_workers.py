@@ -3,14 +3,10 @@ one machine, through SQLite)."""
 
 from __future__ import annotations
 
-import glob
 import os
 import re
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import optuna
@@ -21,45 +17,6 @@ from .conftest import write_reviews
 
 # A PostgreSQL server and two sweep processes: tens of seconds.
 pytestmark = pytest.mark.slow
-
-
-def _postgres_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")) or (
-        [shutil.which("initdb")] if shutil.which("initdb") else []
-    )
-    return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    bindir = _postgres_bin()
-    if bindir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL server binaries not found; .ci/run installs them")
-        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
-    # PostgreSQL refuses to run as root: run it as the postgres user in a directory that user owns.
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    datadir = Path(tempfile.mkdtemp(prefix="slora-pg-"))
-    if as_user:
-        shutil.chown(datadir, "postgres", "postgres")
-    port = _free_port()
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(datadir), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)  # fmt: skip
-    options = f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1"
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(datadir), "-o", options, "-l", str(datadir / "log"),
-                    "-w", "start"], check=True, capture_output=True)  # fmt: skip
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(datadir), "-m", "immediate", "stop"],
-                       capture_output=True)  # fmt: skip
-        shutil.rmtree(datadir, ignore_errors=True)
 
 
 def worker(storage: str, tmp_path: Path, study: str, n_trials: int, *extra: str, **popen) -> subprocess.Popen:

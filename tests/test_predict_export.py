@@ -59,8 +59,9 @@ def runs(tmp_path_factory):
 
 def call(main, args: list[str], capsys, stdin: str | None = None, monkeypatch=None):
     """An entry point's main(args): (exit code, stdout, stderr)."""
-    if stdin is not None:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    if stdin is not None:  # bytes: a stdin with a byte buffer beneath, as a pipe's
+        stream = io.TextIOWrapper(io.BytesIO(stdin)) if isinstance(stdin, bytes) else io.StringIO(stdin)
+        monkeypatch.setattr(sys, "stdin", stream)
     try:
         main([str(arg) for arg in args])
         code = 0
@@ -199,6 +200,15 @@ def make_seed_parent(run_dir):
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def truncate(name: str, keep: float = 0.5):
+    def change(run_dir):
+        path = run_dir / name
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
+
+    return change
+
+
 def unknown_config_key(run_dir):
     path = run_dir / "run.yaml"  # the run's own config, which predict and export read
     path.write_text(path.read_text().replace("\n  lora:\n", "\n  lora:\n    flavour: sparkly\n", 1))
@@ -242,6 +252,19 @@ ERRORS = [
     ("bad_label", None, ["--csv", "{tmp}/bad_label.csv"], None, "column 'label', data row 2: label 'meh' is not one"),
     ("device", None, ["--device", "tpu"], "fine\n", "--device: unknown device 'tpu'"),
     ("out_folder", None, ["--out", "{tmp}/no/such.csv"], "fine\n", "no/such.csv: folder {tmp}/no not found"),
+    ("truncated_adapter", truncate("adapter/adapter_model.safetensors"), [], "fine\n",
+     "adapter/adapter_model.safetensors: not a complete safetensors file (Error while deserializing header: "),
+    ("empty_head", truncate("head.safetensors", 0), [], "fine\n", "head.safetensors: not a complete safetensors file"),
+    ("non_utf8_stdin", None, [], b"fine\ncaf\xe9 au lait\n", "stdin, line 1: not UTF-8 text (byte "
+                                                                          "0xe9); convert it first"),
+    ("out_is_csv", None, ["--csv", "{tmp}/labelled.csv", "--out", "{tmp}/labelled.csv"], None,
+     "--out {tmp}/labelled.csv: is the --csv input {tmp}/labelled.csv; write the scores to another file"),
+    ("out_links_to_csv", None, ["--csv", "{tmp}/labelled.csv", "--out", "{tmp}/link.csv"], None,
+     "--out {tmp}/link.csv: is the --csv input"),
+    ("out_in_run", None, ["--out", "{run}/test_predictions.csv"], "fine\n",
+     "--out {run}/test_predictions.csv: is inside the run directory {run}; write the scores outside it"),
+    ("out_in_other_run", None, ["--out", "{tmp}/other_run/adapter/x.csv"], "fine\n",
+     "is inside the run directory {tmp}/other_run; write the scores outside it"),
 ]  # fmt: skip
 
 
@@ -250,15 +273,21 @@ def test_predict_errors_are_one_line_and_exit_2(runs, tmp_path, capsys, monkeypa
     (tmp_path / "header.csv").write_text("text,label\n")
     (tmp_path / "bad_label.csv").write_text("text,label\ngood,1\nfine,meh\n")
     write_reviews(tmp_path / "labelled.csv", n=4)
+    (tmp_path / "link.csv").symlink_to(tmp_path / "labelled.csv")
+    (tmp_path / "other_run" / "adapter").mkdir(parents=True)
+    (tmp_path / "other_run" / "metrics.json").write_text("{}")
     run_dir = broken_run(runs, tmp_path, change) if change else runs["fp32"]
+    before = {path: path.read_bytes() for path in [*run_dir.rglob("*"), *tmp_path.glob("*.csv")] if path.is_file()}
     if expected.startswith("run directory {run}: not found"):
         run_dir = tmp_path / "absent"
-    args = [arg.format(tmp=tmp_path) for arg in args]
+    args = [arg.format(tmp=tmp_path, run=run_dir) for arg in args]
     code, stdout, err = call(predict_lib.main, [run_dir, *args], capsys, stdin, monkeypatch)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and stdout == ""
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert expected.format(run=run_dir, tmp=tmp_path) in lines[0]
+    assert {path: path.read_bytes() for path in before} == before  # the input and the run untouched
+    assert not (tmp_path / "other_run" / "adapter" / "x.csv").exists()
 
 
 def docs_block() -> str:
@@ -324,13 +353,28 @@ def test_export_refuses_a_non_empty_folder_unless_forced_and_a_run_that_is_not_c
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     code, _, err = call(export_lib.main, [runs["fp32"], out], capsys)
-    assert code == 2 and err.strip() == f"error: {out}: exists and is not empty; pass --force to replace it"
+    assert (
+        code == 2 and err.strip() == f"error: {out}: exists and is not empty; pass --force to replace a previous export"
+    )
+    assert (out / "keep.txt").read_text() == "mine"
+    # --force replaces a previous export only: a folder of other files stays as it is.
+    code, _, err = call(export_lib.main, [runs["fp32"], out, "--force"], capsys)
+    assert code == 2 and err.strip() == (
+        f"error: {out}: is not a previous export (no classifier.json written by sentiment_lora.export), so --force "
+        "leaves it alone; choose another folder, or remove it yourself"
+    )
     assert (out / "keep.txt").read_text() == "mine"
 
-    code, _, err = call(export_lib.main, [runs["fp32"], out, "--force"], capsys)
+    previous = tmp_path / "previous"
+    code, _, err = call(export_lib.main, [runs["fp32"], previous, "--adapter"], capsys)
     assert code == 0, err
-    assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file() and not (out / "adapter").exists()
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]  # no temporary folder left
+    assert json.loads((previous / "classifier.json").read_text())["written_by"] == "sentiment_lora.export"
+    (previous / "note.txt").write_text("the old export's")
+    code, _, err = call(export_lib.main, [runs["fp32"], previous, "--force"], capsys)
+    assert code == 0, err
+    assert (previous / "model.safetensors").is_file() and not (previous / "adapter").exists()
+    assert not (previous / "note.txt").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "previous"]  # no temporary folder left
 
     incomplete = broken_run(runs, tmp_path, edit_metrics(status="failed"))
     code, _, err = call(export_lib.main, [incomplete, tmp_path / "other"], capsys)
@@ -374,3 +418,55 @@ def test_export_refuses_a_damaged_file_and_a_run_without_run_yaml_or_hashes_stil
     run = open_run(older)
     assert run.own is None and run.cfg.trainer.max_length == 32
     assert export_lib.train_command(run).startswith("python -m sentiment_lora.train model=tiny")
+
+
+def test_export_force_never_deletes_the_run_its_siblings_or_a_folder_holding_runs(runs, tmp_path, capsys):
+    root = tmp_path / "outputs"
+    run_dir, sibling = root / "runs" / "a", root / "runs" / "b"
+    shutil.copytree(runs["fp32"], run_dir)
+    shutil.copytree(runs["fp32"], sibling)
+    (root / "runs" / "classifier.json").write_text(json.dumps({"format": 1, "written_by": "sentiment_lora.export"}))
+    (tmp_path / "link").symlink_to(run_dir)
+    before = {path: path.read_bytes() for path in root.rglob("*") if path.is_file()}
+    cases = {
+        root: f"holds the run directory {run_dir}; export to a folder of its own",
+        root / "runs": f"holds the run directory {run_dir}; export to a folder of its own",
+        run_dir: f"holds the run directory {run_dir}; export to a folder of its own",
+        tmp_path / "link": f"holds the run directory {run_dir}; export to a folder of its own",
+        run_dir / "adapter": f"is inside the run directory {run_dir.resolve()}; export elsewhere",
+        sibling: f"is inside the run directory {sibling.resolve()}; export elsewhere",
+        sibling / "exported": f"is inside the run directory {sibling.resolve()}; export elsewhere",
+    }
+    for out, expected in cases.items():
+        code, _, err = call(export_lib.main, [run_dir, out, "--force"], capsys)
+        assert code == 2 and err.strip() == f"error: {out}: {expected}", err
+    assert {path: path.read_bytes() for path in root.rglob("*") if path.is_file()} == before
+    assert not (sibling / "exported").exists()
+
+
+def test_a_truncated_adapter_is_one_line_in_export_and_leaves_no_folder(runs, tmp_path, capsys):
+    run_dir = broken_run(runs, tmp_path, truncate("adapter/adapter_model.safetensors"))
+    out = tmp_path / "new" / "parents" / "exported"
+    code, _, err = call(export_lib.main, [run_dir, out], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {run_dir}/adapter/adapter_model.safetensors: not a complete safetensors file (")
+    assert err.rstrip().endswith(
+        "the run's saved model is damaged: restore the file from a copy, or train the run again"
+    )
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_model_card_masks_a_password_in_the_training_command(runs, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs["fp32"], run_dir)
+    # A run.yaml as a careless writer would leave it: the card's training command is rebuilt from its overrides.
+    own_config = OmegaConf.load(run_dir / "run.yaml")
+    secret = "logger.mlflow.tracking_uri=postgresql://me:Pa55word@db.example/mlflow"
+    own_config.overrides = [*own_config.overrides, secret, "data.path='http://u:Pa55word@h/x.csv'"]
+    OmegaConf.save(own_config, run_dir / "run.yaml")
+    code, _, err = call(export_lib.main, [run_dir, tmp_path / "exported"], capsys)
+    assert code == 0, err
+    card = (tmp_path / "exported" / "README.md").read_text()
+    assert "logger.mlflow.tracking_uri=postgresql://me:***@db.example/mlflow" in card
+    assert "data.path=http://u:***@h/x.csv" in card
+    assert not [p for p in (tmp_path / "exported").rglob("*") if p.is_file() and b"Pa55word" in p.read_bytes()]

@@ -168,6 +168,32 @@ def test_a_truncated_metrics_json_is_reported_as_invalid_json(tmp_path, capsys):
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and f"not valid JSON: {cut}" in lines[0]
 
 
+@pytest.mark.parametrize("section, key, value", [("test", "accuracy", "0.9"), ("val", "accuracy", "high"),
+                                                ("test", "n", "40"), ("params", "trainable", True)])  # fmt: skip
+def test_a_metrics_json_with_a_number_that_is_not_one_is_skipped_with_a_note(tmp_path, capsys, section, key, value):
+    for name in ("good", "bad"):
+        (tmp_path / "sweep" / name).mkdir(parents=True)
+        (tmp_path / "sweep" / name / "metrics.json").write_text(json.dumps(COMPLETE))
+    bad = tmp_path / "sweep" / "bad" / "metrics.json"
+    bad.write_text(json.dumps({**COMPLETE, section: {**COMPLETE[section], key: value}}))
+    code, out, err = summarize_here(capsys, tmp_path / "sweep")
+    assert code == 0, err
+    assert f"note: {bad}: {section}.{key} is {value!r}, not a number; skipped" in err.splitlines(), err
+    assert [Path(run).name for run in pd.read_csv(tmp_path / "sweep" / "summary.csv")["run"]] == ["good"]
+    code, out, err = summarize_here(capsys, bad.parent)  # nothing else to summarize: one error line naming it
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and f"{bad}: {section}.{key} is {value!r}, not a number" in lines[0], err
+
+
+def test_an_unreachable_postgresql_storage_is_one_line_without_its_password(capsys):
+    pytest.importorskip("psycopg")
+    code, out, err = summarize_here(capsys, "--storage", "postgresql://me:Pa55word@127.0.0.1:1/optuna", "--study", "s")
+    lines = err.strip().splitlines()
+    assert code == 2 and not out and len(lines) == 1, err
+    assert lines[0].startswith("error: --storage postgresql://me:***@127.0.0.1:1/optuna: cannot open it: "), lines
+    assert "Pa55word" not in err
+
+
 def test_a_storage_url_naming_a_missing_sqlite_file_is_an_error_that_creates_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for url in (f"sqlite:///{tmp_path}/typo.db", "sqlite:///rel/typo.db"):

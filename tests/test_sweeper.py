@@ -48,15 +48,41 @@ def test_returned_values_become_complete_trials(hydra_sweep_runner, tmp_path):
     assert study.metric_names == ["val_accuracy"]  # the config's objectives name the study's values (dashboard)
 
 
+def failed_sweep(runner, tmp_path: Path, capsys, *overrides: str) -> tuple[optuna.Study, list[str]]:
+    """A sweep whose trials fail: it ends with exit status 1 and one error line; the study and the stderr lines."""
+    with pytest.raises(SystemExit) as exit_info:
+        sweep(runner, tmp_path, "outcome=raise", *overrides)
+    assert exit_info.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    # Hydra's own line for each failed job, then the sweep's (log handlers of earlier tests may add noise here).
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], lines
+    return optuna.load_study(study_name="dummy", storage=f"sqlite:///{tmp_path}/study.db"), lines
+
+
 def test_a_raising_job_becomes_a_failed_trial_with_its_error_and_the_sweep_goes_on(hydra_sweep_runner, tmp_path):
-    study = sweep(hydra_sweep_runner, tmp_path, "outcome=raise")
+    study = sweep(hydra_sweep_runner, tmp_path, "outcome=raise")  # max_failure_rate=1.0: every failure tolerated
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 3
     assert all(t.user_attrs["error"] == f"ValueError: x={t.params['x']} is bad" for t in study.trials)
 
 
-def test_too_many_failures_stop_the_sweep(hydra_sweep_runner, tmp_path):
-    with pytest.raises(RuntimeError, match="max_failure_rate"):
-        sweep(hydra_sweep_runner, tmp_path, "outcome=raise", "hydra.sweeper.max_failure_rate=0.5")
+def test_too_many_failures_stop_the_sweep_with_one_line(hydra_sweep_runner, tmp_path, capsys):
+    study, lines = failed_sweep(hydra_sweep_runner, tmp_path, capsys, "hydra.sweeper.max_failure_rate=0.5")
+    assert [t.state for t in study.trials] == [TrialState.FAIL]  # stopped at the first: 1 of 1 is above 0.5
+    assert lines[-1].startswith(
+        "error: sweep stopped: 1 of 1 trials failed, above hydra.sweeper.max_failure_rate=0.5; each FAIL trial's "
+        "error is in its 'error' user attribute (study 'dummy' in sqlite:///"
+    ), lines
+
+
+@pytest.mark.parametrize("value", [0, -3])
+def test_n_trials_below_one_is_one_error_line_before_any_study_is_made(hydra_sweep_runner, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        sweep(hydra_sweep_runner, tmp_path, f"hydra.sweeper.n_trials={value}")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: config hydra.sweeper.n_trials: must be 1 or more, got {value}"
+    ]
+    assert not (tmp_path / "study.db").exists() or optuna.get_all_study_names(f"sqlite:///{tmp_path}/study.db") == []
 
 
 def test_a_pruned_job_becomes_a_pruned_trial(hydra_sweep_runner, tmp_path):
@@ -166,3 +192,33 @@ def test_a_sweep_directory_that_cannot_be_made_is_one_error_line_and_uses_no_tri
                           f"hydra.sweep.dir={tmp_path}/f/sweep")  # fmt: skip
     assert code == 2 and err == [f"error: config hydra.sweep.dir: cannot create {tmp_path}/f/sweep: Not a directory"]
     assert optuna.get_all_study_names(storage) == []
+
+
+@pytest.mark.parametrize(
+    "storage, pgpassword, expected",
+    [
+        ("mysql+pymysql://me:Pa55word@127.0.0.1:1/optuna", None,
+         "mysql+pymysql://me:***@127.0.0.1:1/optuna holds a password, which Hydra would save in every trial's "
+         ".hydra/hydra.yaml; give the whole URL as ${oc.env:VAR}, which Hydra saves unresolved (docs/sweeps.md)"),
+        ("postgresql://me:Pa55word@127.0.0.1:1/optuna", "another",
+         "postgresql://me:***@127.0.0.1:1/optuna holds a password other than PGPASSWORD's; keep one: drop it from "
+         "the URL (PGPASSWORD or ~/.pgpass gives it), or give the whole URL as ${oc.env:VAR}"),
+    ],
+    ids=["not-postgresql", "other-pgpassword"],
+)  # fmt: skip
+def test_a_storage_password_that_cannot_be_kept_out_of_the_saved_configs_is_one_error_line(
+    monkeypatch, capsys, tmp_path, storage, pgpassword, expected
+):
+    if pgpassword:
+        monkeypatch.setenv("PGPASSWORD", pgpassword)
+    code, err = cli_sweep(monkeypatch, capsys, tmp_path, f"hydra.sweeper.storage={storage}")
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: config hydra.sweeper.storage: {expected}"), err
+    assert "Pa55word" not in err[0] and not (tmp_path / "outputs").exists()  # no sweep folder, no study
+
+
+def test_a_password_in_the_tracking_uri_stops_a_sweep_before_its_study_is_made(monkeypatch, capsys, tmp_path):
+    code, err = cli_sweep(monkeypatch, capsys, tmp_path, f"hydra.sweeper.storage=sqlite:///{tmp_path}/study.db",
+                          "logger=mlflow", "logger.mlflow.tracking_uri=http://me:Pa55word@127.0.0.1:1")  # fmt: skip
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: config logger.mlflow.tracking_uri: http://me:***@127.0.0.1:1 holds a password")
+    assert not (tmp_path / "study.db").exists() and not (tmp_path / "outputs").exists()

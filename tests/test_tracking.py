@@ -103,6 +103,37 @@ def test_a_logger_without_its_extra_is_one_error_line_and_leaves_no_run(monkeypa
     assert not runs.exists() or not any(runs.iterdir()), "the failed run left a directory behind"
 
 
+def tracking_cli(monkeypatch, capsys, uri: str) -> tuple[int, list[str]]:
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # an unreachable server: fail at once
+    monkeypatch.setattr(sys, "argv", ["sentiment_lora.train", *TINY_FAST, "data=csv", "data.path=reviews.csv",
+                                      "logger=mlflow", f"logger.mlflow.tracking_uri={uri}"])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        cli()
+    return exit_info.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_a_password_written_in_the_tracking_uri_is_refused_in_one_line_and_leaves_no_run(monkeypatch, capsys, run_env):
+    code, lines = tracking_cli(monkeypatch, capsys, "http://me:Pa55word@127.0.0.1:1")
+    assert code == 2 and lines == [
+        "error: config logger.mlflow.tracking_uri: http://me:***@127.0.0.1:1 holds a password, which Hydra saves in "
+        "the run's .hydra/ files; drop it from the URI and set MLFLOW_TRACKING_PASSWORD (an MLflow server) or "
+        "PGPASSWORD or ~/.pgpass (a PostgreSQL store), or give the URI as ${oc.env:VAR} (docs/tracking.md)"
+    ]
+    runs = run_env / "outputs" / "runs"
+    assert not runs.exists() or not any(runs.iterdir()), "the refused run left a directory behind"
+
+
+def test_a_tracking_uri_from_the_environment_is_masked_in_params_and_errors(monkeypatch, capsys, run_env):
+    monkeypatch.setenv("SLORA_TEST_TRACKING_URI", "http://me:Pa55word@127.0.0.1:1")
+    params = tracking.flat_params(tiny("logger=mlflow", "logger.mlflow.tracking_uri=${oc.env:SLORA_TEST_TRACKING_URI}"))
+    assert params["logger.mlflow.tracking_uri"] == "http://me:***@127.0.0.1:1"
+    code, lines = tracking_cli(monkeypatch, capsys, "${oc.env:SLORA_TEST_TRACKING_URI}")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: config logger.mlflow.tracking_uri: cannot log to http://me:***@127.0.0.1:1: ")
+    assert "Pa55word" not in lines[0]
+
+
 def test_a_resumed_run_logs_the_epochs_before_its_checkpoint_at_the_end(tmp_path):
     class Recorder:
         def __init__(self):

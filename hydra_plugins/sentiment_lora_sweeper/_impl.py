@@ -21,14 +21,16 @@ import optuna
 import sqlalchemy
 from hydra.core.utils import JobStatus
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict, read_write
 from optuna.samplers import BaseSampler
 from optuna.samplers._lazy_random_state import LazyRandomState
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import get_heartbeat_thread  # what study.optimize() beats with
 from optuna.trial import TrialState
 
+from sentiment_lora import credentials
 from sentiment_lora.errors import UserError
+from sentiment_lora.tracking import check_tracking_uri
 from sentiment_lora.trial import make_pruner
 
 log = logging.getLogger(__name__)
@@ -78,11 +80,20 @@ def _reseed(sampler: BaseSampler, seed: int) -> None:
 
 
 def _masked(storage: str | None) -> str:
-    """The storage URL without its password, fit for logs and error messages."""
-    try:
-        return sqlalchemy.engine.make_url(storage).render_as_string(hide_password=True)
-    except (sqlalchemy.exc.ArgumentError, TypeError):
-        return str(storage)
+    """The storage URL without its password, fit for logs, files and error messages."""
+    return str(credentials.masked(storage))
+
+
+class SweepFailed(Exception):
+    """The sweep stopped, or ended, on failed trials: one line, exit status 1 (sweeper.py reports it)."""
+
+
+STORAGE_KEY = "hydra.sweeper.storage"
+
+
+def _quoted(value: str) -> str:
+    """A string as a quoted Hydra override value (a URL holds ':', '@' and '/', which stay literal in quotes)."""
+    return "'" + value.replace("'", "\\'") + "'"
 
 
 def _tell(study: optuna.Study, trial: optuna.Trial, **outcome: Any) -> None:
@@ -126,14 +137,55 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
         self.max_retry = max_retry
 
     def sweep(self, arguments: list[str]) -> None:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), self._password_kept_out():
             # Heartbeats and stale-trial retries are experimental in Optuna, and Optuna expects them to be used by
             # study.optimize(): this loop does what optimize() does (fail stale trials, beat while a trial runs).
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with")
             self._sweep(arguments)
 
+    @contextmanager
+    def _password_kept_out(self) -> Iterator[None]:
+        """Hydra saves hydra.sweeper.storage as composed into every job's .hydra/hydra.yaml, and the command line's
+        override in its hydra.overrides.hydra: a password written in the URL would be in each of them. The jobs
+        compose their config from this (the primary) config's overrides, so the URL without its password goes
+        there, and the password to the jobs through PGPASSWORD, which libpq (psycopg) reads when a URL has none.
+        A storage given as ${oc.env:VAR} is saved unresolved and needs nothing. PGPASSWORD is restored after the
+        sweep, whose jobs (on any launcher) have all been launched and waited on by then."""
+        password = credentials.password_of(self.storage)
+        node = self.config.hydra.sweeper
+        if password is None or OmegaConf.is_interpolation(node, "storage"):
+            yield
+            return
+        env_url = "give the whole URL as ${oc.env:VAR}, which Hydra saves unresolved (docs/sweeps.md)"
+        if sqlalchemy.engine.make_url(self.storage).get_backend_name() != "postgresql":
+            raise UserError(
+                f"config {STORAGE_KEY}: {_masked(self.storage)} holds a password, which Hydra would save in every "
+                f"trial's .hydra/hydra.yaml; {env_url}"
+            )
+        before = os.environ.get("PGPASSWORD")
+        if before not in (None, password):
+            raise UserError(
+                f"config {STORAGE_KEY}: {_masked(self.storage)} holds a password other than PGPASSWORD's; keep one: "
+                f"drop it from the URL (PGPASSWORD or ~/.pgpass gives it), or {env_url}"
+            )
+        bare = credentials.without_password(self.storage)
+        with read_write(self.config.hydra), open_dict(self.config.hydra):
+            node.storage = bare
+            overrides = [
+                item for item in self.config.hydra.overrides.hydra if item.lstrip("+~").partition("=")[0] != STORAGE_KEY
+            ]
+            self.config.hydra.overrides.hydra = [*overrides, f"{STORAGE_KEY}={_quoted(bare)}"]
+        os.environ["PGPASSWORD"] = password
+        try:
+            yield
+        finally:
+            if before is None:
+                os.environ.pop("PGPASSWORD", None)
+
     def _sweep(self, arguments: list[str]) -> None:
+        self._check_keys()
+        check_tracking_uri(self.config)  # before any trial's .hydra/ files would save the password
         self._process_searchspace_config()
         params_conf = self._parse_sweeper_params_config() + list(arguments)
         distributions, fixed_params, fixed_overrides = create_params_from_overrides(params_conf)
@@ -147,7 +199,6 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
         directions = self._get_directions()
         if len(directions) > 1 and self.pruner_config:
             raise ValueError("Optuna cannot prune multi-objective studies: set hydra.sweeper.pruner=null")
-        self._check_heartbeat_keys()
         # Whatever the sweep needs before its first trial: a mistake here is the user's to fix, and no trial is
         # asked for (and failed) before it is fixed.
         self._make_sweep_dir()
@@ -182,13 +233,36 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
                 failed += self._run_batch(study, trials, distributions, fixed_params, fixed_overrides)
             launched += len(trials)
             if failed / launched > self.max_failure_rate:
-                raise RuntimeError(
-                    f"{failed} of {launched} trials failed, above hydra.sweeper.max_failure_rate="
-                    f"{self.max_failure_rate}; see the FAIL trials' 'error' attribute and their run directories"
+                self._write_results(study, directions)
+                raise SweepFailed(
+                    f"sweep stopped: {failed} of {launched} trials failed, above hydra.sweeper.max_failure_rate="
+                    f"{self.max_failure_rate}; {self._where_errors_are(study)}"
                 )
         self._write_results(study, directions)
+        if launched and failed == launched:  # tolerated (max_failure_rate=1.0), but worth a line of its own
+            log.warning(
+                "every trial of this sweep failed (%d of %d); %s", failed, launched, self._where_errors_are(study)
+            )
 
-    def _check_heartbeat_keys(self) -> None:
+    def _where_errors_are(self, study: optuna.Study) -> str:
+        failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+        last = failed[-1].user_attrs.get("error", "") if failed else ""
+        return (
+            f"each FAIL trial's error is in its 'error' user attribute (study '{study.study_name}' in "
+            f"{_masked(self.storage) if self.storage else 'memory'}) and in its run directory's metrics.json under "
+            f"{self.config.hydra.sweep.dir}" + (f"; the last: {last.splitlines()[0][:300]}" if last else "")
+        )
+
+    def _check_keys(self) -> None:
+        """The sweeper's own numbers, before the study is created: n_trials=0 would make an empty study and exit 0."""
+        n_trials = self.n_trials
+        if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+            raise UserError(f"config hydra.sweeper.n_trials: must be 1 or more, got {n_trials}")
+        if isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int) or self.n_jobs < 1:
+            raise UserError(f"config hydra.sweeper.n_jobs: must be 1 or more, got {self.n_jobs}")
+        rate = self.max_failure_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise UserError(f"config hydra.sweeper.max_failure_rate: must be between 0 and 1, got {rate}")
         for key in ("heartbeat_interval", "grace_period"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or value <= 0):
@@ -352,7 +426,7 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
         results: dict[str, Any] = {
             "name": "optuna",
             "study_name": study.study_name,
-            "storage": self.storage,
+            "storage": _masked(self.storage) if self.storage else None,
             "trials": counts,
         }
         completed = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]

@@ -11,7 +11,11 @@ its plain sweep loop lacks.
   one never re-draw the same sequence of parameters.
 - Heartbeats: a trial whose worker died is failed by another worker, and re-run with its parameters up to
   max_retry times.
-- A storage or sweep directory that cannot be opened is one `error:` line, before any trial is asked for.
+- A storage or sweep directory that cannot be opened, or a sweeper key out of range (n_trials=0), is one
+  `error:` line, before any trial is asked for; a sweep stopped by too many failed trials is one line too, with
+  exit status 1.
+- A password in the storage URL is written nowhere: the jobs' saved configs get the URL without it (and the jobs
+  the password through PGPASSWORD), logs and optimization_results.yaml the URL with it masked.
 
 Hydra only instantiates sweepers from the `hydra_plugins` package, hence this module's location. As Hydra's
 plugin guide advises, this module is light (configs and registration, imported by every run that composes a
@@ -139,6 +143,8 @@ class LoraOptunaSweeper(Sweeper):
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
+        from ._impl import SweepFailed
+
         try:
             return self.sweeper.sweep(arguments)
         except UserError as err:
@@ -146,3 +152,8 @@ class LoraOptunaSweeper(Sweeper):
             # single run, one line and exit status 2. SystemExit passes through Hydra's traceback printer.
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except SweepFailed as err:
+            # Too many trials failed: their errors are recorded, so one line says how many and where;
+            # status 1, as a run that fails (not a mistake on the command line) ends.
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)
