@@ -200,6 +200,16 @@ def make_seed_parent(run_dir):
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def unhashed(change):
+    """The change on a run written before metrics.json recorded sha256s: the files' own checks must catch it."""
+
+    def changed(run_dir):
+        edit_metrics(sha256=None)(run_dir)
+        change(run_dir)
+
+    return changed
+
+
 def truncate(name: str, keep: float = 0.5):
     def change(run_dir):
         path = run_dir / name
@@ -252,9 +262,10 @@ ERRORS = [
     ("bad_label", None, ["--csv", "{tmp}/bad_label.csv"], None, "column 'label', data row 2: label 'meh' is not one"),
     ("device", None, ["--device", "tpu"], "fine\n", "--device: unknown device 'tpu'"),
     ("out_folder", None, ["--out", "{tmp}/no/such.csv"], "fine\n", "no/such.csv: folder {tmp}/no not found"),
-    ("truncated_adapter", truncate("adapter/adapter_model.safetensors"), [], "fine\n",
+    ("truncated_adapter", unhashed(truncate("adapter/adapter_model.safetensors")), [], "fine\n",
      "adapter/adapter_model.safetensors: not a complete safetensors file (Error while deserializing header: "),
-    ("empty_head", truncate("head.safetensors", 0), [], "fine\n", "head.safetensors: not a complete safetensors file"),
+    ("empty_head", unhashed(truncate("head.safetensors", 0)), [], "fine\n",
+     "head.safetensors: not a complete safetensors file"),
     ("non_utf8_stdin", None, [], b"fine\ncaf\xe9 au lait\n", "stdin, line 1: not UTF-8 text (byte "
                                                                           "0xe9); convert it first"),
     ("out_is_csv", None, ["--csv", "{tmp}/labelled.csv", "--out", "{tmp}/labelled.csv"], None,
@@ -445,7 +456,7 @@ def test_export_force_never_deletes_the_run_its_siblings_or_a_folder_holding_run
 
 
 def test_a_truncated_adapter_is_one_line_in_export_and_leaves_no_folder(runs, tmp_path, capsys):
-    run_dir = broken_run(runs, tmp_path, truncate("adapter/adapter_model.safetensors"))
+    run_dir = broken_run(runs, tmp_path, unhashed(truncate("adapter/adapter_model.safetensors")))
     out = tmp_path / "new" / "parents" / "exported"
     code, _, err = call(export_lib.main, [run_dir, out], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1, err
