@@ -67,6 +67,11 @@ def resolve_weights(model_cfg) -> str | None:
     from transformers import AutoConfig
 
     name = model_cfg.pretrained
+    if not name:
+        raise UserError(
+            f"model '{model_cfg.name}': no weights named; give model.path=/folder/with/weights or "
+            "model.pretrained=<Hugging Face id>"
+        )
     try:
         AutoConfig.from_pretrained(name, local_files_only=True)
         return name  # in the local Hugging Face cache
