@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import peft
 import torch
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
@@ -230,7 +231,10 @@ def encoder_config(model_cfg, weights: str | None):
     if weights is None and not model_cfg.arch and model_cfg.path:
         return encoder_config(model_cfg, resolve_weights(model_cfg))  # model=auto: the folder's config.json
     if weights is None:
-        arch = dict(model_cfg.arch)
+        # Plain lists and dicts: transformers' strict config dataclasses refuse OmegaConf's ListConfig.
+        arch = (
+            OmegaConf.to_container(model_cfg.arch) if isinstance(model_cfg.arch, DictConfig) else dict(model_cfg.arch)
+        )
         model_type = arch.pop("model_type", None)
         if model_type is None:
             raise UserError(f"model '{model_cfg.name}': model.arch needs a model_type to build a random-init model")
