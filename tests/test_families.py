@@ -356,3 +356,87 @@ def test_a_short_run_completes_and_its_cache_gives_the_numbers_of_eval(tmp_path,
         assert after["val_loss"] == pytest.approx(before["val_loss"], abs=1e-5)
     assert cache_run["test"]["loss"] == pytest.approx(eval_run["test"]["loss"], abs=1e-5)
     assert cache_run["params"] == eval_run["params"]
+
+
+# ---- saved folders given as model=auto model.path=<folder> and no other model key ----
+
+SAVED = ["roberta", "deberta-v2", "electra", "modernbert", "mpnet"]
+
+
+def save_folder(folder, model_type: str, sentence_transformers: bool) -> None:
+    """A random tiny model (save_pretrained) with the bert-base-uncased tokenizer, as a user's folder would be."""
+    from transformers import AutoTokenizer
+
+    from sentiment_lora.sources import package_model_path
+
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_config(model_type)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(package_model_path()).save_pretrained(folder)
+    if sentence_transformers:  # sentence-transformers records its pooling beside the weights
+        (folder / "1_Pooling").mkdir()
+        modes = {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps(modes))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", SAVED)
+def test_a_saved_folder_trains_predicts_and_exports_with_model_auto(tmp_path, capsys, model_type):
+    import numpy as np
+    import pandas as pd
+
+    from sentiment_lora import data as data_lib
+    from sentiment_lora import export as export_lib
+    from sentiment_lora import predict as predict_lib
+    from sentiment_lora.loop import predict
+    from sentiment_lora.model import load_trained
+
+    from .conftest import run_cli
+
+    folder = tmp_path / f"my-{model_type}"
+    mean = model_type in ("mpnet", "roberta")  # two of them as sentence-transformers folders
+    save_folder(folder, model_type, sentence_transformers=mean)
+    reviews = write_reviews(tmp_path / "reviews.csv", n=60)
+    run_dir = tmp_path / "run"
+    # qkvo: q, k, v and the attention output, on ModernBERT its fused Wqkv and Wo; the layer below cached.
+    args = ["model=auto", f"model.path={folder}", "data=csv", f"data.path={reviews}", "trainer.epochs=1",
+            "trainer.max_length=32", "trainer.progress=false", "trainer.precision=fp32", "lora/targets=qkvo",
+            "lora.top_layers=1", "trainer.frozen_prefix=cache", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    done = run_cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "complete" and metrics["prefix_cache_s"] > 0
+    assert (metrics["model"]["name"], metrics["model"]["pooling"]) == (f"my-{model_type}", "mean" if mean else "cls")
+
+    # predict reproduces test_predictions.csv, digit for digit
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    test_csv, out = tmp_path / "test.csv", tmp_path / "scored.csv"
+    data_lib.load_splits(cfg.data)["test"].to_csv(test_csv, index=False)
+    predict_lib.main([str(run_dir), "--csv", str(test_csv), "--out", str(out)])
+    saved, scored = pd.read_csv(run_dir / "test_predictions.csv", dtype=str), pd.read_csv(out, dtype=str)
+    assert len(scored) == metrics["split_sizes"]["test"] > 3
+    for column in ("row", "prob", "prediction"):
+        assert scored[column].tolist() == saved[column].tolist(), column
+
+    # the export loads with plain transformers and scores as the run's model does
+    export_lib.main([str(run_dir), str(tmp_path / "exported")])
+    capsys.readouterr()
+    texts = ["A wonderful, moving film.", "awful boring movie", "the plot was fine, the cast weak"]
+    trained = load_trained(cfg.model, run_dir)
+    rows = data_lib.encode(pd.DataFrame({"text": texts, "label": 0}), trained.tokenizer, cfg.trainer.max_length)
+    expected = predict(trained.model, rows, trained.tokenizer, 8, torch.device("cpu"), None)
+    plain = export_lib.plain_probabilities(tmp_path / "exported", texts)
+    np.testing.assert_allclose(plain, expected, rtol=0, atol=1e-5)
+    assert json.loads((tmp_path / "exported" / "config.json").read_text())["model_type"] == model_type
+
+
+@pytest.mark.parametrize("model_type", ["modernbert", "albert"])
+def test_model_auto_dry_run_counts_from_the_folders_config_without_loading_weights(tmp_path, capsys, model_type):
+    folder = tmp_path / "folder"
+    save_folder(folder, model_type, sentence_transformers=False)
+    (folder / "model.safetensors").unlink()  # dry_run builds the architecture from config.json alone
+    cfg = compose_config(["model=auto", f"model.path={folder}", "lora/targets=all", "dry_run=true"])
+    dry_run(cfg, tmp_path)
+    printed = capsys.readouterr().out
+    layers = [0] if model_type == "albert" else [0, 1]
+    expected = independent_count(model_type, all_targets(model_type), 4, layers)
+    assert printed.startswith("folder lora r=4") and f"trainable {expected:,} of" in printed
