@@ -228,8 +228,8 @@ def _config_overrides(model_cfg, model_type: str) -> dict[str, float]:
 
 def encoder_config(model_cfg, weights: str | None):
     """The encoder's transformers config: loaded with the weights, else built from model.arch; overrides applied."""
-    if weights is None and not model_cfg.arch and model_cfg.path:
-        return encoder_config(model_cfg, resolve_weights(model_cfg))  # model=auto: the folder's config.json
+    if weights is None and not model_cfg.arch and (model_cfg.path or model_cfg.source != "random"):
+        return encoder_config(model_cfg, resolve_weights(model_cfg))  # model=auto: the folder's or id's config.json
     if weights is None:
         # Plain lists and dicts: transformers' strict config dataclasses refuse OmegaConf's ListConfig.
         arch = (

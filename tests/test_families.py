@@ -440,3 +440,32 @@ def test_model_auto_dry_run_counts_from_the_folders_config_without_loading_weigh
     layers = [0] if model_type == "albert" else [0, 1]
     expected = independent_count(model_type, all_targets(model_type), 4, layers)
     assert printed.startswith("folder lora r=4") and f"trainable {expected:,} of" in printed
+
+
+@pytest.mark.slow
+def test_model_auto_with_a_hub_id_from_the_local_hugging_face_cache(tmp_path, monkeypatch):
+    from .conftest import run_cli
+
+    # The cache's own layout: models--<org>--<name>/snapshots/<commit>/ and refs/main naming the commit.
+    repo = tmp_path / "hf" / "models--acme--tiny-electra"
+    save_folder(repo / "snapshots" / "0123abc", "electra", sentence_transformers=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    reviews = write_reviews(tmp_path / "reviews.csv", n=40)
+    run_dir = tmp_path / "run"
+    args = ["model=auto", "model.pretrained=acme/tiny-electra", "data=csv", f"data.path={reviews}",
+            "trainer.epochs=1", "trainer.max_length=24", "trainer.progress=false"]  # fmt: skip
+    args.append(f"hydra.run.dir={run_dir}")
+    done = run_cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["status"], metrics["model"]["name"], metrics["model"]["pooling"]) == (
+        "complete",
+        "tiny-electra",
+        "mean",
+    )
+    # Nothing named: one line.
+    done = run_cli(["model=auto", "dry_run=true"], tmp_path)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "give model.path=/folder/with/weights or model.pretrained=" in done.stderr
