@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from sentiment_lora.errors import UserError
@@ -40,7 +40,6 @@ class Family:
     shared_layers: bool = False  # one physical layer run at every depth (ALBERT)
     no_prefix: str | None = None  # why trainer.frozen_prefix=eval/cache below the top is refused (None: exact)
     no_cache: str | None = None  # why trainer.frozen_prefix=cache below the top is refused (eval works)
-    notes: str = field(default="", compare=False)
 
     def modules(self, target: str) -> tuple[str, ...]:
         """Module paths (relative to a layer) of an abstract target; qkv is the three projections or the fused one."""
@@ -236,13 +235,18 @@ def auto_name(path: str | None, pretrained: str | None) -> str:
 
 
 def auto_pooling(path: str | None, pretrained: str | None) -> str:
-    """A sentence-transformers folder's pooling (1_Pooling/config.json), else the families' default: cls.
+    """A sentence-transformers folder's pooling (1_Pooling/config.json), else the family's default (the table's).
 
     A pooling mode the harness lacks (max, weighted mean, ...) comes back by name, so validation refuses it.
     """
     found = _local_file(path, pretrained, "1_Pooling/config.json")
     if found is None:
-        return "cls"
+        config = _local_file(path, pretrained, "config.json")
+        try:
+            model_type = json.loads(config.read_text()).get("model_type") if config else None
+        except (OSError, ValueError):
+            model_type = None  # an unreadable config.json is reported where the weights are loaded
+        return FAMILIES[model_type].pooling if model_type in FAMILIES else "cls"
     try:
         modes = json.loads(found.read_text())
     except (OSError, ValueError):

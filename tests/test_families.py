@@ -469,3 +469,39 @@ def test_model_auto_with_a_hub_id_from_the_local_hugging_face_cache(tmp_path, mo
     done = run_cli(["model=auto", "dry_run=true"], tmp_path)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
     assert "give model.path=/folder/with/weights or model.pretrained=" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "model_type,attention_keys,hidden_keys",
+    [
+        ("bert", ["attention_probs_dropout_prob"], ["hidden_dropout_prob"]),
+        ("distilbert", ["attention_dropout"], ["dropout"]),
+        ("modernbert", ["attention_dropout"], ["embedding_dropout", "mlp_dropout"]),
+        ("mpnet", ["attention_probs_dropout_prob"], ["hidden_dropout_prob"]),
+    ],
+)
+def test_dropout_overrides_reach_the_familys_own_config_keys(model_type, attention_keys, hidden_keys):
+    from sentiment_lora.model import encoder_config
+
+    cfg = compose_config(["model=tiny", "model.attention_dropout=0.25", "model.hidden_dropout=0.125"])
+    with open_dict(cfg):
+        cfg.model.arch = arch(model_type)
+    config = encoder_config(cfg.model, None)
+    assert [getattr(config, key) for key in attention_keys] == [0.25] * len(attention_keys)
+    assert [getattr(config, key) for key in hidden_keys] == [0.125] * len(hidden_keys)
+
+
+def test_model_auto_pooling_comes_from_1_pooling_else_the_family_and_an_unknown_mode_is_refused(tmp_path):
+    from sentiment_lora.config import validate
+
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "deberta-v2"}))
+    cfg = compose_config(["model=auto", f"model.path={folder}"])
+    assert (cfg.model.name, cfg.model.pooling) == ("my-model", "cls")
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_max_tokens": True}))
+    cfg = compose_config(["model=auto", f"model.path={folder}"])
+    with pytest.raises(UserError, match=r"config model.pooling: unknown value 'max_tokens \(from .*1_Pooling"):
+        validate(cfg)
+    assert compose_config(["model=auto", "model.pretrained=org/some-model"]).model.name == "some-model"
