@@ -38,6 +38,7 @@ class Family:
     position_offset: int = 0  # positions the model reserves (RoBERTa family: ids start at padding_idx + 1)
     pooling: str = "cls"  # HF's own classification heads read token 0
     shared_layers: bool = False  # one physical layer run at every depth (ALBERT)
+    layer_returns_tuple: bool = False  # a layer returns (hidden, attentions), not a tensor (its encoder's loop unpacks)
     no_prefix: str | None = None  # why trainer.frozen_prefix=eval/cache below the top is refused (None: exact)
     no_cache: str | None = None  # why trainer.frozen_prefix=cache below the top is refused (eval works)
 
@@ -72,9 +73,12 @@ FAMILIES: dict[str, Family] = {
     "big_bird": _bert_like(no_cache=_PADS + "a layer is not one per review token"),
     "longformer": _bert_like(position_offset=2, no_cache=_PADS + "a layer is not one per review token"),
     "deberta-v2": _bert_like(
-        q=("attention.self.query_proj",), k=("attention.self.key_proj",), v=("attention.self.value_proj",)
+        q=("attention.self.query_proj",),
+        k=("attention.self.key_proj",),
+        v=("attention.self.value_proj",),
+        layer_returns_tuple=True,
     ),
-    "deberta": _bert_like(q=(), k=(), v=(), fused_qkv="attention.self.in_proj"),
+    "deberta": _bert_like(q=(), k=(), v=(), fused_qkv="attention.self.in_proj", layer_returns_tuple=True),
     "distilbert": Family(
         layer="transformer.layer.{i}",
         layers_path="transformer.layer",
@@ -92,6 +96,7 @@ FAMILIES: dict[str, Family] = {
         v=("attention.attn.v",),
         output=("attention.attn.o",),
         position_offset=2,
+        layer_returns_tuple=True,
     ),
     "modernbert": Family(
         layer="layers.{i}",

@@ -111,7 +111,7 @@ class SentimentClassifier(nn.Module):
         with hooks because transformers has no public "start at layer k from this hidden state" entry point.
         """
         layers = list(self.layers())
-        returns_tuple = self.model_type in LAYERS_RETURNING_TUPLES
+        returns_tuple = self.family.layer_returns_tuple
 
         def skip(*args, **kwargs):
             hidden = _hidden_argument(args, kwargs)
@@ -146,10 +146,6 @@ class SentimentClassifier(nn.Module):
                 hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             pooled = self.pool(hidden, attention_mask)
         return self.head(self.dropout(pooled)).squeeze(-1)
-
-
-# Families whose layer returns (hidden, attentions) rather than a tensor (read from their encoders' loops).
-LAYERS_RETURNING_TUPLES = {"deberta", "deberta-v2", "mpnet"}
 
 
 def layers_path_is_table(classifier: SentimentClassifier) -> bool:
