@@ -505,3 +505,15 @@ def test_model_auto_pooling_comes_from_1_pooling_else_the_family_and_an_unknown_
     with pytest.raises(UserError, match=r"config model.pooling: unknown value 'max_tokens \(from .*1_Pooling"):
         validate(cfg)
     assert compose_config(["model=auto", "model.pretrained=org/some-model"]).model.name == "some-model"
+
+
+@pytest.mark.parametrize("model_type", ["modernbert", "deberta-v2", "distilbert"])
+def test_lora_layers_picks_exactly_the_listed_layers_of_each_family(model_type):
+    kwargs = {**arch(model_type), ("n_layers" if model_type == "distilbert" else "num_hidden_layers"): 3}
+    torch.manual_seed(0)
+    model = SentimentClassifier(
+        AutoModel.from_config(AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)), "mean", 0.0
+    )
+    cfg = lora_cfg(["qkv", "ffn"])
+    cfg.layers = [0, 2]
+    assert adapted_names(attach_lora(model, cfg)) == expected_modules(model_type, ["qkv", "ffn"], [0, 2])
