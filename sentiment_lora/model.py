@@ -13,66 +13,62 @@ from typing import NamedTuple
 
 import peft
 import torch
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
+from sentiment_lora import encoders
 from sentiment_lora.errors import UserError
 from sentiment_lora.results import METRICS_FILE, new_file_mode, read_metrics
 from sentiment_lora.runtime import DTYPES
 from sentiment_lora.sources import resolve_weights, tokenizer_source
 
-# Name of the attention-probability dropout in each architecture's transformers config.
-ATTENTION_DROPOUT_KEY = {"bert": "attention_probs_dropout_prob", "distilbert": "attention_dropout"}
+
+class _Stop(Exception):
+    """Raised by a hook to end the encoder's forward once the frozen prefix's output has been seen."""
 
 
-class PassThrough(nn.Module):
-    """Stands in for the embeddings when the encoder is fed a cached hidden state through inputs_embeds.
-
-    BERT calls its embeddings with keywords, DistilBERT positionally (input_ids, inputs_embeds, ...).
-    """
-
-    def forward(self, *args, inputs_embeds: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        return inputs_embeds if inputs_embeds is not None else args[1]
+def _hidden_argument(args: tuple, kwargs: dict):
+    """The hidden state a layer is called with: every family's loop passes it first (or as hidden_states)."""
+    return args[0] if args else kwargs["hidden_states"]
 
 
 class SentimentClassifier(nn.Module):
     """Encoder -> pooled vector -> dropout -> Linear(hidden, 1); forward returns one logit per review.
 
     forward also accepts `prefix`, the cached output of the frozen lower part of the encoder (see
-    `frozen_depth`): a (batch, seq, hidden) state after `cached_depth` layers, or (batch, hidden) pooled vectors
-    when the whole encoder is frozen.
+    `frozen_depth`): a (batch, seq, hidden) state, the input of layer `cached_depth`, or (batch, hidden) pooled
+    vectors when the whole encoder is frozen.
+
+    The per-family facts (layer list, targets, positions) come from the architecture table (encoders.py) by the
+    encoder's config.model_type; `layers_path` given by hand (model.layers_path) overrides the table's.
     """
 
-    def __init__(self, encoder: nn.Module, pooling: str, head_dropout: float, layers_path: str = "encoder.layer"):
+    def __init__(
+        self, encoder: nn.Module, pooling: str, head_dropout: float, layers_path: str | None = None, hand_map=False
+    ):
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
         self.dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(encoder.config.hidden_size, 1)
-        self.layers_path = layers_path
+        self.model_type = encoder.config.model_type
+        self.family = encoders.family(self.model_type, hand_map=hand_map)
+        if layers_path is None and self.family is None:
+            raise UserError(
+                f"model.layers_path: model_type '{self.model_type}' is not in the family table; name its layer list "
+                "(e.g. model.layers_path=encoder.layer) beside model.targets_map"
+            )
+        self.layers_path = layers_path or self.family.layers_path
         self.cached_depth = 0
 
     def layers(self) -> nn.ModuleList:
-        return attrgetter(self.layers_path)(self.encoder)
-
-    @contextmanager
-    def _only_layers(self, selected: slice, skip_embeddings: bool):
-        """Run the encoder's own forward (its masks, its pooling-free output) over a slice of its layers.
-
-        Hand-written because transformers has no public "start at layer k from this hidden state" entry point.
-        """
-        parent_path, _, name = self.layers_path.rpartition(".")
-        parent = attrgetter(parent_path)(self.encoder) if parent_path else self.encoder
-        layers, embeddings = getattr(parent, name), self.encoder.embeddings
-        setattr(parent, name, nn.ModuleList(list(layers)[selected]))
-        if skip_embeddings:
-            self.encoder.embeddings = PassThrough()
-        try:
-            yield
-        finally:
-            setattr(parent, name, layers)
-            self.encoder.embeddings = embeddings
+        found = attrgetter(self.layers_path)(self.encoder)
+        if self.family is not None and self.family.shared_layers and layers_path_is_table(self):
+            # ALBERT: the physical layers of every layer group (one by default, run at every depth).
+            return nn.ModuleList([layer for group in found for layer in group.albert_layers])
+        return found
 
     def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "mean":
@@ -82,12 +78,62 @@ class SentimentClassifier(nn.Module):
 
     @torch.inference_mode()
     def frozen_output(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, depth: int) -> torch.Tensor:
-        """Output of the embeddings and the first `depth` layers, or pooled vectors when depth is every layer."""
+        """The input of layer `depth` as the model's own forward computes it (its embeddings, embedding
+        projection, masks, relative positions, convolutions...), or pooled vectors when depth is every layer.
+
+        A pre-hook on that layer records its input and stops the forward, so the layers above never run.
+        transformers has no public "hidden state entering layer k" entry point; `output_hidden_states` gives the
+        same tensor (tests/test_families.py checks it) but runs every layer.
+        """
         if depth == len(self.layers()):
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             return self.pool(hidden, attention_mask)
-        with self._only_layers(slice(0, depth), skip_embeddings=False):
-            return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        seen = []
+
+        def record(_module, args, kwargs):
+            seen.append(_hidden_argument(args, kwargs))
+            raise _Stop
+
+        handle = self.layers()[depth].register_forward_pre_hook(record, with_kwargs=True)
+        try:
+            self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return seen[0]
+
+    @contextmanager
+    def _from_cache(self, state: torch.Tensor):
+        """Run the encoder's own forward with `state` as the input of layer `cached_depth`.
+
+        Everything the model computes around its layer loop (masks, rotary or relative-position terms, final norms)
+        still runs from the token ids; the layers below are skipped (their forward returns its input unchanged,
+        in the form the family's loop unpacks) and a pre-hook replaces the input of the first layer above. Done
+        with hooks because transformers has no public "start at layer k from this hidden state" entry point.
+        """
+        layers = list(self.layers())
+        returns_tuple = self.family.layer_returns_tuple
+
+        def skip(*args, **kwargs):
+            hidden = _hidden_argument(args, kwargs)
+            return (hidden, None) if returns_tuple else hidden
+
+        def substitute(_module, args, kwargs):
+            if args:
+                return (state.to(args[0].dtype), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": state.to(kwargs["hidden_states"].dtype)}
+
+        below = layers[: self.cached_depth]
+        for layer in below:
+            layer.forward = skip
+        handle = layers[self.cached_depth].register_forward_pre_hook(substitute, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+            for layer in below:
+                del layer.forward
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor | None = None
@@ -98,10 +144,14 @@ class SentimentClassifier(nn.Module):
         elif prefix.dim() == 2:
             pooled = prefix
         else:
-            with self._only_layers(slice(self.cached_depth, None), skip_embeddings=True):
-                hidden = self.encoder(inputs_embeds=prefix, attention_mask=attention_mask).last_hidden_state
+            with self._from_cache(prefix):
+                hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             pooled = self.pool(hidden, attention_mask)
         return self.head(self.dropout(pooled)).squeeze(-1)
+
+
+def layers_path_is_table(classifier: SentimentClassifier) -> bool:
+    return classifier.family is not None and classifier.layers_path == classifier.family.layers_path
 
 
 def frozen_depth(classifier: SentimentClassifier) -> int | None:
@@ -120,25 +170,69 @@ def frozen_depth(classifier: SentimentClassifier) -> int | None:
     return first
 
 
+@torch.inference_mode()
 def frozen_modules(classifier: SentimentClassifier, depth: int) -> list[nn.Module]:
-    """The modules below the first adapted layer: they run in eval mode under trainer.frozen_prefix=eval/cache."""
+    """The modules below the first adapted layer: they run in eval mode under trainer.frozen_prefix=eval/cache.
+
+    Found by running the encoder once on a few tokens and recording every module whose forward completes before
+    layer `depth` starts: the embeddings, embedding projections, relative-position terms, the lower layers with
+    their attention modules (whose own `training` flag switches attention dropout) and anything a family runs
+    between its layers (DeBERTa-v2's convolution after layer 0) are caught wherever the family keeps them, while
+    the modules still running (the encoder itself) are not.
+    """
     if depth == len(classifier.layers()):
         return [classifier.encoder]
-    return [classifier.encoder.embeddings, *list(classifier.layers())[:depth]]
+    completed: dict[int, nn.Module] = {}
+
+    def note(module, _args, _output):
+        completed.setdefault(id(module), module)
+
+    def stop(_module, _args):
+        raise _Stop
+
+    handles = [module.register_forward_hook(note) for module in classifier.encoder.modules()]
+    handles.append(classifier.layers()[depth].register_forward_pre_hook(stop))
+    device = next(classifier.encoder.parameters()).device
+    ids = torch.tensor([[2, 5, 6, 7, 3]], device=device)  # any few in-vocabulary tokens: only the calls matter
+    try:
+        classifier.encoder(input_ids=ids, attention_mask=torch.ones_like(ids))
+    except _Stop:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return list(completed.values())
+
+
+def check_frozen_prefix(classifier: SentimentClassifier, mode: str, depth: int) -> None:
+    """Refuse a frozen-prefix mode the family cannot run exactly below its top layer (see encoders.FAMILIES)."""
+    family = classifier.family
+    if mode == "live" or depth == len(classifier.layers()):
+        return
+    reason = family.no_prefix if family else "its model_type is outside the family table"
+    if reason is None and mode == "cache":
+        reason = family.no_cache
+    if reason:
+        raise UserError(
+            f"config trainer.frozen_prefix: '{mode}' is not supported for {classifier.model_type}: {reason}; use "
+            "trainer.frozen_prefix=live, or adapt only the head (the whole encoder is then frozen and cached)"
+        )
 
 
 def _config_overrides(model_cfg, model_type: str) -> dict[str, float]:
-    if model_cfg.attention_dropout is None:
-        return {}
-    if model_type not in ATTENTION_DROPOUT_KEY:
-        raise UserError(f"model.attention_dropout: not supported for model_type '{model_type}'")
-    return {ATTENTION_DROPOUT_KEY[model_type]: model_cfg.attention_dropout}
+    family = encoders.family(model_type, hand_map=True)
+    return encoders.dropout_overrides(family, model_type, model_cfg.attention_dropout, model_cfg.get("hidden_dropout"))
 
 
 def encoder_config(model_cfg, weights: str | None):
     """The encoder's transformers config: loaded with the weights, else built from model.arch; overrides applied."""
+    if weights is None and not model_cfg.arch and (model_cfg.path or model_cfg.source != "random"):
+        return encoder_config(model_cfg, resolve_weights(model_cfg))  # model=auto: the folder's or id's config.json
     if weights is None:
-        arch = dict(model_cfg.arch)
+        # Plain lists and dicts: transformers' strict config dataclasses refuse OmegaConf's ListConfig.
+        arch = (
+            OmegaConf.to_container(model_cfg.arch) if isinstance(model_cfg.arch, DictConfig) else dict(model_cfg.arch)
+        )
         model_type = arch.pop("model_type", None)
         if model_type is None:
             raise UserError(f"model '{model_cfg.name}': model.arch needs a model_type to build a random-init model")
@@ -168,7 +262,9 @@ def build_encoder(model_cfg, weights: str | None) -> nn.Module:
 def build_classifier(model_cfg, weights: str | None) -> SentimentClassifier:
     """The configured encoder (pretrained, or random init when weights is None) with its pooling and head."""
     encoder = build_encoder(model_cfg, weights)
-    return SentimentClassifier(encoder, model_cfg.pooling, model_cfg.head_dropout, model_cfg.layers_path)
+    return SentimentClassifier(
+        encoder, model_cfg.pooling, model_cfg.head_dropout, model_cfg.layers_path, bool(model_cfg.targets_map)
+    )
 
 
 def load_tokenizer(model_cfg, weights: str | None, max_length: int | None = None):
@@ -196,7 +292,8 @@ def load_tokenizer(model_cfg, weights: str | None, max_length: int | None = None
 
 def check_max_length(model_cfg, weights: str | None, tokenizer, max_length: int) -> None:
     """trainer.max_length against the encoder's position limit and the special tokens the tokenizer adds."""
-    positions = getattr(encoder_config(model_cfg, weights), "max_position_embeddings", None)
+    config = encoder_config(model_cfg, weights)
+    positions = encoders.usable_positions(encoders.family(config.model_type, hand_map=True), config)
     if positions is not None and max_length > positions:
         raise UserError(
             f"config trainer.max_length: {max_length} exceeds the {positions} positions of model "
@@ -319,16 +416,42 @@ def rank_for_budget(adapted: dict[str, nn.Linear], dora: bool, head_trained: int
     return rank
 
 
-def attach_lora(model: SentimentClassifier, lora_cfg, targets_map: dict[str, list[str]]) -> peft.PeftModel:
+def targets_and_map(
+    model: SentimentClassifier, lora_cfg, hand_map: dict[str, list[str]] | None
+) -> tuple[list[str], dict[str, list[str]], str]:
+    """(targets, target -> full-path regexes, layer lookahead) for a classifier: from the architecture table, or
+    from model.targets_map given by hand (which overrides the table)."""
+    targets = encoders.resolve_targets(model.family, model.model_type, list(lora_cfg.targets))
+    top_layers, layers = lora_cfg.get("top_layers"), lora_cfg.get("layers")
+    if model.family is not None and model.family.shared_layers and (top_layers is not None or layers is not None):
+        key = "lora.top_layers" if top_layers is not None else "lora.layers"
+        raise UserError(
+            f"config {key}: {model.model_type} runs one shared layer at all {model.encoder.config.num_hidden_layers} "
+            "depths, so adapters cannot be limited to some layers; set it to null (adapters then count once)"
+        )
+    indices = adapted_layers(len(model.layers()), top_layers, layers)
+    if not hand_map:
+        return targets, encoders.targets_map(model.family, indices), ""
+    hand_map = {key: list(value) for key, value in hand_map.items()}
+    if "qkv" not in hand_map and all(target in hand_map for target in encoders.QKV):
+        hand_map["qkv"] = [pattern for target in encoders.QKV for pattern in hand_map[target]]
+    missing = [target for target in targets if target != "head" and target not in hand_map]
+    if missing:
+        raise UserError(f"model.targets_map: does not map target '{missing[0]}'")
+    return targets, hand_map, layer_filter(model.layers_path, indices)
+
+
+def attach_lora(
+    model: SentimentClassifier, lora_cfg, targets_map: dict[str, list[str]] | None = None
+) -> peft.PeftModel:
     """Wrap with PEFT LoRA; everything but the adapters is frozen, then the head is unfrozen unless LoRA adapts it.
 
+    The modules come from the architecture table unless `targets_map` (model.targets_map) gives them by hand.
     The head is not put in PEFT's modules_to_save: that keeps a frozen copy beside a trainable one, which
     would inflate the total parameter count and the saved adapter. With lora.budget the rank is chosen here;
     `adapter_rank` reads back the one used.
     """
-    targets = list(lora_cfg.targets)
-    indices = adapted_layers(len(model.layers()), lora_cfg.get("top_layers"), lora_cfg.get("layers"))
-    only_layers = layer_filter(model.layers_path, indices)
+    targets, targets_map, only_layers = targets_and_map(model, lora_cfg, targets_map)
     adapted = check_targets(model, targets_map, targets, only_layers)
     dora = bool(lora_cfg.get("dora", False))
     if lora_cfg.get("budget") is None:

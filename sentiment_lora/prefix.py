@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from sentiment_lora import data as data_lib
 from sentiment_lora import memo
-from sentiment_lora.model import SentimentClassifier, frozen_depth, frozen_modules
+from sentiment_lora.model import SentimentClassifier, check_frozen_prefix, frozen_depth, frozen_modules
 from sentiment_lora.runtime import autocast
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ def prepare(
     depth = frozen_depth(classifier)
     if depth is None or cfg.trainer.frozen_prefix == "live":
         return FrozenPrefix("live", encoded)
+    check_frozen_prefix(classifier, cfg.trainer.frozen_prefix, depth)  # a family it would be wrong for: refused
     frozen = frozen_modules(classifier, depth)
     if cfg.trainer.frozen_prefix == "eval":
         return FrozenPrefix("eval", encoded, frozen)
@@ -86,7 +87,7 @@ def prepare(
 
     rows, reused = memo.FROZEN_PREFIXES.get(memo_key(cfg, weights, depth, n_layers, dtype), compute)
     seconds = time.perf_counter() - started
-    cached_what = "the whole encoder (pooled vectors)" if depth == n_layers else f"embeddings + {depth} layers"
+    cached_what = "the whole encoder (pooled vectors)" if depth == n_layers else f"the input of layer {depth}"
     how = "reused from an earlier run in this process" if reused else f"computed in {seconds:.1f} s"
     log.info("frozen prefix: %s of %d, %s", cached_what, n_layers, how)
     return FrozenPrefix("cache", rows, frozen, seconds)

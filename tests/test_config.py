@@ -8,6 +8,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
+from sentiment_lora import encoders
 from sentiment_lora.config import RANGES, TARGETS, Config, validate
 from sentiment_lora.errors import UserError
 
@@ -39,8 +40,10 @@ def test_each_option_composes_and_validates(group, option):
     cfg = compose_config(overrides)
     validate(cfg)
     assert set(cfg.lora.targets) <= set(TARGETS)
+    # Every target is mapped: by hand, or by the architecture table for the model's family (model=auto: its folder's).
+    table = encoders.targets_map(encoders.FAMILIES[cfg.model.arch.model_type]) if cfg.model.arch else None
     for target in cfg.lora.targets:
-        assert target == "head" or cfg.model.targets_map[target]
+        assert target == "head" or (cfg.model.targets_map or table or {target: 1})[target]
 
 
 SEED_SETTING = {

@@ -15,6 +15,7 @@ from sentiment_lora.model import (
     count_params,
     matched_modules,
     target_pattern,
+    targets_and_map,
 )
 from sentiment_lora.run import dry_run
 
@@ -87,7 +88,8 @@ def adapted(overrides):
     cfg = compose_config(["model=tiny", *overrides])
     torch.manual_seed(0)
     model = SentimentClassifier(build_encoder(cfg.model, None), cfg.model.pooling, 0.0)
-    return sorted(matched_modules(model, target_pattern(cfg.model.targets_map, list(cfg.lora.targets))))
+    targets, targets_map, only_layers = targets_and_map(model, cfg.lora, cfg.model.targets_map)
+    return sorted(matched_modules(model, target_pattern(targets_map, targets, only_layers)))
 
 
 def test_bert_ffn_and_attention_output_are_told_apart():
