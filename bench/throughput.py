@@ -46,6 +46,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sentiment_lora import data as data_lib  # noqa: E402
+from sentiment_lora import encoders  # noqa: E402
 from sentiment_lora.config import CONF_DIR, register_configs  # noqa: E402
 from sentiment_lora.model import (  # noqa: E402
     adapted_layers,
@@ -135,14 +136,18 @@ def training_arguments(cfg, out_dir: str):
 
 def peft_layout(model: nn.Module, cfg) -> dict:
     """LoraConfig keys for the run's adapter layout as a PEFT user writes it: the adapted Linears of every layer
-    by name, narrowed to the adapted layers by `layers_to_transform` (None: every layer)."""
-    encoder_targets = [target for target in cfg.lora.targets if target != "head"]
-    names = matched_modules(model, target_pattern(cfg.model.targets_map, encoder_targets))
-    n_layers = len(attrgetter(cfg.model.layers_path)(model.encoder))
-    layers = adapted_layers(n_layers, cfg.lora.top_layers, cfg.lora.layers)
+    by name (the architecture table's, or model.targets_map), narrowed to the adapted layers by
+    `layers_to_transform` (None: every layer)."""
+    model_type = model.encoder.config.model_type
+    family = encoders.family(model_type, hand_map=bool(cfg.model.targets_map))
+    targets_map = dict(cfg.model.targets_map) or encoders.targets_map(family)
+    targets = encoders.resolve_targets(family, model_type, list(cfg.lora.targets))
+    names = matched_modules(model, target_pattern(targets_map, [target for target in targets if target != "head"]))
+    layers_path = cfg.model.layers_path or family.layers_path
+    layers = adapted_layers(len(attrgetter(layers_path)(model.encoder)), cfg.lora.top_layers, cfg.lora.layers)
     layout = {"target_modules": names}
     if layers is not None:
-        layout |= {"layers_to_transform": layers, "layers_pattern": cfg.model.layers_path.rsplit(".", 1)[-1]}
+        layout |= {"layers_to_transform": layers, "layers_pattern": layers_path.rsplit(".", 1)[-1]}
     return layout
 
 

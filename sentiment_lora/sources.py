@@ -5,7 +5,6 @@ can fix, so failures are `UserError` lines that name the way out.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from sentiment_lora.errors import UserError
+from sentiment_lora.results import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +143,6 @@ def tokenizer_source(model_cfg, weights: str | None) -> str:
 def cache_root(cache_dir: str | None = None) -> Path:
     root = cache_dir or os.environ.get("SENTIMENT_LORA_CACHE") or Path.home() / ".cache" / "sentiment-lora"
     return Path(root).expanduser()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def imdb_csv(cache_dir: str | None = None) -> Path:

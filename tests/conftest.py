@@ -28,24 +28,26 @@ os.environ["OMP_NUM_THREADS"] = "1"
 REPO = Path(__file__).resolve().parents[1]
 
 # SENTIMENT_LORA_TEST_AUTO_BF16=1 runs the suite as a CPU with native bf16 (AVX512-BF16/AMX) would: there
-# trainer.precision=auto resolves to bf16 autocast, here usually to fp32, and a test that compares numbers without
+# trainer.precision=auto resolves to bf16 autocast. SENTIMENT_LORA_TEST_AUTO_BF16=0 runs it as an AVX2-only CPU
+# would: auto resolves to fp32. Unset, auto resolves as this machine does. A test that compares numbers without
 # pinning trainer.precision passes on one kind of machine only. The fixture below covers this process, a
 # sitecustomize (tests/bf16_site) every Python subprocess the tests start. Run the suite both ways when touching
 # numerics or tests that compare them.
-AUTO_BF16 = os.environ.get("SENTIMENT_LORA_TEST_AUTO_BF16") == "1"
-if AUTO_BF16:
+FORCED_AUTO_BF16 = {"1": True, "0": False}.get(os.environ.get("SENTIMENT_LORA_TEST_AUTO_BF16", ""))
+AUTO_BF16 = FORCED_AUTO_BF16 is True
+if FORCED_AUTO_BF16 is not None:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(REPO / "tests" / "bf16_site"), os.environ.get("PYTHONPATH")])
     )
 
 
 @pytest.fixture(autouse=True, scope="session")
-def _auto_precision_as_on_a_bf16_cpu():
-    if not AUTO_BF16:
+def _auto_precision_as_forced():
+    if FORCED_AUTO_BF16 is None:
         yield
         return
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("sentiment_lora.runtime.cpu_supports_bf16", lambda: True)
+        patch.setattr("sentiment_lora.runtime.cpu_supports_bf16", lambda: FORCED_AUTO_BF16)
         yield
 
 

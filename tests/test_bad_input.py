@@ -3,24 +3,13 @@ one `error:` line naming the key, file, column or row, exit status 2, nothing wr
 
 from __future__ import annotations
 
-import sys
-
 import pandas as pd
 import pytest
 
-from sentiment_lora.train import cli
-
 from .conftest import TINY_FAST, write_reviews
+from .test_cli import run_in_process
 
 SCHEMA = "unknown key (not in the schema, sentiment_lora/config.py)"
-
-
-def run_in_process(monkeypatch, capsys, tmp_path, args):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["sentiment_lora.train", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        cli()
-    return exit_info.value.code, capsys.readouterr().err
 
 
 def given_splits(tmp_path, val_labels: list[int]) -> list[str]:

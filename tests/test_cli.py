@@ -23,7 +23,7 @@ from sentiment_lora.run import train
 from sentiment_lora.runtime import DTYPES, pick_dtype
 from sentiment_lora.train import cli
 
-from .conftest import AUTO_BF16, TINY_FAST, compose_config, run_cli, write_reviews
+from .conftest import FORCED_AUTO_BF16, TINY_FAST, compose_config, run_cli, write_reviews
 
 METRIC_KEYS = {"accuracy", "f1", "precision", "recall", "roc_auc", "loss", "n"}
 
@@ -284,12 +284,15 @@ def test_config_id_ignores_the_seed_and_what_cannot_change_numbers_but_not_the_r
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not AUTO_BF16, reason="checks SENTIMENT_LORA_TEST_AUTO_BF16=1, the suite run as a bf16 CPU")
-def test_the_auto_bf16_mode_reaches_this_process_and_its_subprocesses():
-    assert pick_dtype("auto", torch.device("cpu")) == torch.bfloat16
+@pytest.mark.skipif(
+    FORCED_AUTO_BF16 is None, reason="checks SENTIMENT_LORA_TEST_AUTO_BF16=1 or 0, the suite run as a bf16 or AVX2 CPU"
+)
+def test_the_forced_auto_precision_reaches_this_process_and_its_subprocesses():
+    expected = torch.bfloat16 if FORCED_AUTO_BF16 else None
+    assert pick_dtype("auto", torch.device("cpu")) == expected
     probe = "import torch, sentiment_lora.runtime as r; print(r.pick_dtype('auto', torch.device('cpu')))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip() == "torch.bfloat16", done.stderr
+    assert done.stdout.strip() == str(expected), done.stderr
 
 
 def test_a_model_path_of_an_unknown_model_type_is_one_line_and_leaves_nothing(monkeypatch, capsys, tmp_path):
