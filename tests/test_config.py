@@ -284,9 +284,11 @@ def test_an_added_key_outside_the_schema_is_one_line_naming_the_likely_key(overr
 
 
 def test_keys_added_inside_free_form_dicts_are_accepted():
-    cfg = compose_config(["model=tiny", "+model.arch.type_vocab_size=2", "+model.targets_map.extra=[x]"])
+    hand_map = [f"+model.targets_map.{target}=[encoder.layer.0.attention.self.{name}]" for target, name in
+                (("q", "query"), ("v", "value"), ("extra", "key"))]  # fmt: skip
+    cfg = compose_config(["model=tiny", "+model.arch.type_vocab_size=2", *hand_map])
     validate(cfg)
-    assert cfg.model.arch.type_vocab_size == 2
+    assert cfg.model.arch.type_vocab_size == 2 and list(cfg.model.targets_map) == ["q", "v", "extra"]
 
 
 @pytest.mark.parametrize(
