@@ -41,8 +41,10 @@ class RunExists(UserError):
     """A command into a directory that holds a run of another configuration: refused, the directory untouched."""
 
 
-def _seed_dirs(run_dir: Path) -> list[Path]:
-    return [path for path in run_dir.glob("seed_*") if SEED_DIR.fullmatch(path.name) and path.is_dir()]
+def seed_runs(run_dir: Path) -> list[Path]:
+    """The seed_<n>/ replicates of a seeds=[...] run, by seed."""
+    found = [path for path in Path(run_dir).glob("seed_*") if SEED_DIR.fullmatch(path.name) and path.is_dir()]
+    return sorted(found, key=lambda path: int(SEED_DIR.fullmatch(path.name).group(1)))
 
 
 def holds_run(run_dir: Path) -> bool:
@@ -50,7 +52,7 @@ def holds_run(run_dir: Path) -> bool:
     run_dir = Path(run_dir)
     return any(
         (where / name).exists()
-        for where in (run_dir, *_seed_dirs(run_dir))
+        for where in (run_dir, *seed_runs(run_dir))
         for name in (results.METRICS_FILE, CHECKPOINT_FILE)
     )
 

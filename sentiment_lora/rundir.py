@@ -6,7 +6,6 @@ UserError line that names the file and the way out.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,12 +16,11 @@ from sentiment_lora import __version__
 from sentiment_lora.config import Config
 from sentiment_lora.credentials import masked, redacted
 from sentiment_lora.errors import UserError
-from sentiment_lora.immutable import RUN_CONFIG_FILE, read_own_config
+from sentiment_lora.immutable import RUN_CONFIG_FILE, SEED_DIR, read_own_config, seed_runs
 from sentiment_lora.results import METRICS_FILE, RUN_FORMAT, read_metrics, sha256_of
 
 # What load_trained reads besides metrics.json (encoder.safetensors too, for random-init models).
 MODEL_FILES = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "head.safetensors")
-SEED_DIR = re.compile(r"seed_(\d+)")
 
 
 @dataclass
@@ -32,11 +30,6 @@ class Run:
     metrics: dict
     hydra_dir: Path  # the .hydra folder of the command that made it (the parent's, for a seed_<n> run)
     own: DictConfig | None = None  # its run.yaml (None for a run written before run.yaml existed)
-
-
-def _seed_runs(run_dir: Path) -> list[Path]:
-    found = [path for path in run_dir.glob("seed_*") if SEED_DIR.fullmatch(path.name) and path.is_dir()]
-    return sorted(found, key=lambda path: int(SEED_DIR.fullmatch(path.name).group(1)))
 
 
 def check_format(metrics: dict, where: Path) -> None:
@@ -82,7 +75,7 @@ def open_run(run_dir: str | Path) -> Run:
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir}: is not a directory")
     metrics_path = run_dir / METRICS_FILE
-    seeds = _seed_runs(run_dir)
+    seeds = seed_runs(run_dir)
     if not metrics_path.exists() and seeds:
         listed = ", ".join(str(path) for path in seeds)
         raise UserError(f"run directory {run_dir}: holds one run per seed; pick one of {listed}")
