@@ -283,7 +283,11 @@ class TrainerConfig:
         "Clip the gradient norm to this value; null disables clipping.", 1.0, within=POSITIVE
     )
     num_threads: int | None = _help("torch CPU threads; null leaves torch's default.", None, within=AT_LEAST_ONE)
-    progress: bool = _help("Show a tqdm progress bar per epoch.", True)
+    progress: bool | None = _help(
+        "A tqdm progress bar per epoch: true, false, or null (default) for a bar only when stderr is a terminal. A "
+        "cluster job's stderr is a log file, where a bar's carriage-return updates would be most of the log.",
+        None,
+    )
     length_grouping: bool = _help(
         "Training batches of similar length (transformers' LengthGroupedSampler, seeded), so less padding is "
         "computed; false shuffles uniformly. Evaluation always runs length-sorted, which changes no prediction.",

@@ -96,12 +96,19 @@ def evaluate(model, rows: list[dict], tokenizer, batch_size: int, device, dtype)
     return classification_metrics(labels, probs, loss_sum / len(labels)), labels, probs
 
 
+def bar_disabled(progress: bool | None) -> bool | None:
+    """tqdm's `disable`: None is tqdm's own "only on a terminal" (off when stderr is a file, as in a cluster job)."""
+    return None if progress is None else not progress
+
+
 def train_epoch(model, batches, optimizer, scheduler, trainer_cfg, epoch: int, device, dtype) -> tuple[float, int]:
     """One pass over the training batches; returns the mean training loss and the number of reviews seen."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     loss_fn = torch.nn.BCEWithLogitsLoss()
     loss_sum, seen = 0.0, 0
-    bar = tqdm(batches, desc=f"epoch {epoch}/{trainer_cfg.epochs}", disable=not trainer_cfg.progress, leave=False)
+    bar = tqdm(
+        batches, desc=f"epoch {epoch}/{trainer_cfg.epochs}", disable=bar_disabled(trainer_cfg.progress), leave=False
+    )
     for step, batch in enumerate(bar, start=1):
         labels = batch["labels"].to(device)
         loss = loss_fn(batch_logits(model, batch, device, dtype).float(), labels)

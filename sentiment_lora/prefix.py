@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from sentiment_lora import data as data_lib
 from sentiment_lora import memo
+from sentiment_lora.loop import bar_disabled
 from sentiment_lora.model import SentimentClassifier, check_frozen_prefix, frozen_depth, frozen_modules
 from sentiment_lora.runtime import autocast
 
@@ -49,7 +50,9 @@ def cache_frozen_prefix(
     collate = data_lib.PaddingCollator(tokenizer)
     cached: list[dict] = [{} for _ in rows]
     classifier.eval()
-    for start in tqdm(range(0, len(rows), batch_size), desc="caching frozen prefix", leave=False, disable=not progress):
+    for start in tqdm(
+        range(0, len(rows), batch_size), desc="caching frozen prefix", leave=False, disable=bar_disabled(progress)
+    ):
         chunk = order[start : start + batch_size]
         batch = collate([rows[index] for index in chunk])
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)

@@ -106,6 +106,11 @@ def _tell(study: optuna.Study, trial: optuna.Trial, **outcome: Any) -> None:
             raise
 
 
+# What a cluster launcher's job that ended without a result raises: submitit's (the job's final state is known)
+# and hydra/launcher=slurm's own (it left the queue with none, slurm_launcher.py).
+JOB_ENDED_WITHOUT_RESULT = ("UncompletedJobError", "JobLost")
+
+
 def _error_of(job_return) -> BaseException | None:
     if job_return.status == JobStatus.COMPLETED:
         return None
@@ -399,7 +404,18 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
                 _tell(study, trial, state=TrialState.FAIL)
             raise
         self.job_idx += len(returns)
-        return sum(self._record(study, t, r, len(study.directions)) for t, r in zip(trials, returns, strict=True))
+        failed = 0
+        retry = self._retry()
+        for trial, job_return in zip(trials, returns, strict=True):
+            failed += self._record(study, trial, job_return, len(study.directions))
+            if retry and type(_error_of(job_return)).__name__ in JOB_ENDED_WITHOUT_RESULT:
+                # The scheduler killed the job (scancel, time limit, node lost, out of memory, a hard crash): like a
+                # dead worker's trial, it is re-run with its parameters up to max_retry times.
+                retry(study, study._storage.get_trial(trial._trial_id))
+                log.warning(
+                    "trial %d: its job ended without a result; queued again (hydra.sweeper.max_retry)", trial.number
+                )
+        return failed
 
     @staticmethod
     def _record(study: optuna.Study, trial: optuna.Trial, job_return, n_objectives: int) -> int:

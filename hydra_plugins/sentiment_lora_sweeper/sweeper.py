@@ -88,6 +88,9 @@ class LoraOptunaSweeperConf(OptunaSweeperConf):
     max_retry: int = 0
 
 
+# hydra/launcher=slurm's base, registered with the sweeper's configs (see slurm_launcher.py).
+from hydra_plugins.sentiment_lora_sweeper import slurm_launcher  # noqa: E402, F401
+
 _store = ConfigStore.instance()
 _store.store(group="hydra/sweeper", name="lora_optuna", node=LoraOptunaSweeperConf, provider="sentiment_lora")
 _store.store(group="hydra/sweeper/pruner", name="median", node=MedianPrunerConf, provider="sentiment_lora")

@@ -1,0 +1,38 @@
+"""Test-only fault injection for the cluster tests (tests/test_slurm.py), imported at start-up by the Python
+processes of a SLURM job when tests put this folder on PYTHONPATH. The product has no fault hooks: this wraps
+Checkpoint.save, so a fault strikes right after an epoch's checkpoint is on disk, as a kill between epochs would.
+
+SLORA_TEST_FAULT="<action>:<run folder name>:<epoch>", action one of
+  exit   os._exit(9) (a hard crash: no handler, no result pickle, like SIGKILL or the OOM killer)
+  pause  write <run dir>/paused and sleep 600 s (the test then cancels, requeues or times out the job)
+Each fault strikes once: <run dir>/fault_struck records it, so a requeued job runs on."""
+
+import os
+import time
+from pathlib import Path
+
+FAULT = os.environ.get("SLORA_TEST_FAULT")
+
+if FAULT:
+    import sentiment_lora.checkpoint
+
+    action, run_name, at_epoch = FAULT.split(":")
+    save = sentiment_lora.checkpoint.Checkpoint.save
+
+    def save_then_fault(self, epoch, *args, **kwargs):
+        save(self, epoch, *args, **kwargs)
+        run_dir = self.path.parent
+        struck = run_dir / "fault_struck"
+        if run_dir.name != run_name or epoch != int(at_epoch) or struck.exists():
+            return
+        struck.write_text(f"{action} after epoch {epoch}\n")
+        if action == "exit":
+            os._exit(9)
+        (run_dir / "paused").write_text(f"{os.environ.get('SLURM_JOB_ID')}\n")
+        time.sleep(600)
+
+    sentiment_lora.checkpoint.Checkpoint.save = save_then_fault
+
+# Only one sitecustomize is imported: run the bf16 one too when the suite simulates a CPU kind.
+if os.environ.get("SENTIMENT_LORA_TEST_AUTO_BF16") in ("0", "1"):
+    exec((Path(__file__).resolve().parents[1] / "bf16_site" / "sitecustomize.py").read_text())
