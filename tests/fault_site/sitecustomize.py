@@ -4,7 +4,7 @@ Checkpoint.save, so a fault strikes right after an epoch's checkpoint is on disk
 
 SLORA_TEST_FAULT="<action>:<run folder name>:<epoch>", action one of
   exit   os._exit(9) (a hard crash: no handler, no result pickle, like SIGKILL or the OOM killer)
-  pause  write <run dir>/paused and sleep 600 s (the test then cancels, requeues or times out the job)
+  pause  write the job's id to <run dir>/paused and sleep 600 s (the test then cancels, requeues or times out the job)
 Each fault strikes once: <run dir>/fault_struck records it, so a requeued job runs on."""
 
 import os
@@ -28,7 +28,9 @@ if FAULT:
         struck.write_text(f"{action} after epoch {epoch}\n")
         if action == "exit":
             os._exit(9)
-        (run_dir / "paused").write_text(f"{os.environ.get('SLURM_JOB_ID')}\n")
+        array = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+        job = f"{array[0]}_{array[1]}" if all(array) else os.environ.get("SLURM_JOB_ID")
+        (run_dir / "paused").write_text(f"{job}\n")  # the id squeue and sacct show, as scancel takes it
         time.sleep(600)
 
     sentiment_lora.checkpoint.Checkpoint.save = save_then_fault
