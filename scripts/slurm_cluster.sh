@@ -60,12 +60,16 @@ wait_for() {  # wait_for WHAT SECONDS COMMAND...: poll every 0.2 s, each try cut
 
 start() {
   [[ $(id -u) == 0 ]] || { log "must run as root (the daemons and the jobs run as root)"; exit 1; }
-  for tool in munged mariadbd mariadb-install-db slurmdbd slurmctld slurmd sinfo sacct; do
+  for tool in munged mariadbd mariadb mariadb-install-db slurmdbd slurmctld slurmd sinfo sacct; do
     command -v "$tool" >/dev/null || [[ -x /usr/sbin/$tool ]] || { log "$tool not found; install Debian's slurmctld slurmd slurm-client munge slurmdbd mariadb-server-core mariadb-client-core"; exit 1; }
   done
   export PATH=$PATH:/usr/sbin
   local began=$EPOCHREALTIME
   stop  # a cluster left by an earlier start in this folder
+  if [[ -d $DIR && -n $(ls -A "$DIR") && ! -f $CONF ]]; then
+    log "$DIR holds files of something else; give the cluster an empty or new folder (SLORA_SLURM_DIR)"
+    exit 1
+  fi
   rm -rf "$DIR"
   mkdir -p "$DIR"/{etc,run,log,state,spool,db}
   chmod 755 "$DIR"

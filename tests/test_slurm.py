@@ -235,8 +235,6 @@ def test_sweep_workers_as_a_job_array_share_one_postgresql_study(tmp_path, revie
     assert len(trials) == n_trials and sorted(t.number for t in trials) == list(range(n_trials))
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)  # none RUNNING, none lost
     assert len({tuple(sorted(t.params.items())) for t in trials}) == n_trials
-    hosts = {line for p in tmp_path.glob("worker_*.log") for line in p.read_text().splitlines() if "trials " in line}
-    assert hosts  # both logs show their sweep asking for trials
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
