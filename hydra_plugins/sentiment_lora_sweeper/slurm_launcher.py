@@ -130,7 +130,7 @@ def _queued_job_ids() -> set[str] | None:
         return None
     try:
         listed = subprocess.run(
-            [squeue, "--noheader", "--array", "--format=%i"], capture_output=True, text=True, timeout=60
+            [squeue, "--me", "--noheader", "--array", "--format=%i"], capture_output=True, text=True, timeout=60
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
