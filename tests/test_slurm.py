@@ -46,7 +46,13 @@ _PROBLEM = _cluster_problem()
 if _PROBLEM and os.environ.get("CI") and os.environ.get("SLURM_CONF"):
     raise RuntimeError(f"CI started a cluster, but {_PROBLEM}")
 
-pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.skipif(_PROBLEM is not None, reason=str(_PROBLEM))]
+# Each test bounds its own waits (TIMEOUT_S); pytest-timeout is the last resort for anything else that hangs.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.slurm,
+    pytest.mark.timeout(480),
+    pytest.mark.skipif(_PROBLEM is not None, reason=str(_PROBLEM)),
+]
 
 # Small jobs that fit the one CI node: one CPU, 1 GB, no GPU; 10 min, so submitit's USR2 comes at 8 min, never.
 LAUNCHER = [
