@@ -113,6 +113,8 @@ def learning_curve(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     for key, series in usable.groupby("series_key", sort=False):
         first = series.iloc[0]
         label = REFERENCE if first["state"] == "reference" else point_label(first)
+        if (first.get("method") or "lora") == "lora" and first["state"] != "reference":
+            label = f"lora {label}"  # on the axis plot the marker says it; here the legend must
         for _, at_size in series.groupby("n_train"):
             cells.append({"series": label, "series_key": key, **_cell(at_size)})
     cells = pd.DataFrame(cells)

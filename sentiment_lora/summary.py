@@ -357,9 +357,11 @@ def draw_axis(table: pd.DataFrame, majority: float | None = None):
     rows = table[table["trainable"].notna() & table["test_acc"].notna()].copy()
     methods = rows["method"] if "method" in rows else pd.Series("lora", index=rows.index)
     rows["method"] = methods.fillna("lora")
-    # Colour: the target set (LoRA's modules); a method without targets is its own colour.
-    rows["colour_key"] = rows["targets"].where(rows["targets"].notna(), rows["method"])
-    colours = {key: plt.cm.tab20(index % 20) for index, key in enumerate(sorted(rows["colour_key"].unique()))}
+    # Colour: the target set (LoRA's modules, a method's own where it records them); black for a method without
+    # any, which its marker names.
+    rows["colour_key"] = rows["targets"].fillna("")
+    keys = sorted(key for key in rows["colour_key"].unique() if key)
+    colours = {"": "black"} | {key: plt.cm.tab20(index % 20) for index, key in enumerate(keys)}
     for (method, key), group in rows.groupby(["method", "colour_key"], sort=True):
         low = (group["test_acc"] - group["test_low"]).clip(lower=0).fillna(0)
         high = (group["test_high"] - group["test_acc"]).clip(lower=0).fillna(0)
@@ -370,18 +372,14 @@ def draw_axis(table: pd.DataFrame, majority: float | None = None):
         Line2D([], [], linestyle="none", marker=METHOD_MARKERS.get(method, OTHER_MARKER), color="black", label=method)
         for method in sorted(rows["method"].unique(), key=method_order)
     ]
-    handles += [
-        Line2D([], [], linestyle="none", marker="o", color=colour, label=key) for key, colour in colours.items()
-    ]
+    handles += [Line2D([], [], linestyle="none", marker="o", color=colours[key], label=key) for key in keys]
     # Only the Pareto front (selected on validation) is labelled; the others are told apart by marker and colour.
     front = rows[rows["pareto"].astype(bool)].sort_values("trainable")
     if len(front) > 1:
         ax.plot(front["trainable"], front["test_acc"], color="tab:red", linestyle=":", zorder=2)
     if len(front):
         handles.append(Line2D([], [], color="tab:red", linestyle=":", label="Pareto front (val), labelled"))
-    for _, row in front.iterrows():
-        ax.annotate(point_label(row), (row["trainable"], row["test_acc"]), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points")  # fmt: skip
+    labels = [ax.text(row["trainable"], row["test_acc"], point_label(row), fontsize=7) for _, row in front.iterrows()]
     reference = table.attrs.get("reference")
     if reference:
         line = ax.axhline(reference["test_acc"], color="gray", linestyle="--")
@@ -399,6 +397,13 @@ def draw_axis(table: pd.DataFrame, majority: float | None = None):
     ax.set_title("Accuracy against trainable parameters, every method")
     ax.grid(True, which="both", alpha=0.3)
     fig.legend(handles=handles, loc="outside right upper", fontsize=8)
+    if labels:
+        # Front points a factor of two apart on the log axis still collide; adjustText moves the labels off each
+        # other and off the points. A fixed iteration count (not its default time limit) keeps the file
+        # reproducible; its jitter is seeded.
+        from adjustText import adjust_text
+
+        adjust_text(labels, x=rows["trainable"].to_numpy(), y=rows["test_acc"].to_numpy(), ax=ax, iter_lim=300)
     return fig
 
 
