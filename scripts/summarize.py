@@ -5,9 +5,10 @@
     python scripts/summarize.py outputs/multirun/a outputs/multirun/b outputs/baselines/tfidf
     python scripts/summarize.py --storage sqlite:///outputs/optuna/lora_optuna.db --study lora_optuna
 
-First, one row per run (summary.csv): model, targets, rank, alpha, trainable parameters (and % of total), val
-accuracy, test accuracy with its 95% Wilson score interval, test F1, epochs run, wall time and state
-(complete/pruned/failed, or reference for a baseline). Sorted by val accuracy; ★ marks the Pareto-optimal runs.
+First, one row per run (summary.csv): model, fine-tuning method (lora, linear_probe, bitfit, ia3, full),
+targets, rank, alpha, trainable parameters (and % of total), n_train, val accuracy, test accuracy with its 95%
+Wilson score interval, test F1, epochs run, wall time and state (complete/pruned/failed, or reference for a
+baseline). Sorted by val accuracy; ★ marks the Pareto-optimal runs across methods.
 
 Then, per evaluation set, one row per configuration (configurations.csv; replicates that differ only in
 trainer.seed are one row): seeds, mean val and test accuracy, the test interval (t over seeds, or Wilson for one
@@ -15,8 +16,13 @@ seed), and test differences, review by review, to the best configuration (highes
 reference row, with 95% intervals and Holm-adjusted p-values (McNemar for one seed each, a paired permutation
 test over seed-averaged reviews for replicates); "≈ best" marks configurations the data cannot tell from the best.
 Runs tested on other reviews (another eval_fingerprint) get a table of their own. The plot (summary.png) shows the
-largest table. With --storage/--study, the study's hyper-parameter importances (Optuna's fANOVA evaluator) are
-printed and written to importances.csv. Incomplete or foreign directories are skipped with a note on stderr.
+largest table: every method on one log axis of trainable parameters (a marker per method, a colour per target
+set), the Pareto front labelled, TF-IDF and the majority class as lines. --effect KEY tests one config key with
+everything else fixed (--effect method: each method against LoRA). When runs differ in n_train, a learning curve
+(learning_curve.png or --curve, learning_curve.csv): test accuracy per method and size, with the gaps to full
+fine-tuning and to TF-IDF at each size, paired on the same test reviews. With --storage/--study, the study's
+hyper-parameter importances (Optuna's fANOVA evaluator) are printed and written to importances.csv. Incomplete or
+foreign directories are skipped with a note on stderr.
 """
 
 from __future__ import annotations

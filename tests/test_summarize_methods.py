@@ -267,7 +267,10 @@ def test_tfidf_takes_the_harness_n_train_and_keeps_the_evaluation_sets(tmp_path,
     assert small["split_sizes"] == {"train": 40, "val": 20, "test": 20} and large["split_sizes"]["train"] == 80
     assert small["data"]["n_train"] == 40 and small["eval_fingerprint"] == large["eval_fingerprint"]
     assert small["data_fingerprint"] != large["data_fingerprint"]
-    capsys.readouterr()
+    code, out, err = summarize_here(capsys, tmp_path / "outputs" / "baselines" / "tfidf_n40", tmp_path / "n80")
+    assert code == 0, err
+    curve = pd.read_csv(tmp_path / "outputs" / "baselines" / "tfidf_n40" / "learning_curve.csv")
+    assert list(curve["n_train"]) == [40, 80] and set(curve["method"]) == {"tfidf"}
     assert main([*data, "data.n_train=80", "--n-train", "40", "--out", str(tmp_path / "both")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "give the training size once" in lines[0] and not (tmp_path / "both").exists()
