@@ -23,6 +23,10 @@ from sentiment_lora.summary import METHOD_MARKERS, OTHER_MARKER, method_order, p
 REFERENCE = "tfidf"  # the method column of reference rows on the curve
 
 
+def _method(row) -> str:
+    return "lora" if pd.isna(row.get("method")) else row["method"]
+
+
 def _series_key(row) -> tuple:
     """What a curve joins over sizes: the run's config without its training size and seed (describing columns for
     a run without a config, and the model for a reference row)."""
@@ -39,7 +43,7 @@ def _cell(runs: pd.DataFrame) -> dict:
     test, val = seed_summary(runs["test_acc"].tolist()), seed_summary(runs["val_acc"].dropna().tolist() or [np.nan])
     seeds = sorted({int(seed) for seed in runs["seed"].dropna()}) if "seed" in runs else []
     return {
-        "method": REFERENCE if first["state"] == "reference" else first.get("method") or "lora",
+        "method": REFERENCE if first["state"] == "reference" else _method(first),
         "n_train": int(first["n_train"]),
         "runs": test["n"],
         "seeds": ",".join(map(str, seeds)),
@@ -113,7 +117,7 @@ def learning_curve(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     for key, series in usable.groupby("series_key", sort=False):
         first = series.iloc[0]
         label = REFERENCE if first["state"] == "reference" else point_label(first)
-        if (first.get("method") or "lora") == "lora" and first["state"] != "reference":
+        if _method(first) == "lora" and first["state"] != "reference":
             label = f"lora {label}"  # on the axis plot the marker says it; here the legend must
         for _, at_size in series.groupby("n_train"):
             cells.append({"series": label, "series_key": key, **_cell(at_size)})

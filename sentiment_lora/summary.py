@@ -301,10 +301,8 @@ def at_one_size(configurations: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.Da
     kept["pareto"] = pareto(kept)
     kept.attrs = dict(configurations.attrs)
     sizes = ", ".join(f"{int(v):,}" for v in sorted(configurations["n_train"].dropna().unique()))
-    return (
-        kept,
-        f"runs trained on {sizes} reviews: the accuracy plot shows n_train={int(size):,} (the learning curve all)",
-    )
+    note = f"runs trained on {sizes} reviews: the accuracy plot shows n_train={int(size):,}"
+    return kept, note + " (the learning curve has every size)"
 
 
 # Variants named in a front point's label.
@@ -334,7 +332,7 @@ def majority_accuracy(runs: pd.DataFrame) -> float | None:
 
 def point_label(row) -> str:
     """A front point's label: the method, and for LoRA its targets, rank and variant."""
-    method = row.get("method") or "lora"
+    method = "lora" if pd.isna(row.get("method")) else row["method"]
     if method != "lora":
         return str(method).replace("_", " ") + (f" {row['targets']}" if pd.notna(row.get("targets")) else "")
     label = str(row["targets"]) if pd.notna(row.get("targets")) else "lora"

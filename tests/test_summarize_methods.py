@@ -210,7 +210,7 @@ def test_a_learning_curve_per_method_with_gaps_to_full_and_tfidf(tmp_path, capsy
     assert (tmp_path / "curve" / "learning_curve.png").is_file()
     assert "### Learning curve" in out and "| Δ full, points [95% CI]" in out
     # The accuracy plot stays at one size (Pareto on validation among its runs); the log says which.
-    assert "the accuracy plot shows n_train=1,600" in err
+    assert "the accuracy plot shows n_train=1,600 (the learning curve has every size)" in err
     configs = pd.read_csv(tmp_path / "curve" / "configurations.csv")
     assert set(configs["n_train"]) == set(SIZES)
 
