@@ -15,7 +15,8 @@ from sentiment_lora.results import METRICS_FILE, read_metrics
 
 COLUMNS = [
     "run", "trial", "state", "model", "targets", "variant", "rank", "alpha", "trainable", "trainable_pct", "val_acc",
-    "test_acc", "test_acc_ci95", "test_f1", "epochs", "time_s", "pareto",
+    "test_acc", "test_acc_ci95", "test_f1", "test_majority", "test_bal_acc", "test_f1_min", "epochs", "time_s",
+    "pareto",
 ]  # fmt: skip
 
 
@@ -86,7 +87,7 @@ def variant_of(lora: dict) -> str:
 # The numbers a row is built from, by section of metrics.json ("" for the top level).
 NUMBERS = {
     "val": ("accuracy",),
-    "test": ("accuracy", "n", "f1"),
+    "test": ("accuracy", "n", "f1", "majority_accuracy", "balanced_accuracy", "f1_minority"),
     "params": ("trainable", "trainable_pct"),
     "": ("epochs_run", "time_s"),
 }
@@ -139,6 +140,11 @@ def row_of(run_dir: Path) -> dict:
         "test_high": high,
         "test_n": test.get("n"),
         "test_f1": test.get("f1"),
+        # What always predicting the larger class scores, and the scores that imbalance cannot inflate (runs
+        # written before they were recorded leave them blank).
+        "test_majority": test.get("majority_accuracy"),
+        "test_bal_acc": test.get("balanced_accuracy"),
+        "test_f1_min": test.get("f1_minority"),
         "seed": metrics.get("seed"),
         "truncation": _section(metrics, "data").get("truncation"),
         # Older records lack these: each such run is its own configuration, paired on its whole data.
@@ -181,7 +187,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     shown = table[[c for c in COLUMNS if c != "run"]].copy()
     shown["pareto"] = shown["pareto"].map({True: "★", False: ""})
     shown["trial"] = shown["trial"].map(lambda v: "" if pd.isna(v) else str(int(v)))
-    for column in ("val_acc", "test_acc", "test_f1"):
+    for column in ("val_acc", "test_acc", "test_f1", "test_majority", "test_bal_acc", "test_f1_min"):
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
     shown["rank"] = shown["rank"].map(lambda v: "" if pd.isna(v) else str(int(v)))
     shown["alpha"] = shown["alpha"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
