@@ -136,7 +136,7 @@ def read_table(
             frame = pd.read_csv(path, sep=sep, dtype={text_column: "string"}, keep_default_na=False)
         elif kind == "jsonl":
             # dtype=False: each value as JSON typed it (a "01" id stays a text, a label true stays a boolean).
-            frame = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
+            frame = pd.read_json(path, lines=True, dtype=False)
         else:
             # Parquet compresses inside; a .parquet.gz is opened by fsspec (a `datasets` dependency), which
             # pandas' read_parquet does not do itself.
@@ -261,6 +261,7 @@ def _labels(column: pd.Series, where: str, label_column: str, label_map: dict | 
     values: list[float] = []
     for index, raw in column.items():
         key = labels_lib.key_of(raw)
+        raw = raw.item() if isinstance(raw, np.generic) else raw  # named as the file wrote it: 7, not np.int64(7)
         if key not in mapping:
             if key is None:
                 problem = "no label (an empty value)"
