@@ -405,7 +405,11 @@ def load_data(data_cfg) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
             if data_cfg.n_samples is not None or data_cfg.n_test is not None:
                 key = "data.n_samples" if data_cfg.n_samples is not None else "data.n_val/n_test"
                 raise UserError(f"config {key}: is not used with the dataset's own splits ({wheres['train']}, ...)")
-            return _given({role: frame for role, (frame, _) in read.items()}, wheres, data_cfg, dropped)
+            frames = {role: frame for role, (frame, _) in read.items()}
+            if "val" not in frames:
+                frames["train"], frames["val"] = validation_from_train(frames["train"], data_cfg, wheres["train"])
+                wheres["val"] = wheres["train"]
+            return _given(frames, wheres, data_cfg, dropped)
         (frame, _), where = read["pool"], wheres["pool"]
     elif data_cfg.train_path:  # given splits, one file each
         paths = {name: Path(getattr(data_cfg, f"{name}_path")).expanduser() for name in SPLITS}
@@ -430,6 +434,29 @@ def load_data(data_cfg) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
     used = sum(len(part) for part in splits.values())
     return splits, {"n_samples": used, "duplicates_dropped": duplicates, "train_dropped_as_in_eval": 0,
                     "labels_dropped": dropped}  # fmt: skip
+
+
+def validation_from_train(train: pd.DataFrame, data_cfg, where: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A dataset with train and test splits but no validation split: data.val_fraction of train becomes the
+    validation set, stratified (half of each class with data.balance), deterministic in data.seed. Rows keep their
+    index, so messages still name the train split's rows; a copy of a validation review left in train is dropped
+    from it by splits.disjoint, as with any given splits."""
+    n_val = math.ceil(data_cfg.val_fraction * len(train) - 1e-9)
+    what = f"validation set drawn from the train split (data.val_fraction={data_cfg.val_fraction:g})"
+    counts = train["label"].value_counts()
+    per_class = n_val // 2 if data_cfg.balance else 2
+    if len(counts) < 2 or counts.min() < per_class or n_val < 2:
+        raise UserError(
+            f"{where}: the {what} needs {per_class} reviews of each class; there are {_class_counts(train)}"
+        )
+    if data_cfg.balance:
+        val = pd.concat([train[train["label"] == label].sample(n=per_class, random_state=data_cfg.seed)
+                         for label in (0, 1)]).sample(frac=1.0, random_state=data_cfg.seed)  # fmt: skip
+        rest = train.drop(index=val.index)
+    else:
+        rest, val = train_test_split(train, test_size=n_val, stratify=train["label"], random_state=data_cfg.seed)
+    log.info("%s: no validation split; %d of its %d reviews drawn as the validation set", where, len(val), len(train))
+    return rest.sort_index(), val
 
 
 def _given(

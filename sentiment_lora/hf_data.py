@@ -5,7 +5,8 @@ By name (data.name, data.config_name): `datasets.load_dataset`, which reads the 
 `save_to_disk` folder, through `datasets.load_from_disk`. Both read Arrow files and JSON metadata: nothing is
 unpickled, and `datasets` 4+ runs no dataset scripts (no remote code at all).
 
-A DatasetDict's own train / validation / test splits are the run's given splits; a dataset of one split (a
+A DatasetDict's own train / validation / test splits are the run's given splits (without a validation split, one
+is drawn from train by data.val_fraction, stratified, deterministic in data.seed); a dataset of one split (a
 `Dataset`, or a DatasetDict holding only "train", as a hub dataset of one file does) is one pool, split as one
 file is (data.val_fraction/test_fraction, data.n_val/n_test, or data.split_column).
 """
@@ -58,7 +59,7 @@ def load(data_cfg):
 
 def _chosen_splits(held: list[str], data_cfg, where: str) -> dict[str, str]:
     """{role: split name} for train, val and test: data.<role>_split, else the split whose name means the role
-    (train; validation, val, valid, dev; test)."""
+    (train; validation, val, valid, dev; test). Without a validation split, no "val"."""
     chosen = {}
     for role in SPLITS:
         name = getattr(data_cfg, f"{role}_split")
@@ -66,6 +67,8 @@ def _chosen_splits(held: list[str], data_cfg, where: str) -> dict[str, str]:
             raise UserError(f"{where}: no split '{name}' ({SPLIT_KEYS[role]}); it holds {', '.join(held)}")
         if name is None:
             name = next((split for split in held if SPLIT_NAMES.get(split.lower()) == role), None)
+        if name is None and role == "val":
+            continue  # no validation split (IMDB's has train, test, unsupervised): data.py draws one from train
         if name is None:
             raise UserError(
                 f"{where}: holds the splits {', '.join(held)}, none of them a {role} split; name one with "

@@ -281,6 +281,20 @@ def test_dataset_mistakes_are_one_line(tmp_path, overrides, line):
         assert fragment in message
 
 
+def test_a_dataset_without_a_validation_split_draws_one_from_train(tmp_path):
+    parts = three_splits(tmp_path)
+    folder = tmp_path / "imdb_like"  # as IMDB on the hub: train, test and unsupervised (unlabelled)
+    saved = {"train": as_dataset(pd.concat([parts["train"], parts["validation"]])), "test": as_dataset(parts["test"]),
+             "unsupervised": as_dataset(parts["test"].assign(label=-1))}  # fmt: skip
+    datasets.DatasetDict(saved).save_to_disk(folder)
+    splits, facts = load_data(config(folder, source="hf", val_fraction=0.2))
+    assert [len(splits[name]) for name in ("train", "val", "test")] == [40, 10, 10]
+    assert splits["val"]["label"].mean() == 0.5  # stratified: the train split's shares
+    assert fingerprint(splits) == fingerprint(load_data(config(folder, source="hf", val_fraction=0.2))[0])
+    assert fingerprint(splits) != fingerprint(load_data(config(folder, source="hf", val_fraction=0.2, seed=1))[0])
+    assert not set(splits["val"]["text"]) & set(splits["train"]["text"])
+
+
 def test_a_folder_that_is_not_a_saved_dataset_is_one_line(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(UserError, match=r"dataset folder .*plain: not a `datasets` save_to_disk folder"):
