@@ -514,6 +514,8 @@ def _validate_data_layout(data: Any, dry_run: bool) -> None:
                 "is required for data=hf: a dataset id (data.name=stanfordnlp/imdb), or with data.path=<a "
                 "save_to_disk folder> the name to record it under",
             )
+        if data.format != "auto" or data.delimiter is not None:
+            _fail("data.format" if data.format != "auto" else "data.delimiter", "is for files (data=csv): set it back")
         if any(given_files):
             _fail("data.train_path", "is for data=csv; data=hf names a DatasetDict's splits: data.train_split/...")
     if data.delimiter is not None and len(data.delimiter) != 1:

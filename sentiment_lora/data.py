@@ -106,7 +106,7 @@ def file_format(path: Path, format: str = "auto") -> str:
 
 def _first_line(path: Path) -> str:
     # pandas opens the file (compressed or not); a separator no header holds gives the header line whole.
-    head = pd.read_csv(path, sep="\x1f", header=None, nrows=1, dtype=str, keep_default_na=False, quoting=3)
+    head = pd.read_csv(path, sep="\x1f", header=None, nrows=1, dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
     return str(head.iloc[0, 0]) if not head.empty else ""
 
 

@@ -79,8 +79,10 @@ def column_splits(frame: pd.DataFrame, column: pd.Series, source: str) -> dict[s
     unknown = names.isna()
     if unknown.any():
         row = int(unknown.to_numpy().nonzero()[0][0])
+        # The index is the data row - 1 (with gaps where data.label_map dropped rows).
         raise UserError(
-            f"{source}: data row {row + 1}: split {column.iloc[row]!r} is not one of train, val (validation, dev), test"
+            f"{source}: data row {column.index[row] + 1}: split {column.iloc[row]!r} is not one of train, val "
+            "(validation, dev), test"
         )
     return {name: frame[(names == name).to_numpy()].reset_index(drop=True) for name in SPLITS}
 
