@@ -29,6 +29,14 @@ PREDICTIONS_FILE = "test_predictions.csv"
 STATUSES = ("complete", "dry_run", "pruned", "failed")
 
 
+def _plain(value: Any) -> Any:
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(value, DictConfig):  # a label map: JSON keys are strings
+        return {str(key): item for key, item in OmegaConf.to_container(value).items()}
+    return value
+
+
 def identifiers(cfg) -> dict[str, Any]:
     """What a results table needs to say which run this was."""
     return {
@@ -58,6 +66,9 @@ def identifiers(cfg) -> dict[str, Any]:
             "n_samples": cfg.data.n_samples,
             "seed": cfg.data.seed,
             "truncation": cfg.data.truncation,
+            # How the labels were read and whether samples were balanced (a preset name, a mapping, or null).
+            "label_map": _plain(cfg.data.get("label_map")),
+            "balance": cfg.data.get("balance"),
         },
         "seed": cfg.trainer.seed,
         # Speed levers that can change results, so tables can tell runs apart.

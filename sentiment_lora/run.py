@@ -23,6 +23,7 @@ from sentiment_lora import immutable, prefix, results, tracking
 from sentiment_lora.checkpoint import Checkpoint
 from sentiment_lora.config import validate
 from sentiment_lora.loop import EpochHook, evaluate, fit
+from sentiment_lora.metrics import imbalance_warning
 from sentiment_lora.model import (
     adapter_rank,
     attach_lora,
@@ -88,8 +89,13 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
 
     # ---- test once, with the selected epoch's weights ----
     test, test_labels, test_probs = evaluate_split("test")
-    log.info("selected epoch %d: val acc %.4f | test acc %.4f f1 %.4f auc %.4f", fitted.best["epoch"],
-             fitted.best["accuracy"], test["accuracy"], test["f1"], test["roc_auc"])  # fmt: skip
+    log.info("selected epoch %d (%s): val acc %.4f | test acc %.4f f1 %.4f auc %.4f | majority %.4f balanced acc "
+             "%.4f f1 minority %.4f", fitted.best["epoch"], trainer.select_on, fitted.best["accuracy"],
+             test["accuracy"], test["f1"], test["roc_auc"], test["majority_accuracy"], test["balanced_accuracy"],
+             test["f1_minority"])  # fmt: skip
+    warnings = [line for line in [imbalance_warning("test", test)] if line]
+    for line in warnings:
+        log.warning("%s", line)
 
     # ---- artefacts; metrics.json last, so its presence means the run completed ----
     if cfg.save_adapter:
@@ -101,7 +107,7 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
         eval_fingerprint=data_lib.fingerprint(splits, ("val", "test")),
         split_sizes={name: len(split_rows) for name, split_rows in encoded.items()}, params=params,
         **fitted.record(), test=test, device=str(device), precision=precision_name(dtype),
-        prefix_cache_s=frozen.seconds, time_s=time.perf_counter() - started,
+        prefix_cache_s=frozen.seconds, time_s=time.perf_counter() - started, warnings=warnings,
     )  # fmt: skip
     checkpoint.finish()
     return results.objectives_of({"val": fitted.best, "params": params}, cfg.objectives)

@@ -15,7 +15,8 @@ from sentiment_lora.results import METRICS_FILE, read_metrics
 
 COLUMNS = [
     "run", "trial", "state", "model", "method", "targets", "variant", "rank", "alpha", "trainable", "trainable_pct",
-    "n_train", "val_acc", "test_acc", "test_acc_ci95", "test_f1", "epochs", "time_s", "pareto",
+    "n_train", "val_acc", "test_acc", "test_acc_ci95", "test_f1", "test_majority", "test_bal_acc", "test_f1_min",
+    "epochs", "time_s", "pareto",
 ]  # fmt: skip
 
 # The fine-tuning methods a run's metrics.json names in `method` (sentiment_lora's `method` config group).
@@ -109,7 +110,7 @@ def method_of(metrics: dict, run_dir: Path) -> str | None:
 # The numbers a row is built from, by section of metrics.json ("" for the top level).
 NUMBERS = {
     "val": ("accuracy",),
-    "test": ("accuracy", "n", "f1"),
+    "test": ("accuracy", "n", "f1", "majority_accuracy", "balanced_accuracy", "f1_minority"),
     "params": ("trainable", "trainable_pct"),
     "split_sizes": ("train",),
     "": ("epochs_run", "time_s"),
@@ -170,6 +171,11 @@ def row_of(run_dir: Path) -> dict:
         "test_high": high,
         "test_n": test.get("n"),
         "test_f1": test.get("f1"),
+        # What always predicting the larger class scores, and the scores that imbalance cannot inflate (runs
+        # written before they were recorded leave them blank).
+        "test_majority": test.get("majority_accuracy"),
+        "test_bal_acc": test.get("balanced_accuracy"),
+        "test_f1_min": test.get("f1_minority"),
         "seed": metrics.get("seed"),
         "truncation": _section(metrics, "data").get("truncation"),
         # Older records lack these: each such run is its own configuration, paired on its whole data.
@@ -212,7 +218,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     shown = table[[c for c in COLUMNS if c != "run"]].copy()
     shown["pareto"] = shown["pareto"].map({True: "★", False: ""})
     shown["trial"] = shown["trial"].map(lambda v: "" if pd.isna(v) else str(int(v)))
-    for column in ("val_acc", "test_acc", "test_f1"):
+    for column in ("val_acc", "test_acc", "test_f1", "test_majority", "test_bal_acc", "test_f1_min"):
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
     shown["rank"] = shown["rank"].map(lambda v: "" if pd.isna(v) else str(int(v)))
     shown["alpha"] = shown["alpha"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
@@ -319,9 +325,13 @@ def method_order(method: str) -> tuple:
 
 def majority_accuracy(runs: pd.DataFrame) -> float | None:
     """The accuracy of always answering the test set's most frequent label, from the first run (or reference)
-    that recorded its test labels (test_predictions.csv); None when none did."""
+    that recorded its test labels (metrics.json's test.majority_accuracy, else test_predictions.csv); None when
+    none did."""
     from sentiment_lora.ranking import correctness
 
+    recorded = runs["test_majority"].dropna() if "test_majority" in runs else pd.Series(dtype=float)
+    if not recorded.empty:
+        return float(recorded.iloc[0])
     for run in runs["run"]:
         found = correctness(run)
         if found is not None and found[0].size:

@@ -37,6 +37,8 @@ def test_each_option_composes_and_validates(group, option):
     overrides = [f"{group}={option}"]
     if group == "data" and option == "csv":
         overrides.append("data.path=reviews.csv")
+    if group == "data" and option == "hf":
+        overrides.append("data.name=stanfordnlp/imdb")  # data=hf needs a dataset (test_data_sources.py)
     cfg = compose_config(overrides)
     validate(cfg)
     assert set(cfg.lora.targets) <= set(TARGETS)
