@@ -230,7 +230,7 @@ FORMATS = {
         write_sentence_transformers, sentence_transformers_probabilities,
     ),
     "onnx": ExportFormat(
-        "onnx", "onnx", ("onnx",), ("onnx", "onnxruntime"), ONNX_SNIPPET,
+        "onnx", "onnx", ("onnx",), ("onnx", "onnxscript", "onnxruntime"), ONNX_SNIPPET,
         (f"- `{ONNX_FILE}`: encoder (LoRA merged) + pooling + head + sigmoid, opset {ONNX_OPSET}, fp32; inputs "
          "`input_ids` and `attention_mask` (int64, batch x sequence), output `probability` (batch)",
          CLASSIFIER_LINE, "- tokenizer files (`AutoTokenizer`; model_max_length is the run's max_length)"),
