@@ -113,3 +113,20 @@ def test_the_eval_cost_benchmark_times_an_evaluation_pass(tmp_path):
         tmp_path,
     )  # fmt: skip
     assert "reviews/s (10 timed)" in output and "per run (3 validation passes of 20" in output
+
+
+@pytest.mark.slow
+def test_the_onnx_speed_benchmark_times_onnxruntime_against_pytorch(tmp_path):
+    pytest.importorskip("onnxruntime")  # the `export` extra
+    pytest.importorskip("onnxscript")
+    csv = write_reviews(tmp_path / "reviews.csv", n=120)
+    output = bench(
+        "onnx_speed.py",
+        ["--model", "tiny", "--data-csv", str(csv), "--reviews", "8", "--batch-sizes", "1,4", "--max-length", "32",
+         "--threads", "1"],
+        tmp_path,
+    )  # fmt: skip
+    rows = table_rows(output)
+    assert [row[0] for row in rows] == ["1", "4"]
+    assert all(float(row[4]) <= 1e-5 for row in rows)  # the same probabilities on both sides (fp32)
+    assert ", fp32, 1 thread(s)," in output
