@@ -199,8 +199,10 @@ def card_data(run: Run, export_format: ExportFormat, out_name: str):
     from huggingface_hub import EvalResult, ModelCardData
 
     cfg, test = run.cfg, run.metrics.get("test") or {}
-    dataset = HUB_DATASETS.get(cfg.data.source)
     path = (run.metrics.get("data") or {}).get("path")
+    dataset = HUB_DATASETS.get(cfg.data.source)
+    if cfg.data.source == "hf" and not cfg.data.get("path"):
+        dataset = cfg.data.name  # data=hf by name: a Hub dataset id (a save_to_disk folder names no Hub dataset)
     n = test.get("n")
     results = [
         EvalResult(

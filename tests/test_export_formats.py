@@ -154,3 +154,13 @@ def test_the_model_card_carries_hub_metadata_that_huggingface_hub_reads_back(run
     assert data.library_name == "onnx" and "onnx" in data.tags
     assert {result.dataset_type for result in data.eval_results} == {"stanfordnlp/imdb"}
     assert "## Files" in text and "model.onnx" in text
+
+
+@pytest.mark.parametrize(
+    "data_overrides,expected",
+    [(["data=hf", "data.name=rotten_tomatoes"], ["rotten_tomatoes"]),  # by name: a Hub dataset id
+     (["data=hf", "data.name=mine", "data.path=/data/saved"], None)],  # a save_to_disk folder names no Hub dataset
+)  # fmt: skip
+def test_the_card_names_a_hub_dataset_only_for_data_hf_by_name(runs, data_overrides, expected):
+    run = dataclasses.replace(open_run(runs["cls_head"]), cfg=compose_config(["model=tiny", *data_overrides]))
+    assert export_lib.card_data(run, FORMATS["transformers"], "tiny").datasets == expected
