@@ -168,7 +168,7 @@ def read_labelled(
     frame, sep = read_table(path, text_column, format, delimiter)
     columns = [column for column in (text_column, label_column, split_column) if column]
     if sep is not None:
-        _refuse_repeated_columns(path, columns, sep)
+        refuse_repeated_columns(path, columns, sep)
     return labelled(frame, f"data file {path}", text_column, label_column, split_column, columns_hint, label_map)
 
 
@@ -232,14 +232,14 @@ def labelled(
         result["split"] = frame[split_column].astype(str).to_numpy()
     if label_column is None:
         return result, 0
-    result["label"] = _labels(frame[label_column], where, label_column, labels_lib.resolve(label_map))
+    result["label"] = label_values(frame[label_column], where, label_column, labels_lib.resolve(label_map))
     kept = result["label"].notna()
     if not kept.all():
         log.info("%s: %d rows dropped, their label mapped to null (data.label_map)", where, int((~kept).sum()))
     return result[kept].astype({"label": int}), int((~kept).sum())
 
 
-def _refuse_repeated_columns(path: Path, columns: list[str], sep: str = ",") -> None:
+def refuse_repeated_columns(path: Path, columns: list[str], sep: str = ",") -> None:
     """pandas renames a repeated header name (`text,label,label` reads as label and label.1) and the first column
     would be used silently, even where the two disagree: a column the run reads must be named once. The header is
     read as a data row, so as the file holds it (compressed files too); a repeated column no one reads changes
@@ -254,7 +254,7 @@ def _refuse_repeated_columns(path: Path, columns: list[str], sep: str = ",") -> 
             )
 
 
-def _labels(column: pd.Series, where: str, label_column: str, label_map: dict | None) -> list[float]:
+def label_values(column: pd.Series, where: str, label_column: str, label_map: dict | None) -> list[float]:
     """0/1 per row, NaN where the map drops the row; a value the map (or the default spellings) lacks is one
     line naming it and its row."""
     mapping = labels_lib.DEFAULT_LABELS if label_map is None else label_map
