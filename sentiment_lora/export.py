@@ -1,9 +1,10 @@
 """`python -m sentiment_lora.export RUN_DIR OUT_DIR [--adapter] [--force]`: a completed run as a folder that plain
 transformers loads, without this package.
 
-OUT_DIR gets the encoder with the LoRA adapter merged into its weights (config.json + model.safetensors), the
-classifier head (head.safetensors: weight, bias), classifier.json (pooling, max_length, truncation, threshold),
-the tokenizer, a model card (README.md) and, with --adapter, the unmerged adapter. docs/export.md shows the lines
+OUT_DIR gets the whole encoder (config.json + model.safetensors: the LoRA or IA3 adapter merged into its weights,
+or as method=linear_probe/bitfit/full left it), the classifier head (head.safetensors: weight, bias),
+classifier.json (pooling, max_length, truncation, threshold, method), the tokenizer, a model card (README.md)
+naming the method and, with --adapter, the unmerged adapter (lora and ia3 only). docs/export.md shows the lines
 that load and score with it; export checks those steps on probe reviews against the unmerged model before the
 folder appears. Everything is written into a temporary folder beside OUT_DIR and renamed into place.
 """
@@ -29,7 +30,7 @@ from sentiment_lora import data as data_lib
 from sentiment_lora.credentials import masked_override
 from sentiment_lora.errors import UserError, exit_with
 from sentiment_lora.loop import predict
-from sentiment_lora.model import plain_state
+from sentiment_lora.model import PEFT_METHODS, plain_state
 from sentiment_lora.results import PREDICTIONS_FILE, RUN_FORMAT, new_file_mode
 from sentiment_lora.rundir import Run, load_model, open_run, overrides_of, run_holding
 from sentiment_lora.stats import bootstrap_interval, f1_at, roc_auc
@@ -118,6 +119,30 @@ def base_model_lines(cfg) -> list[str]:
     ]
 
 
+# The model card's name and one line for each method: what was trained.
+METHOD_TITLES = {"lora": "LoRA", "ia3": "IA3", "linear_probe": "linear probe", "bitfit": "BitFit",
+                 "full": "full fine-tuning"}  # fmt: skip
+METHOD_TRAINED = {
+    "ia3": "IA3 scaling vectors on k, v and the FFN's down projection (PEFT IA3Config), merged into the encoder's "
+    "weights (PEFT merge_and_unload), and the head",
+    "linear_probe": "the head alone, on the frozen encoder's pooled vectors; the encoder is the base model's",
+    "bitfit": "the encoder's bias terms and the head; the encoder here holds the trained biases",
+    "full": "every encoder weight and the head; the encoder here is the whole fine-tuned encoder",
+}
+
+
+def method_lines(run: Run) -> list[str]:
+    """The card's section on the fine-tuning method: LoRA's keys and PEFT config, or what the method trained."""
+    method = run.cfg.method.name
+    if method == "lora":
+        return lora_lines(run)
+    lr = (run.metrics.get("optimizer") or {}).get("lr")
+    lines = [f"- method `{method}` (sentiment-lora `method={method}`): trained {METHOD_TRAINED[method]}"]
+    if lr is not None:
+        lines.append(f"- learning rate {_value(lr)}")
+    return lines
+
+
 def lora_lines(run: Run) -> list[str]:
     lines = ["| key | value |", "| --- | --- |"]
     for key, value in OmegaConf.to_container(run.cfg.lora, resolve=True).items():
@@ -134,6 +159,21 @@ def lora_lines(run: Run) -> list[str]:
         pattern = str(peft_cfg["target_modules"]).replace("|", "\\|")  # a bare | would end the table cell
         lines.append(f"| PEFT target_modules | `{pattern}` |")
     return lines
+
+
+def merged_what(method: str) -> str:
+    if method in PEFT_METHODS:
+        return f"the {METHOD_TITLES[method]} adapter is merged into the encoder's weights (PEFT merge_and_unload)"
+    return f"no adapter: the run's own encoder ({METHOD_TITLES[method]}) is saved whole"
+
+
+def encoder_note(method: str) -> str:
+    return {"lora": ", LoRA merged", "ia3": ", IA3 merged", "full": ", fine-tuned",
+            "bitfit": ", with the trained biases"}.get(method, "")  # fmt: skip
+
+
+def method_lr(cfg) -> float:
+    return cfg.optimizer.lr if cfg.method.lr is None else cfg.method.lr
 
 
 def _test_predictions(run: Run, n: int | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -193,7 +233,7 @@ def model_card(run: Run, out_name: str, merge_diff: float, with_adapter: bool) -
     command = train_command(run)
     truncation = cfg.data.truncation
     lines = [
-        f"# {cfg.model.name} + LoRA sentiment classifier",
+        f"# {cfg.model.name} + {METHOD_TITLES[cfg.method.name]} sentiment classifier",
         "",
         f"Binary sentiment classifier exported by sentiment-lora {__version__} from the run `{run.dir.resolve()}`. "
         f"It gives the probability that a review is positive (label 1); the run predicts positive at "
@@ -202,12 +242,12 @@ def model_card(run: Run, out_name: str, merge_diff: float, with_adapter: bool) -
         "## Base model",
         "",
         *base_model_lines(cfg),
-        f"- the LoRA adapter is merged into the encoder's weights (PEFT merge_and_unload); on {len(PROBE_REVIEWS)} "
-        f"probe reviews the merged folder scores as the unmerged run within {merge_diff:.1e} (fp32)",
+        f"- {merged_what(cfg.method.name)}; on {len(PROBE_REVIEWS)} probe reviews this folder scores as the run's "
+        f"own model within {merge_diff:.1e} (fp32)",
         "",
-        "## LoRA",
+        f"## Method: {METHOD_TITLES[cfg.method.name]}",
         "",
-        *lora_lines(run),
+        *method_lines(run),
         "",
         "## Parameters",
         "",
@@ -231,7 +271,8 @@ def model_card(run: Run, out_name: str, merge_diff: float, with_adapter: bool) -
         "",
         "## Training",
         "",
-        f"- optimizer {cfg.optimizer.name}, lr {cfg.optimizer.lr:g}, {metrics.get('epochs_run')} epochs run, "
+        f"- method {cfg.method.name}, optimizer {cfg.optimizer.name}, lr {method_lr(cfg):g}, "
+        f"{metrics.get('epochs_run')} epochs run, "
         f"batch {cfg.trainer.batch_size}, seed {cfg.trainer.seed}, precision {metrics.get('precision')}, device "
         f"{metrics.get('device')}",
         f"- command: `{command}`" if command else "- command: unknown (no run.yaml nor .hydra/overrides.yaml)",
@@ -239,7 +280,8 @@ def model_card(run: Run, out_name: str, merge_diff: float, with_adapter: bool) -
         "",
         "## Files",
         "",
-        "- `config.json`, `model.safetensors`: the encoder, LoRA merged (transformers `AutoModel`)",
+        f"- `config.json`, `model.safetensors`: the whole encoder{encoder_note(cfg.method.name)} (transformers "
+        "`AutoModel`)",
         "- `head.safetensors`: the head, `weight` (1 x hidden) and `bias` (1)",
         f"- `{CLASSIFIER_FILE}`: pooling, max_length, truncation, threshold, the run's precision",
         "- tokenizer files (`AutoTokenizer`)",
@@ -310,6 +352,7 @@ def classifier_spec(run: Run) -> dict:
         "threshold": THRESHOLD,
         "labels": {"0": "negative", "1": "positive"},
         "precision": run.metrics.get("precision"),
+        "method": cfg.method.name,
         "sentiment_lora_version": __version__,
         "run_format": run.metrics.get("run_format", RUN_FORMAT),
     }
@@ -332,7 +375,8 @@ def write_export(run: Run, trained, folder: Path, with_adapter: bool, out_name: 
     if with_adapter:
         shutil.copytree(run.dir / "adapter", folder / "adapter")
         shutil.copy2(run.dir / "head.safetensors", folder / "adapter" / "head.safetensors")
-    merged = trained.model.merge_and_unload()
+    # LoRA and IA3 merge into the encoder's weights; the other methods' classifier is saved as it is.
+    merged = trained.model.merge_and_unload() if cfg.method.name in PEFT_METHODS else trained.model
     merged.encoder.save_pretrained(str(folder), safe_serialization=True)
     save_file(plain_state(merged.head), str(folder / "head.safetensors"))
     trained.tokenizer.save_pretrained(str(folder))
@@ -392,6 +436,11 @@ def export(run_dir: Path, out_dir: Path, with_adapter: bool = False, force: bool
     """Write the run's export to out_dir, all or nothing: a failure leaves no folder behind."""
     out_dir = Path(out_dir).expanduser()
     run = open_run(run_dir)
+    if with_adapter and run.cfg.method.name not in PEFT_METHODS:
+        raise UserError(
+            f"--adapter: run {run.dir} trained with method={run.cfg.method.name}, which has no adapter (only lora "
+            "and ia3 do); export without --adapter"
+        )
     check_out_dir(out_dir, run, force)
     trained = load_model(run)  # a damaged run is refused before any folder is made
     missing = [folder for folder in (out_dir.parent, *out_dir.parent.parents) if not folder.exists()]
