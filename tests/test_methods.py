@@ -32,7 +32,7 @@ from sentiment_lora.results import config_id
 from sentiment_lora.run import dry_run, train
 from sentiment_lora.train import cli
 
-from .conftest import CONF, TINY_FAST, compose_config, write_reviews
+from .conftest import CONF, REPO, TINY_FAST, compose_config, write_reviews
 from .test_families import EXPECTED, FAMILIES, FUSED, tiny_config
 from .test_predict_export import call
 from .test_resume import Killed, kill_after_epoch, results_of
@@ -368,3 +368,13 @@ def test_the_learning_curve_preset_sweeps_sizes_and_methods_on_fixed_evaluation_
     assert str(params["method"]).split(",") == ["lora", "linear_probe", "full"]
     cfg = compose_config(["hparams_search=learning_curve"])
     assert (cfg.data.n_val, cfg.data.n_test) == (1000, 4000)  # drawn before the training sample, at every size
+
+
+def test_the_docs_methods_table_states_the_counts_dry_run_gives_on_minilm():
+    section = (REPO / "docs" / "configuration.md").read_text().split("## Methods")[1].split("\n## ")[0]
+    for method in OTHER_METHODS:
+        groups, _ = COUNTS[("minilm", method)]
+        (row,) = [line for line in section.splitlines() if line.startswith(f"| `{method}` |")]
+        assert f"{sum(groups.values()):,}" in row, method
+    line = f"minilm linear_probe: trainable 385 of {COUNTS[('minilm', 'linear_probe')][1]:,} (0.002%) = head 385"
+    assert line in section
