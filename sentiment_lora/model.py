@@ -553,9 +553,9 @@ def attach_method(classifier: SentimentClassifier, cfg) -> nn.Module:
         return attach_lora(classifier, cfg.lora, cfg.model.targets_map)
     if method == "ia3":
         return attach_ia3(classifier, cfg.model.targets_map)
-    used = used_encoder_parameters(classifier)
     if method == "linear_probe":
         return train_only(classifier, set())
+    used = used_encoder_parameters(classifier)
     if method == "bitfit":
         biases = {name for name in used if is_bias(name)}
         if not biases:

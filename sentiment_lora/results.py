@@ -74,7 +74,8 @@ def identifiers(cfg) -> dict[str, Any]:
         # Speed levers that can change results, so tables can tell runs apart.
         "speed": {
             "length_grouping": cfg.trainer.length_grouping,
-            "frozen_prefix": cfg.trainer.frozen_prefix,
+            # A linear probe always caches its pooled vectors, whatever trainer.frozen_prefix says.
+            "frozen_prefix": "cache" if cfg.method.name == "linear_probe" else cfg.trainer.frozen_prefix,
             "attention_dropout": cfg.model.attention_dropout,
         },
         "trial": {"id": cfg.trial.id, "number": cfg.trial.number},

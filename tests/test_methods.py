@@ -209,12 +209,13 @@ def test_a_linear_probe_always_caches_the_pooled_vectors(tmp_path):
 # ---- the same run, records, resume, predict and export as LoRA ----
 
 
-def method_run(root, method: str, extra: list[str] = ()):
+def method_run(root, method: str, precision: str = "fp32"):
     """A tiny run of the method made through the real CLI (so .hydra/ and run.yaml are there, as for a user's)."""
-    csv_path = write_reviews(root / f"{method}.csv", n=80)
-    run_dir = root / method
-    args = [*TINY_FAST, "trainer.epochs=1", "trainer.eval_batch_size=3", "trainer.precision=fp32", "data=csv",
-            f"data.path={csv_path}", f"method={method}", *extra]  # fmt: skip
+    name = method if precision == "fp32" else f"{method}-{precision}"
+    csv_path = write_reviews(root / f"{name}.csv", n=80)
+    run_dir = root / name
+    args = [*TINY_FAST, "trainer.epochs=1", "trainer.eval_batch_size=3", f"trainer.precision={precision}",
+            "data=csv", f"data.path={csv_path}", f"method={method}"]  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setattr(sys, "argv", ["sentiment_lora.train", *args, f"hydra.run.dir={run_dir}"])
@@ -225,7 +226,12 @@ def method_run(root, method: str, extra: list[str] = ()):
 @pytest.fixture(scope="module")
 def method_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("methods")
-    return {method: method_run(root, method) for method in METHODS}
+    runs = {method: method_run(root, method) for method in METHODS}
+    # bf16 autocast for the cached probe (pooled vectors computed once) and the whole encoder trained.
+    return runs | {f"{method}-bf16": method_run(root, method, "bf16") for method in BF16_RUNS}
+
+
+BF16_RUNS = ("linear_probe", "full")
 
 
 # What each method's run directory holds of the model (random init: encoder.safetensors is its initial encoder).
@@ -246,6 +252,7 @@ def test_a_short_run_completes_and_records_its_method(method_runs, method):
     assert metrics["params"]["trainable"] == sum(metrics["params"]["by_group"].values())
     assert (metrics["lora"] is None) == (method != "lora")
     assert metrics["optimizer"]["lr"] == (5e-5 if method == "full" else 1e-2)  # TINY_FAST's optimizer.lr
+    assert metrics["speed"]["frozen_prefix"] == ("cache" if method == "linear_probe" else "live")
     saved = {path.name for path in run_dir.iterdir()} & {*SAVED["bitfit"], "adapter"}
     assert saved == SAVED[method]
     assert set(metrics["sha256"]) >= {name for name in SAVED[method] if name != "adapter"}
@@ -275,9 +282,10 @@ def test_a_short_run_completes_and_records_its_method(method_runs, method):
         assert expected_changed[method] - unpromised <= changed <= expected_changed[method]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [*METHODS, *(f"{method}-bf16" for method in BF16_RUNS)])
 def test_predict_reproduces_test_predictions_csv(method_runs, tmp_path, capsys, method):
     run_dir = method_runs[method]
+    assert json.loads((run_dir / "metrics.json").read_text())["precision"] == ("bf16" if "bf16" in method else "fp32")
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     test_csv, out = tmp_path / "test.csv", tmp_path / "scored.csv"
     data_lib.load_splits(cfg.data)["test"].to_csv(test_csv, index=False)
