@@ -523,12 +523,13 @@ def train_only(classifier: SentimentClassifier, encoder_names: set[str]) -> Sent
     return classifier
 
 
-def attach_ia3(classifier: SentimentClassifier, hand_map) -> peft.PeftModel:
-    """PEFT's IA3 on k, v and the FFN's down projection of every layer (encoders.ia3_modules), the head trained."""
-    if classifier.family is None or hand_map:
+def attach_ia3(classifier: SentimentClassifier) -> peft.PeftModel:
+    """PEFT's IA3 on k, v and the FFN's down projection of every layer (encoders.ia3_modules), the head trained.
+    The family table chooses the modules; model.targets_map, LoRA's, is not read."""
+    if classifier.family is None:  # model.targets_map (LoRA's hand map) does not say which Linear is k, v or down
         raise UserError(
-            f"config method.name: ia3 takes its modules from the family table (supported: {encoders.supported()}); "
-            "model.targets_map is read by method=lora only: set it to {} (a model_type outside the table: use lora)"
+            f"config method.name: ia3 takes its modules from the family table, which lacks model_type "
+            f"'{classifier.model_type}' (supported: {encoders.supported()}); use method=lora with model.targets_map"
         )
     targets, feedforward = encoders.ia3_modules(classifier.family)
 
@@ -552,7 +553,7 @@ def attach_method(classifier: SentimentClassifier, cfg) -> nn.Module:
     if method == "lora":
         return attach_lora(classifier, cfg.lora, cfg.model.targets_map)
     if method == "ia3":
-        return attach_ia3(classifier, cfg.model.targets_map)
+        return attach_ia3(classifier)
     if method == "linear_probe":
         return train_only(classifier, set())
     used = used_encoder_parameters(classifier)

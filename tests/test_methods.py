@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
-from transformers import AutoModel
+from transformers import AutoConfig, AutoModel
 
 from sentiment_lora import data as data_lib
 from sentiment_lora import export as export_lib
@@ -186,9 +186,10 @@ def test_bad_method_values_are_one_line(override, line):
 
 
 def test_ia3_outside_the_family_table_is_one_line():
-    cfg = compose_config(["model=tiny", "method=ia3", "+model.targets_map={q: ['encoder\\.layer\\.\\d+\\.q']}"])
-    classifier = SentimentClassifier(AutoModel.from_config(tiny_config("bert")), "mean", 0.0)
-    with pytest.raises(UserError, match="method.name: ia3 takes its modules from the family table"):
+    cfg = compose_config(["model=tiny", "method=ia3"])
+    config = AutoConfig.for_model("xlm", emb_dim=32, n_layers=2, n_heads=2, vocab_size=100)
+    classifier = SentimentClassifier(AutoModel.from_config(config), "mean", 0.0, "attentions", hand_map=True)
+    with pytest.raises(UserError, match="ia3 takes its modules from the family table, which lacks model_type 'xlm'"):
         attach_method(classifier, cfg)
 
 
@@ -386,3 +387,11 @@ def test_the_docs_methods_table_states_the_counts_dry_run_gives_on_minilm():
         assert f"{sum(groups.values()):,}" in row, method
     line = f"minilm linear_probe: trainable 385 of {COUNTS[('minilm', 'linear_probe')][1]:,} (0.002%) = head 385"
     assert line in section
+
+
+def test_ia3_reads_the_family_table_not_loras_hand_map():
+    hand_map = "+model.targets_map={q: ['encoder\\.layer\\.\\d+\\.attention\\.self\\.query']}"
+    cfg = compose_config(["model=tiny", "method=ia3", hand_map, "lora/targets=q"])
+    assert cfg.model.targets_map  # given, and not read
+    classifier = SentimentClassifier(AutoModel.from_config(tiny_config("bert")), "mean", 0.0, hand_map=True)
+    assert count_params(attach_method(classifier, cfg))["by_group"]["ia3"] == TINY_IA3
