@@ -31,6 +31,8 @@ TARGETS = ("q", "k", "v", "qkv", "output", "ffn", "head")
 # Data file formats (data.format) and the validation metrics that may choose the epoch kept (trainer.select_on).
 FILE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 SELECT_ON = ("val_acc", "val_balanced_acc", "val_f1_minority", "val_loss")
+# Fine-tuning methods (conf/method/): what trains besides the head. model.py attach_method builds each.
+METHODS = ("lora", "linear_probe", "bitfit", "ia3", "full")
 # What `main` can return to a sweeper, by name.
 OBJECTIVES = ("val_accuracy", "val_loss", "trainable_params")
 
@@ -190,6 +192,28 @@ class LoraConfig:
         "lora.rank.",
         None,
         within=AT_LEAST_ONE,
+    )
+
+
+@dataclass
+class MethodConfig:
+    name: str = _help(
+        "What trains beside the head: 'lora' (adapters from the lora group), 'linear_probe' (the head alone on the "
+        "frozen encoder's pooled vectors, computed once), 'bitfit' (the encoder's bias terms), 'ia3' (PEFT's IA3 "
+        "scaling vectors on k, v and the FFN's down projection) or 'full' (every encoder weight). The lora.* keys "
+        "are read by method=lora only and ignored by the others (docs/configuration.md#methods).",
+        "lora",
+        choices=METHODS,
+    )
+    lr: float | None = _help(
+        "This method's peak learning rate, in place of optimizer.lr; null: optimizer.lr. method=full sets 5e-5.",
+        None,
+        within=POSITIVE,
+    )
+    weight_decay: float | None = _help(
+        "This method's weight decay, in place of optimizer.weight_decay; null: optimizer.weight_decay.",
+        None,
+        within=NON_NEGATIVE,
     )
 
 
@@ -399,11 +423,16 @@ class TrialConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     dry_run: bool = _help("Build the model with random init, count parameters, write metrics.json, exit.", False)
-    save_adapter: bool = _help("Save the LoRA adapter (PEFT format) and head as safetensors in the run dir.", True)
+    save_adapter: bool = _help(
+        "Save the trained weights as safetensors in the run dir: the adapter (PEFT format, lora and ia3), the head, "
+        "and what the method trained of the encoder (bitfit: its biases; full: the whole encoder).",
+        True,
+    )
     objectives: list[str] = _help(
         "What the run returns to a sweeper, in order: val_accuracy, val_loss, trainable_params. One name returns a "
         "float; several return a tuple (multi-objective search).",

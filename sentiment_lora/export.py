@@ -1,13 +1,15 @@
 """`python -m sentiment_lora.export RUN_DIR OUT_DIR [--format F] [--adapter] [--force]`: a completed run as a
 folder that another library loads, without this package.
 
-The LoRA adapter is merged into the encoder's weights, and the folder holds it in one of three formats
-(export_formats.py): `transformers` (the default: config.json + model.safetensors, the head in head.safetensors),
-`sentence-transformers` (SentenceTransformer(folder).encode gives the probabilities) or `onnx` (model.onnx for
-onnxruntime). Every format adds classifier.json (pooling, max_length, truncation, threshold), the tokenizer, a
-model card (README.md, with Hub metadata) and, with --adapter, the unmerged adapter. docs/export.md shows the lines
-that load and score each format; export checks those steps on probe reviews against the unmerged model before the
-folder appears. Everything is written into a temporary folder beside OUT_DIR and renamed into place.
+The LoRA or IA3 adapter is merged into the encoder's weights (method=linear_probe, bitfit and full save the encoder
+as they left it), and the folder holds the classifier in one of three formats (export_formats.py): `transformers`
+(the default: config.json + model.safetensors, the head in head.safetensors), `sentence-transformers`
+(SentenceTransformer(folder).encode gives the probabilities) or `onnx` (model.onnx for onnxruntime). Every format
+adds classifier.json (pooling, max_length, truncation, threshold, method), the tokenizer, a model card (README.md,
+with Hub metadata, naming the method) and, with --adapter, the unmerged adapter (lora and ia3 only). docs/export.md
+shows the lines that load and score each format; export checks those steps on probe reviews against the unmerged
+model before the folder appears. Everything is written into a temporary folder beside OUT_DIR and renamed into
+place.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from sentiment_lora.export_formats import (  # noqa: F401  (LOAD_SNIPPET: export
     check_installed,
 )
 from sentiment_lora.loop import predict
+from sentiment_lora.model import PEFT_METHODS
 from sentiment_lora.results import PREDICTIONS_FILE, RUN_FORMAT, new_file_mode
 from sentiment_lora.rundir import Run, load_model, open_run, overrides_of, run_holding
 from sentiment_lora.stats import bootstrap_interval, f1_at, roc_auc
@@ -111,6 +114,30 @@ def base_model_lines(cfg) -> list[str]:
     ]
 
 
+# The model card's name and one line for each method: what was trained.
+METHOD_TITLES = {"lora": "LoRA", "ia3": "IA3", "linear_probe": "linear probe", "bitfit": "BitFit",
+                 "full": "full fine-tuning"}  # fmt: skip
+METHOD_TRAINED = {
+    "ia3": "IA3 scaling vectors on k, v and the FFN's down projection (PEFT IA3Config), merged into the encoder's "
+    "weights (PEFT merge_and_unload), and the head",
+    "linear_probe": "the head alone, on the frozen encoder's pooled vectors; the encoder is the base model's",
+    "bitfit": "the encoder's bias terms and the head; the encoder here holds the trained biases",
+    "full": "every encoder weight and the head; the encoder here is the whole fine-tuned encoder",
+}
+
+
+def method_lines(run: Run) -> list[str]:
+    """The card's section on the fine-tuning method: LoRA's keys and PEFT config, or what the method trained."""
+    method = run.cfg.method.name
+    if method == "lora":
+        return lora_lines(run)
+    lr = (run.metrics.get("optimizer") or {}).get("lr")
+    lines = [f"- method `{method}` (sentiment-lora `method={method}`): trained {METHOD_TRAINED[method]}"]
+    if lr is not None:
+        lines.append(f"- learning rate {_value(lr)}")
+    return lines
+
+
 def lora_lines(run: Run) -> list[str]:
     lines = ["| key | value |", "| --- | --- |"]
     for key, value in OmegaConf.to_container(run.cfg.lora, resolve=True).items():
@@ -127,6 +154,21 @@ def lora_lines(run: Run) -> list[str]:
         pattern = str(peft_cfg["target_modules"]).replace("|", "\\|")  # a bare | would end the table cell
         lines.append(f"| PEFT target_modules | `{pattern}` |")
     return lines
+
+
+def merged_what(method: str) -> str:
+    if method in PEFT_METHODS:
+        return f"the {METHOD_TITLES[method]} adapter is merged into the encoder's weights (PEFT merge_and_unload)"
+    return f"no adapter: the run's own encoder ({METHOD_TITLES[method]}) is saved whole"
+
+
+def encoder_note(method: str) -> str:
+    return {"lora": ", LoRA merged", "ia3": ", IA3 merged", "full": ", fine-tuned",
+            "bitfit": ", with the trained biases"}.get(method, "")  # fmt: skip
+
+
+def method_lr(cfg) -> float:
+    return cfg.optimizer.lr if cfg.method.lr is None else cfg.method.lr
 
 
 def _test_predictions(run: Run, n: int | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -249,7 +291,7 @@ def card_text(run: Run, out_name: str, merge_diff: float, with_adapter: bool, ex
     command = train_command(run)
     truncation = cfg.data.truncation
     lines = [
-        f"# {cfg.model.name} + LoRA sentiment classifier",
+        f"# {cfg.model.name} + {METHOD_TITLES[cfg.method.name]} sentiment classifier",
         "",
         f"Binary sentiment classifier exported by sentiment-lora {__version__} from the run `{run.dir.resolve()}`. "
         f"It gives the probability that a review is positive (label 1); the run predicts positive at "
@@ -258,13 +300,12 @@ def card_text(run: Run, out_name: str, merge_diff: float, with_adapter: bool, ex
         "## Base model",
         "",
         *base_model_lines(cfg),
-        f"- the LoRA adapter is merged into the encoder's weights (PEFT merge_and_unload); on {len(PROBE_REVIEWS)} "
-        f"probe reviews the exported folder ({export_format.name}) scores as the unmerged run within "
-        f"{merge_diff:.1e} (fp32)",
+        f"- {merged_what(cfg.method.name)}; on {len(PROBE_REVIEWS)} probe reviews the exported folder "
+        f"({export_format.name}) scores as the run's own model within {merge_diff:.1e} (fp32)",
         "",
-        "## LoRA",
+        f"## Method: {METHOD_TITLES[cfg.method.name]}",
         "",
-        *lora_lines(run),
+        *method_lines(run),
         "",
         "## Parameters",
         "",
@@ -288,7 +329,8 @@ def card_text(run: Run, out_name: str, merge_diff: float, with_adapter: bool, ex
         "",
         "## Training",
         "",
-        f"- optimizer {cfg.optimizer.name}, lr {cfg.optimizer.lr:g}, {metrics.get('epochs_run')} epochs run, "
+        f"- method {cfg.method.name}, optimizer {cfg.optimizer.name}, lr {method_lr(cfg):g}, "
+        f"{metrics.get('epochs_run')} epochs run, "
         f"batch {cfg.trainer.batch_size}, seed {cfg.trainer.seed}, precision {metrics.get('precision')}, device "
         f"{metrics.get('device')}",
         f"- command: `{command}`" if command else "- command: unknown (no run.yaml nor .hydra/overrides.yaml)",
@@ -298,7 +340,7 @@ def card_text(run: Run, out_name: str, merge_diff: float, with_adapter: bool, ex
         "",
         f"Export format `{export_format.name}`.",
         "",
-        *export_format.files,
+        *(line.format(merged=encoder_note(cfg.method.name)) for line in export_format.files),
     ]
     if with_adapter:
         lines.append(
@@ -347,6 +389,7 @@ def classifier_spec(run: Run, export_format: str = DEFAULT_FORMAT) -> dict:
         "threshold": THRESHOLD,
         "labels": {"0": "negative", "1": "positive"},
         "precision": run.metrics.get("precision"),
+        "method": cfg.method.name,
         "sentiment_lora_version": __version__,
         "run_format": run.metrics.get("run_format", RUN_FORMAT),
     }
@@ -372,7 +415,9 @@ def write_export(
     if with_adapter:
         shutil.copytree(run.dir / "adapter", folder / "adapter")
         shutil.copy2(run.dir / "head.safetensors", folder / "adapter" / "head.safetensors")
-    merged = trained.model.merge_and_unload().eval()
+    # LoRA and IA3 merge into the encoder's weights; the other methods' classifier is saved as it is.
+    merged = trained.model.merge_and_unload() if cfg.method.name in PEFT_METHODS else trained.model
+    merged = merged.eval()
     spec = classifier_spec(run, export_format.name)
     export_format.write(merged, trained.tokenizer, folder, spec)
     (folder / CLASSIFIER_FILE).write_text(json.dumps(spec, indent=2) + "\n")
@@ -435,6 +480,11 @@ def export(
     chosen = FORMATS[export_format]
     check_installed(chosen)
     run = open_run(run_dir)
+    if with_adapter and run.cfg.method.name not in PEFT_METHODS:
+        raise UserError(
+            f"--adapter: run {run.dir} trained with method={run.cfg.method.name}, which has no adapter (only lora "
+            "and ia3 do); export without --adapter"
+        )
     check_out_dir(out_dir, run, force)
     trained = load_model(run)  # a damaged run is refused before any folder is made
     missing = [folder for folder in (out_dir.parent, *out_dir.parent.parents) if not folder.exists()]

@@ -206,7 +206,7 @@ class ExportFormat:
     tags: tuple[str, ...]
     needs: tuple[str, ...]  # modules the format imports (the `export` extra installs them)
     snippet: str
-    files: tuple[str, ...]  # the model card's lines about the folder's files
+    files: tuple[str, ...]  # the model card's lines about the folder's files ({merged}: export.encoder_note)
     write: Callable[..., None]  # (merged classifier, tokenizer, folder, classifier spec)
     probabilities: Callable[[Path, list[str]], np.ndarray]
 
@@ -217,21 +217,21 @@ CLASSIFIER_LINE = f"- `{CLASSIFIER_FILE}`: pooling, max_length, truncation, thre
 FORMATS = {
     "transformers": ExportFormat(
         "transformers", "transformers", ("transformers",), (), LOAD_SNIPPET,
-        ("- `config.json`, `model.safetensors`: the encoder, LoRA merged (transformers `AutoModel`)",
+        ("- `config.json`, `model.safetensors`: the encoder{merged} (transformers `AutoModel`)",
          "- `head.safetensors`: the head, `weight` (1 x hidden) and `bias` (1)", CLASSIFIER_LINE, TOKENIZER_LINE),
         write_transformers, transformers_probabilities,
     ),
     "sentence-transformers": ExportFormat(
         "sentence-transformers", "sentence-transformers", ("sentence-transformers", "transformers"),
         ("sentence_transformers",), SENTENCE_TRANSFORMERS_SNIPPET,
-        ("- `modules.json`: Transformer -> Pooling -> Dense; `config.json`, `model.safetensors`: the encoder, LoRA "
-         "merged", "- `1_Pooling/`: the run's pooling; `2_Dense/`: the head, Linear(hidden, 1) with a sigmoid",
+        ("- `modules.json`: Transformer -> Pooling -> Dense; `config.json`, `model.safetensors`: the "
+         "encoder{merged}", "- `1_Pooling/`: the run's pooling; `2_Dense/`: the head, Linear(hidden, 1) with a sigmoid",
          CLASSIFIER_LINE, TOKENIZER_LINE),
         write_sentence_transformers, sentence_transformers_probabilities,
     ),
     "onnx": ExportFormat(
         "onnx", "onnx", ("onnx",), ("onnx", "onnxscript", "onnxruntime"), ONNX_SNIPPET,
-        (f"- `{ONNX_FILE}`: encoder (LoRA merged) + pooling + head + sigmoid, opset {ONNX_OPSET}, fp32; inputs "
+        (f"- `{ONNX_FILE}`: encoder{{merged}}, pooling, head and sigmoid, opset {ONNX_OPSET}, fp32; inputs "
          "`input_ids` and `attention_mask` (int64, batch x sequence), output `probability` (batch)",
          CLASSIFIER_LINE, "- tokenizer files (`AutoTokenizer`; model_max_length is the run's max_length)"),
         write_onnx, onnx_probabilities,

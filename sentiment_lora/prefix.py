@@ -2,7 +2,8 @@
 
 `trainer.frozen_prefix` says how a run treats them: 'live' runs them in train mode every step (dropout on, as a
 plain HF/PEFT loop does), 'eval' runs them without dropout, 'cache' computes their output once per review
-without dropout and trains the layers above on it (the same numbers as 'eval'). Cached outputs are memoized per
+without dropout and trains the layers above on it (the same numbers as 'eval'). method=linear_probe always
+caches (the whole encoder is frozen: its pooled vectors are the probe's features). Cached outputs are memoized per
 process, so the trials of an in-process sweep that freeze the same layers compute them once.
 """
 
@@ -66,11 +67,13 @@ def prepare(
     cfg, classifier: SentimentClassifier, encoded: dict[str, list[dict]], weights, tokenizer, device, dtype
 ) -> FrozenPrefix:
     depth = frozen_depth(classifier)
-    if depth is None or cfg.trainer.frozen_prefix == "live":
+    # A linear probe reads fixed features: the frozen encoder's pooled vectors, computed once per review.
+    mode = "cache" if cfg.method.name == "linear_probe" else cfg.trainer.frozen_prefix
+    if depth is None or mode == "live":
         return FrozenPrefix("live", encoded)
-    check_frozen_prefix(classifier, cfg.trainer.frozen_prefix, depth)  # a family it would be wrong for: refused
+    check_frozen_prefix(classifier, mode, depth)  # a family it would be wrong for: refused
     frozen = frozen_modules(classifier, depth)
-    if cfg.trainer.frozen_prefix == "eval":
+    if mode == "eval":
         return FrozenPrefix("eval", encoded, frozen)
     started = time.perf_counter()
     classifier.cached_depth = depth

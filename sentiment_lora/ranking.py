@@ -195,6 +195,9 @@ def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
         except ValueError:
             return (1, 0.0, value)
 
+    # A method is its group plus what only LoRA reads (lora.*) and the prefix mode each method settles itself
+    # (a probe always caches; with nothing frozen below, full, bitfit and ia3 run live whatever the recipe says).
+    held_apart = ("method", "lora", "trainer.frozen_prefix") if key == "method" else (key,)
     notes, members = [], []
     for _, row in runs[runs["state"] == "complete"].iterrows():
         cfg = run_config(Path(row["run"]))
@@ -203,7 +206,7 @@ def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
             notes.append(f"{row['run']}: no config or test predictions, left out of the {key} comparison")
             continue
         value = (row.get("method") or "lora") if key == "method" else OmegaConf.select(cfg, key, default=None)
-        group = (row["eval_fingerprint"], config_digest(cfg, ignore=("trainer.seed", "seeds", key)))
+        group = (row["eval_fingerprint"], config_digest(cfg, ignore=("trainer.seed", "seeds", *held_apart)))
         members.append({**row.to_dict(), "group": group, "value": value, "correct": found[1]})
     if not members:
         return pd.DataFrame(), [*notes, f"no complete run records {key}"]
