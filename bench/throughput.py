@@ -3,6 +3,7 @@
     python bench/throughput.py --model minilm --runs hf,plain,fast            # the seed layout: q+v, every layer
     python bench/throughput.py --model minilm --runs hf-recipe,default        # the default recipe's layout
     python bench/throughput.py --model distilbert          # DistilBERT architecture, random init (timing only)
+    python bench/throughput.py --model minilm --runs default,linear_probe,bitfit,ia3,full   # the methods
 
 Both sides get the same reviews (sentiment-lora's own draw and tokenization, its truncation included), max_length,
 batch size, LoRA config (rank, alpha, dropout, modules, layers), AdamW with the same learning rate, weight decay,
@@ -73,6 +74,9 @@ VARIANTS = {
     "fast": ["trainer.length_grouping=true", "model.attention_dropout=0.0", "trainer.frozen_prefix=cache"],
     "default": [],
 }
+# The other fine-tuning methods (conf/method/), each on the model's default recipe as `default` is: what one epoch
+# of each costs beside LoRA's.
+METHOD_RUNS = {name: [f"method={name}"] for name in ("linear_probe", "bitfit", "ia3", "full")}
 # The HF Trainer baselines and the layout each trains: `hf` the seed layout, `hf-recipe` the default recipe's.
 BASELINES = {"hf": "HF Trainer + PEFT", "hf-recipe": "HF Trainer + PEFT, the default recipe's layout"}
 # Models with a default recipe (conf/recipe/): the seed layout is `recipe@_global_=seed` there, the schema's own
@@ -251,13 +255,14 @@ def main() -> None:
         "--runs",
         default="hf,fast",
         help=f"comma-separated, ratios are against the first: {', '.join(BASELINES)} (the baselines) and any of "
-        f"{', '.join(VARIANTS)}",
+        f"{', '.join(VARIANTS)}, or a method: {', '.join(METHOD_RUNS)}",
     )
     parser.add_argument("--override", action="append", default=[], help="extra override for every sentiment-lora run")
     opts = parser.parse_args()
-    unknown = [name for name in opts.runs.split(",") if name not in {*BASELINES, *VARIANTS}]
+    choices = [*BASELINES, *VARIANTS, *METHOD_RUNS]
+    unknown = [name for name in opts.runs.split(",") if name not in choices]
     if unknown:
-        parser.error(f"--runs: unknown {unknown[0]!r}; choose from {', '.join([*BASELINES, *VARIANTS])}")
+        parser.error(f"--runs: unknown {unknown[0]!r}; choose from {', '.join(choices)}")
 
     torch.set_num_threads(opts.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -304,7 +309,10 @@ def main() -> None:
                 result = hf_trainer_baseline(layout_cfg, encoded[name], tokenizer, scratch)
                 rows.append((f"{BASELINES[name]} (lr {layout_cfg.optimizer.lr:g})", result))
             else:
-                levers = (seed_layout + VARIANTS[name] if name != "default" else []) + opts.override
+                if name in METHOD_RUNS:
+                    levers = METHOD_RUNS[name] + opts.override  # on the default recipe, as `default`
+                else:
+                    levers = (seed_layout + VARIANTS[name] if name != "default" else []) + opts.override
                 result = sentiment_lora_run(common + levers, Path(scratch) / name)
                 rows.append((f"sentiment-lora {name} (`{' '.join(levers) or 'the default recipe'}`)", result))
             print(f"  {rows[-1][0]}: {rows[-1][1]}", flush=True)

@@ -3,10 +3,13 @@
 
     python scripts/baseline_tfidf.py                                   # the default IMDB sample
     python scripts/baseline_tfidf.py data=csv data.path=reviews.csv --out outputs/baselines/mine
+    python scripts/baseline_tfidf.py --n-train 400                     # a learning-curve point: tfidf_n400
 
 Takes the same data overrides as the trainer (so the split is identical: same data_fingerprint), selects the
 regularization strength C on validation, evaluates test once, and writes metrics.json in the trainer's format
-with status "reference", which scripts/summarize.py shows as a reference row.
+with status "reference", which scripts/summarize.py shows as a reference row. --n-train N is data.n_train=N, the
+harness's training size: the evaluation sets are drawn before the training sample, so every size is tested on the
+same reviews (same eval_fingerprint) and summarize.py draws TF-IDF on the learning curve beside the runs.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def run(overrides: list[str], out_dir: Path) -> dict:
         "model": {"name": "tfidf-logreg", "source": "sklearn", "pretrained": None, "path": None, "pooling": None},
         "lora": {"rank": None, "alpha": None, "dropout": None, "targets": []},
         "data": {"name": cfg.data.name, "source": cfg.data.source, "path": cfg.data.path, "seed": cfg.data.seed,
-                 **data_facts},
+                 "n_train": cfg.data.n_train, **data_facts},
         "data_fingerprint": data_lib.fingerprint(splits),
         "eval_fingerprint": data_lib.fingerprint(splits, ("val", "test")),
         "split_sizes": {name: len(splits[name]) for name in data_lib.SPLITS},
@@ -78,11 +81,27 @@ def run(overrides: list[str], out_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="trainer config overrides for the data, e.g. data.n_samples=4000")
-    parser.add_argument("--out", type=Path, help="output directory (default outputs/baselines/tfidf_<data>)")
+    parser.add_argument(
+        "--n-train",
+        type=int,
+        metavar="N",
+        help="training reviews, as the trainer's data.n_train=N (the evaluation sets stay the same at every N)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output directory (default outputs/baselines/tfidf_default, tfidf_n<N> with a size)"
+    )
     args = parser.parse_args(argv)
-    out = args.out or Path("outputs") / "baselines" / "tfidf_default"
+    overrides = list(args.overrides)
+    given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+~").startswith("data.n_train=")]
     try:
-        metrics = run(args.overrides, out)
+        if args.n_train is not None:
+            if given:
+                raise UserError(f"--n-train {args.n_train} and data.n_train={given[-1]}: give the training size once")
+            overrides.append(f"data.n_train={args.n_train}")
+        size = args.n_train if args.n_train is not None else (given[-1] if given else None)
+        size = None if str(size).lower() in ("null", "none") else size
+        out = args.out or Path("outputs") / "baselines" / ("tfidf_default" if size is None else f"tfidf_n{size}")
+        metrics = run(overrides, out)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

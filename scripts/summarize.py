@@ -5,9 +5,10 @@
     python scripts/summarize.py outputs/multirun/a outputs/multirun/b outputs/baselines/tfidf
     python scripts/summarize.py --storage sqlite:///outputs/optuna/lora_optuna.db --study lora_optuna
 
-First, one row per run (summary.csv): model, targets, rank, alpha, trainable parameters (and % of total), val
-accuracy, test accuracy with its 95% Wilson score interval, test F1, epochs run, wall time and state
-(complete/pruned/failed, or reference for a baseline). Sorted by val accuracy; ★ marks the Pareto-optimal runs.
+First, one row per run (summary.csv): model, fine-tuning method (lora, linear_probe, bitfit, ia3, full),
+targets, rank, alpha, trainable parameters (and % of total), n_train, val accuracy, test accuracy with its 95%
+Wilson score interval, test F1, epochs run, wall time and state (complete/pruned/failed, or reference for a
+baseline). Sorted by val accuracy; ★ marks the Pareto-optimal runs across methods.
 
 Then, per evaluation set, one row per configuration (configurations.csv; replicates that differ only in
 trainer.seed are one row): seeds, mean val and test accuracy, the test interval (t over seeds, or Wilson for one
@@ -15,8 +16,13 @@ seed), and test differences, review by review, to the best configuration (highes
 reference row, with 95% intervals and Holm-adjusted p-values (McNemar for one seed each, a paired permutation
 test over seed-averaged reviews for replicates); "≈ best" marks configurations the data cannot tell from the best.
 Runs tested on other reviews (another eval_fingerprint) get a table of their own. The plot (summary.png) shows the
-largest table. With --storage/--study, the study's hyper-parameter importances (Optuna's fANOVA evaluator) are
-printed and written to importances.csv. Incomplete or foreign directories are skipped with a note on stderr.
+largest table: every method on one log axis of trainable parameters (a marker per method, a colour per target
+set), the Pareto front labelled, TF-IDF and the majority class as lines. --effect KEY tests one config key with
+everything else fixed (--effect method: each method against LoRA). When runs differ in n_train, a learning curve
+(learning_curve.png or --curve, learning_curve.csv): test accuracy per method and size, with the gaps to full
+fine-tuning and to TF-IDF at each size, paired on the same test reviews. With --storage/--study, the study's
+hyper-parameter importances (Optuna's fANOVA evaluator) are printed and written to importances.csv. Incomplete or
+foreign directories are skipped with a note on stderr.
 """
 
 from __future__ import annotations
@@ -28,12 +34,15 @@ from pathlib import Path
 import pandas as pd
 
 from sentiment_lora.credentials import masked, redacted
+from sentiment_lora.curve import curve_markdown, learning_curve, plot_curve
 from sentiment_lora.errors import UserError
 from sentiment_lora.ranking import effects, rank
 from sentiment_lora.summary import (
+    at_one_size,
     build_table,
     configurations_markdown,
     effects_markdown,
+    majority_accuracy,
     plot,
     runs_as_configurations,
     to_markdown,
@@ -106,11 +115,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, help="CSV output (default: <first input>/summary.csv)")
     parser.add_argument("--plot", type=Path, help="PNG output (default: <first input>/summary.png)")
     parser.add_argument(
+        "--curve",
+        type=Path,
+        help="learning-curve PNG, drawn whenever runs differ in n_train (default: <first input>/learning_curve.png)",
+    )
+    parser.add_argument(
         "--effect",
         action="append",
         default=[],
         metavar="KEY",
-        help="config key whose effect to test, everything else fixed (e.g. lora.scaling, lora.rank); repeatable",
+        help="config key whose effect to test, everything else fixed (e.g. lora.scaling, lora.rank; method: each "
+        "fine-tuning method against LoRA); repeatable",
     )
     args = parser.parse_args(argv)
     try:
@@ -145,7 +160,32 @@ def main(argv: list[str] | None = None) -> int:
         all_configs = [t.assign(eval_fingerprint=fingerprint) for fingerprint, t in tables]
         pd.concat(all_configs).to_csv(configs_path, index=False)
         print(f"configurations: {configs_path}", file=sys.stderr)
-    plot(tables[0][1] if tables else runs_as_configurations(table), png_path)
+    if tables:
+        fingerprint, axis = tables[0]
+        group = table[table["eval_fingerprint"] == fingerprint]
+    else:
+        axis, group = runs_as_configurations(table), table
+    axis, size_note = at_one_size(axis, group[group["state"] == "complete"])
+    if size_note:
+        print(f"note: {size_note}", file=sys.stderr)
+    majority = majority_accuracy(group)
+    if majority is None:
+        print("note: no run records its test labels (test_predictions.csv): the plot has no majority-class line",
+              file=sys.stderr)  # fmt: skip
+    plot(axis, png_path, majority)
+    cells, curve_notes = learning_curve(table)
+    for note in curve_notes:
+        print(f"note: {note}", file=sys.stderr)
+    curve_path = None
+    if not cells.empty:
+        curve_path = args.curve or png_path.with_name("learning_curve.png")
+        curve_path.parent.mkdir(parents=True, exist_ok=True)
+        cells.drop(columns=["run_dirs"]).to_csv(csv_path.with_name("learning_curve.csv"), index=False)
+        plot_curve(cells, curve_path)
+        print("\n### Learning curve: test accuracy against n_train, gaps paired on the same test reviews\n")
+        print(curve_markdown(cells))
+    elif args.curve:
+        print("note: --curve: the runs do not differ in n_train; no learning curve", file=sys.stderr)
     for key in args.effect:
         found, effect_notes = effects(table, key)
         for note in effect_notes:
@@ -157,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.storage and (found := importances(args.storage, args.study)) is not None:
         found.to_csv(csv_path.with_name("importances.csv"))
         print("\n### Hyper-parameter importances (fANOVA)\n\n" + found.to_frame().to_markdown(floatfmt=".3f"))
-    print(f"\n{len(table)} runs; table {csv_path}; plot {png_path}", file=sys.stderr)
+    curve = f"; learning curve {curve_path}" if curve_path else ""
+    print(f"\n{len(table)} runs; table {csv_path}; plot {png_path}{curve}", file=sys.stderr)
     return 0
 
 

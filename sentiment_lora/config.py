@@ -18,7 +18,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from sentiment_lora import encoders
+from sentiment_lora import encoders, labels
 from sentiment_lora.errors import UserError
 
 # The config groups live in conf/ beside the package (editable install): an absolute path works however the
@@ -28,6 +28,11 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Abstract LoRA targets. The architecture table (encoders.py) maps them onto each family's modules; a model config
 # may map them by hand instead (model.targets_map). qkv: q, k and v together (one fused Linear where a family has one).
 TARGETS = ("q", "k", "v", "qkv", "output", "ffn", "head")
+# Data file formats (data.format) and the validation metrics that may choose the epoch kept (trainer.select_on).
+FILE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+SELECT_ON = ("val_acc", "val_balanced_acc", "val_f1_minority", "val_loss")
+# Fine-tuning methods (conf/method/): what trains besides the head. model.py attach_method builds each.
+METHODS = ("lora", "linear_probe", "bitfit", "ia3", "full")
 # What `main` can return to a sweeper, by name.
 OBJECTIVES = ("val_accuracy", "val_loss", "trainable_params")
 
@@ -191,6 +196,28 @@ class LoraConfig:
 
 
 @dataclass
+class MethodConfig:
+    name: str = _help(
+        "What trains beside the head: 'lora' (adapters from the lora group), 'linear_probe' (the head alone on the "
+        "frozen encoder's pooled vectors, computed once), 'bitfit' (the encoder's bias terms), 'ia3' (PEFT's IA3 "
+        "scaling vectors on k, v and the FFN's down projection) or 'full' (every encoder weight). The lora.* keys "
+        "are read by method=lora only and ignored by the others (docs/configuration.md#methods).",
+        "lora",
+        choices=METHODS,
+    )
+    lr: float | None = _help(
+        "This method's peak learning rate, in place of optimizer.lr; null: optimizer.lr. method=full sets 5e-5.",
+        None,
+        within=POSITIVE,
+    )
+    weight_decay: float | None = _help(
+        "This method's weight decay, in place of optimizer.weight_decay; null: optimizer.weight_decay.",
+        None,
+        within=NON_NEGATIVE,
+    )
+
+
+@dataclass
 class OptimizerConfig:
     name: str = _help("The optimizer.", "adamw", choices=("adamw", "adam", "sgd"))
     lr: float = _help("Peak learning rate.", 5e-4, within=POSITIVE)
@@ -206,31 +233,69 @@ class OptimizerConfig:
 @dataclass
 class DataConfig:
     name: str = _help("Identifier recorded in metrics.json.")
-    source: str = _help("'imdb' (the offline IMDB sample) or 'csv' (data.path).", "csv", choices=("imdb", "csv"))
-    path: str | None = _help("CSV file for source=csv.", None)
+    source: str = _help(
+        "'imdb' (the offline IMDB sample), 'csv' (a file, data.path: CSV, TSV, JSONL or Parquet) or 'hf' (a Hugging "
+        "Face `datasets` dataset: data.name from the local cache or the hub, or data.path, a save_to_disk folder).",
+        "csv",
+        choices=("imdb", "csv", "hf"),
+    )
+    path: str | None = _help("The data file for source=csv; for source=hf, a save_to_disk folder.", None)
+    format: str = _help(
+        "How data.path (and the given split files) are read: auto chooses by extension (.csv, .tsv/.tab, "
+        ".jsonl/.ndjson, .parquet/.pq, each also under .gz, .bz2, .zip, .xz; any other name reads as CSV).",
+        "auto",
+        choices=("auto", *FILE_FORMATS),
+    )
+    delimiter: str | None = _help(
+        "The field separator of a CSV file; null: the header line's, among , ; tab | (Python's csv.Sniffer), else ','.",
+        None,
+    )
+    config_name: str | None = _help("source=hf: the dataset's configuration (load_dataset's `name`).", None)
+    train_split: str | None = _help(
+        "source=hf: the DatasetDict split used for training; null: 'train'. With val_split and test_split the "
+        "dataset's own splits are used as given splits; a dataset of one split is split as one file is.",
+        None,
+    )
+    val_split: str | None = _help("source=hf: the validation split; null: validation, val, valid or dev.", None)
+    test_split: str | None = _help("source=hf: the test split; null: 'test'.", None)
     text_column: str = _help("Column holding the review text.", "text")
-    label_column: str = _help("Column holding the label: 0/1, or negative/positive, neg/pos (any case).", "label")
+    label_column: str = _help(
+        "Column holding the label: 0/1, or negative/positive, neg/pos (any case), or what data.label_map maps.", "label"
+    )
+    label_map: Any = _help(
+        "How labels become 0/1: null (0/1, negative/positive, neg/pos), a preset (stars: 1-2 -> 0, 3 dropped, "
+        "4-5 -> 1; yes_no; signed: -1/1; boolean: false/true), or a mapping such as {1: 0, 2: 0, 3: null, 4: 1, "
+        "5: 1} (null drops the row; keys match any case, and 1 matches 1.0 and '1'). Dropped rows are counted in "
+        "metrics.json (data.labels_dropped); a label the map lacks is an error naming it and its row.",
+        None,
+    )
+    balance: bool = _help(
+        "Draw data.n_samples, data.n_train/n_val/n_test with half of each class (the IMDB preset's design). false: "
+        "samples keep the data's class shares (stratified), so an imbalanced file stays as imbalanced as it is.",
+        False,
+    )
     n_samples: int | None = _help(
-        "Balanced sample size drawn deterministically (half per class) from the distinct reviews; null uses every "
-        "distinct review. Every split needs a review of each class: at least 1 / (the smallest split's share) per "
+        "Sample size drawn deterministically from the distinct reviews (stratified, or half per class with "
+        "data.balance=true); null uses every distinct review."
+        " Every split needs a review of each class: at least 1 / (the smallest split's share) per "
         "class, 10 per class for the default fractions.",
         None,
         within=AT_LEAST_ONE,
     )
     n_train: int | None = _help(
-        "With data.n_val/n_test: the training sample, balanced, drawn after the evaluation sets; null: every "
-        "review they leave.",
+        "With data.n_val/n_test: the training sample, drawn after the evaluation sets; null: every review they leave.",
         None,
         within=Range(2),
     )
     n_val: int | None = _help(
-        "Validation reviews drawn (balanced) from the pool after the test set; with data.n_test it replaces the "
+        "Validation reviews drawn from the pool after the test set (stratified, or balanced: data.balance); with "
+        "data.n_test it replaces the "
         "fractions, so the evaluation sets do not depend on the training sample.",
         None,
         within=Range(2),
     )
     n_test: int | None = _help(
-        "Test reviews drawn (balanced) first from the whole pool; set together with data.n_val.", None, within=Range(2)
+        "Test reviews drawn first from the whole pool; set together with data.n_val.", None, within=Range(2)
     )
     split_column: str | None = _help(
         "A column naming each row's split (train; val, validation or dev; test): the file's own split is used.", None
@@ -258,13 +323,22 @@ class DataConfig:
         "Share of the kept tokens taken from the start under truncation=head_tail.", 0.25, within=SHARE
     )
     cache_dir: str | None = _help(
-        "Where downloaded data is cached; null = $SENTIMENT_LORA_CACHE or ~/.cache/sentiment-lora.", None
+        "Where downloaded data is cached; null = $SENTIMENT_LORA_CACHE or ~/.cache/sentiment-lora (IMDB), the "
+        "`datasets` cache (data=hf: HF_DATASETS_CACHE, ~/.cache/huggingface/datasets).",
+        None,
     )
 
 
 @dataclass
 class TrainerConfig:
     epochs: int = _help("Training epochs; the best epoch on validation is kept.", 3, within=AT_LEAST_ONE)
+    select_on: str = _help(
+        "Which validation metric chooses the epoch kept: val_acc (ties: lower loss), val_balanced_acc or "
+        "val_f1_minority (F1 of the validation set's smaller class; ties: lower loss), or val_loss (lowest). "
+        "Recorded as selected_on; a sweep's objective stays the selected epoch's val accuracy.",
+        "val_acc",
+        choices=SELECT_ON,
+    )
     batch_size: int = _help("Training batch size.", 16, within=AT_LEAST_ONE)
     eval_batch_size: int = _help("Batch size for validation and test.", 64, within=AT_LEAST_ONE)
     max_length: int = _help(
@@ -353,11 +427,16 @@ class TrialConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     dry_run: bool = _help("Build the model with random init, count parameters, write metrics.json, exit.", False)
-    save_adapter: bool = _help("Save the LoRA adapter (PEFT format) and head as safetensors in the run dir.", True)
+    save_adapter: bool = _help(
+        "Save the trained weights as safetensors in the run dir: the adapter (PEFT format, lora and ia3), the head, "
+        "and what the method trained of the encoder (bitfit: its biases; full: the whole encoder).",
+        True,
+    )
     objectives: list[str] = _help(
         "What the run returns to a sweeper, in order: val_accuracy, val_loss, trainable_params. One name returns a "
         "float; several return a tuple (multi-objective search).",
@@ -456,6 +535,25 @@ def _validate_data_layout(data: Any, dry_run: bool) -> None:
         _fail("data.n_train", "is used only with data.n_val/n_test; with fractions, data.n_samples sets the sample")
     if data.source == "csv" and not data.path and not all(given_files) and not dry_run:
         _fail("data.path", "is required for data=csv (data.path=/path/to/reviews.csv)")
+    hf_keys = {"data.config_name": data.config_name, "data.train_split": data.train_split,
+               "data.val_split": data.val_split, "data.test_split": data.test_split}  # fmt: skip
+    for key, value in hf_keys.items():
+        if value is not None and data.source != "hf":
+            _fail(key, f"is read by data=hf only (this is data.source={data.source}): set it null")
+    if data.source == "hf":
+        if OmegaConf.is_missing(data, "name"):
+            _fail(
+                "data.name",
+                "is required for data=hf: a dataset id (data.name=stanfordnlp/imdb), or with data.path=<a "
+                "save_to_disk folder> the name to record it under",
+            )
+        if data.format != "auto" or data.delimiter is not None:
+            _fail("data.format" if data.format != "auto" else "data.delimiter", "is for files (data=csv): set it back")
+        if any(given_files):
+            _fail("data.train_path", "is for data=csv; data=hf names a DatasetDict's splits: data.train_split/...")
+    if data.delimiter is not None and len(data.delimiter) != 1:
+        _fail("data.delimiter", f"must be one character (',', ';', '\\t', '|'), got {data.delimiter!r}")
+    labels.resolve(data.label_map)  # a bad map is one line now, not after the data is read
 
 
 def _validate_lora_layers(lora: Any) -> None:

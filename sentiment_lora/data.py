@@ -1,11 +1,13 @@
-"""Reviews in, tokenized batches out: CSV validation, HTML stripping, duplicates, sampling, the stratified split,
-batches.
+"""Reviews in, tokenized batches out: reading CSV, TSV, JSONL and Parquet files, validation, label maps, HTML
+stripping, duplicates, sampling, the stratified split, batches.
 
-Where the IMDB file comes from is sources.py's concern."""
+Where the IMDB file comes from is sources.py's concern, a `datasets` dataset (data=hf) hf_data.py's."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import logging
 import math
 import re
@@ -13,8 +15,10 @@ import unicodedata
 import warnings
 from pathlib import Path
 
+import fsspec
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from bs4 import BeautifulSoup, MarkupResemblesLocatorWarning
 from bs4.builder import HTMLTreeBuilder
@@ -24,15 +28,15 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from sentiment_lora import memo
+from sentiment_lora import hf_data, memo
+from sentiment_lora import labels as labels_lib
 from sentiment_lora.config import per_class_minimum
 from sentiment_lora.errors import UserError
 from sentiment_lora.sources import imdb_csv
-from sentiment_lora.splits import column_splits, disjoint, pool_splits
+from sentiment_lora.splits import column_splits, disjoint, pool_splits, stratified_draw
 
 log = logging.getLogger(__name__)
 
-LABEL_WORDS = {"0": 0, "1": 1, "negative": 0, "positive": 1, "neg": 0, "pos": 1}
 SPLITS = ("train", "val", "test")
 
 
@@ -81,13 +85,91 @@ def strip_html(text: str) -> str:
         return " ".join(soup.get_text(" ").split())
 
 
-def _label_value(raw: object) -> int | None:
-    # True/False is not a label: a boolean column (is_spam, has_spoilers, ...) is more likely the wrong column.
-    if isinstance(raw, (bool, np.bool_)):
-        return None
-    if isinstance(raw, (int, float)):
-        return int(raw) if raw in (0, 1) else None
-    return LABEL_WORDS.get(str(raw).strip().lower())
+# Data file extensions and the format each names; a compression suffix after them is taken off first.
+EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+              ".parquet": "parquet", ".pq": "parquet"}  # fmt: skip
+COMPRESSIONS = (".gz", ".bz2", ".zip", ".xz", ".zst")
+FORMAT_NAMES = {"csv": "CSV", "tsv": "TSV", "jsonl": "JSONL", "parquet": "Parquet"}
+# The separators a CSV header is sniffed among (data.delimiter=null).
+SNIFFED = ",;\t|"
+
+
+def file_format(path: Path, format: str = "auto") -> str:
+    """data.format, or under `auto` the format the file's extension names (CSV for any other name, as before)."""
+    if format != "auto":
+        return format
+    suffixes = [suffix.lower() for suffix in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSIONS:
+        suffixes.pop()
+    return EXTENSIONS.get(suffixes[-1] if suffixes else "", "csv")
+
+
+def _first_line(path: Path) -> str:
+    # pandas opens the file (compressed or not); a separator no header holds gives the header line whole.
+    head = pd.read_csv(path, sep="\x1f", header=None, nrows=1, dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
+    return str(head.iloc[0, 0]) if not head.empty else ""
+
+
+def sniff_delimiter(path: Path) -> str:
+    """The separator of a CSV file's header line among , ; tab | (Python's csv.Sniffer); ',' when it cannot tell
+    (a one-column header, say)."""
+    try:
+        return csv.Sniffer().sniff(_first_line(path), delimiters=SNIFFED).delimiter
+    except (csv.Error, pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError):
+        return ","
+
+
+def read_table(
+    path: Path, text_column: str, format: str = "auto", delimiter: str | None = None
+) -> tuple[pd.DataFrame, str | None]:
+    """The file as pandas reads it (a UserError line when it cannot), and its field separator (None for JSONL
+    and Parquet). CSV texts are read as written: no NA values, so a review reading "None" or "NA" is a text."""
+    path = Path(path).expanduser()
+    kind = file_format(path, format)
+    if path.is_dir():
+        raise UserError(f"data file {path}: is a directory, not a {FORMAT_NAMES[kind]} file")
+    if not path.is_file():
+        raise UserError(f"data file {path}: not found")
+    sep = "\t" if kind == "tsv" else delimiter or (sniff_delimiter(path) if kind == "csv" else ",")
+    try:
+        if kind in ("csv", "tsv"):
+            frame = pd.read_csv(path, sep=sep, dtype={text_column: "string"}, keep_default_na=False)
+        elif kind == "jsonl":
+            # dtype=False: each value as JSON typed it (a "01" id stays a text, a label true stays a boolean).
+            frame = pd.read_json(path, lines=True, dtype=False)
+        else:
+            # Parquet compresses inside; a .parquet.gz is opened by fsspec (a `datasets` dependency), which
+            # pandas' read_parquet does not do itself.
+            with fsspec.open(str(path), "rb", compression="infer") as handle:
+                frame = pd.read_parquet(io.BytesIO(handle.read()))
+    except pd.errors.EmptyDataError:
+        raise UserError(f"data file {path}: is empty (no header, no rows)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError, pa.ArrowException) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"data file {path}: cannot be parsed as {FORMAT_NAMES[kind]} ({first_line})") from None
+    if kind == "jsonl" and frame.empty and not len(frame.columns):
+        raise UserError(f"data file {path}: is empty (no rows)")
+    return frame, sep if kind in ("csv", "tsv") else None
+
+
+def read_labelled(
+    path: str | Path,
+    text_column: str,
+    label_column: str | None,
+    split_column: str | None = None,
+    columns_hint: str = "set data.text_column/label_column",
+    format: str = "auto",
+    delimiter: str | None = None,
+    label_map: object = None,
+) -> tuple[pd.DataFrame, int]:
+    """A data file (CSV, TSV, JSONL or Parquet: `file_format`) as `labelled` makes it, and the rows whose label
+    `label_map` drops."""
+    path = Path(path).expanduser()
+    frame, sep = read_table(path, text_column, format, delimiter)
+    columns = [column for column in (text_column, label_column, split_column) if column]
+    if sep is not None:
+        refuse_repeated_columns(path, columns, sep)
+    return labelled(frame, f"data file {path}", text_column, label_column, split_column, columns_hint, label_map)
 
 
 def read_labelled_csv(
@@ -97,58 +179,72 @@ def read_labelled_csv(
     split_column: str | None = None,
     columns_hint: str = "set data.text_column/label_column",
 ) -> pd.DataFrame:
+    """`read_labelled` with the default labels (prediction files, the given split files of older callers)."""
+    return read_labelled(path, text_column, label_column, split_column, columns_hint)[0]
+
+
+def labelled(
+    frame: pd.DataFrame,
+    where: str,
+    text_column: str,
+    label_column: str | None,
+    split_column: str | None = None,
+    columns_hint: str = "set data.text_column/label_column",
+    label_map: object = None,
+) -> tuple[pd.DataFrame, int]:
     """A validated frame with columns text (str) and label (0/1), plus `split` when a split column is named,
-    indexed by data row - 1; every problem is one UserError line. Without a label column (prediction), no `label`.
-    `columns_hint` is the way out a missing text or label column names."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise UserError(f"data file {path}: is a directory, not a CSV file")
-    if not path.is_file():
-        raise UserError(f"data file {path}: not found")
-    try:
-        # No NA values: a review reading "None" or "NA" is a text like any other, an empty field an empty text.
-        frame = pd.read_csv(path, dtype={text_column: "string"}, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise UserError(f"data file {path}: is empty (no header, no rows)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"data file {path}: cannot be parsed as CSV ({first_line})") from None
-    _refuse_repeated_columns(path, [column for column in (text_column, label_column, split_column) if column])
+    indexed by data row - 1, and how many rows label_map dropped; every problem is one UserError line starting
+    with `where` (a file, a dataset's split). Without a label column (prediction), no `label`. `columns_hint` is
+    the way out a missing text or label column names."""
     for column in (text_column, label_column, split_column):
         if column is not None and column not in frame.columns:
             found = ", ".join(map(str, frame.columns))
             raise UserError(
-                f"data file {path}: no column '{column}' (columns: {found}); "
+                f"{where}: no column '{column}' (columns: {found}); "
                 + ("set data.split_column" if column == split_column else columns_hint)
             )
+    for column in (text_column, label_column, split_column):
+        if column is not None and list(frame.columns).count(column) > 1:
+            raise UserError(f"{where}: column '{column}' appears {list(frame.columns).count(column)} times")
     if frame.empty:
-        raise UserError(f"data file {path}: header only, no data rows")
-    texts = frame[text_column]
-    for index, text in texts.items():
+        raise UserError(f"{where}: header only, no data rows")
+    frame = frame.reset_index(drop=True)
+    texts = []
+    for index, text in enumerate(frame[text_column]):
+        if not isinstance(text, str):  # JSONL and Parquet type their values; CSV's are read as texts
+            if labels_lib.key_of(text) is None:
+                raise UserError(f"{where}: column '{text_column}', data row {index + 1}: no text (null)")
+            text = str(text)
         if not text.strip():
-            raise UserError(f"data file {path}: column '{text_column}', data row {index + 1}: empty text")
+            raise UserError(f"{where}: column '{text_column}', data row {index + 1}: empty text")
         if not visible(text):
-            raise UserError(f"data file {path}: column '{text_column}', data row {index + 1}: {_invisible(text)}")
+            raise UserError(f"{where}: column '{text_column}', data row {index + 1}: {_invisible(text)}")
+        texts.append(text)
+    texts = pd.Series(texts, dtype=object)
     # Reviews are words: a column of numbers alone (an id, a rating, a score) is the wrong column.
     if pd.to_numeric(texts.str.strip(), errors="coerce").notna().all():
         raise UserError(
-            f"data file {path}: column '{text_column}' holds only numbers (data row 1: {texts.iloc[0]!r}), not "
+            f"{where}: column '{text_column}' holds only numbers (data row 1: {texts.iloc[0]!r}), not "
             f"review texts; {columns_hint}"
         )
-    result = pd.DataFrame({"text": texts.astype(str).to_numpy()})
-    if label_column is not None:
-        result["label"] = _labels(frame[label_column], path, label_column)
+    result = pd.DataFrame({"text": texts.to_numpy(dtype=object)})
     if split_column is not None:
         result["split"] = frame[split_column].astype(str).to_numpy()
-    return result
+    if label_column is None:
+        return result, 0
+    result["label"] = label_values(frame[label_column], where, label_column, labels_lib.resolve(label_map))
+    kept = result["label"].notna()
+    if not kept.all():
+        log.info("%s: %d rows dropped, their label mapped to null (data.label_map)", where, int((~kept).sum()))
+    return result[kept].astype({"label": int}), int((~kept).sum())
 
 
-def _refuse_repeated_columns(path: Path, columns: list[str]) -> None:
+def refuse_repeated_columns(path: Path, columns: list[str], sep: str = ",") -> None:
     """pandas renames a repeated header name (`text,label,label` reads as label and label.1) and the first column
     would be used silently, even where the two disagree: a column the run reads must be named once. The header is
     read as a data row, so as the file holds it (compressed files too); a repeated column no one reads changes
     nothing and is left alone."""
-    header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
+    header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0].tolist()
     for column in columns:
         positions = [str(number) for number, name in enumerate(header, start=1) if name == column]
         if len(positions) > 1:
@@ -158,17 +254,29 @@ def _refuse_repeated_columns(path: Path, columns: list[str]) -> None:
             )
 
 
-def _labels(column: pd.Series, path: Path, label_column: str) -> list[int]:
-    labels: list[int] = []
+def label_values(column: pd.Series, where: str, label_column: str, label_map: dict | None) -> list[float]:
+    """0/1 per row, NaN where the map drops the row; a value the map (or the default spellings) lacks is one
+    line naming it and its row."""
+    mapping = labels_lib.DEFAULT_LABELS if label_map is None else label_map
+    values: list[float] = []
     for index, raw in column.items():
-        value = _label_value(raw)
-        if value is None:
-            raise UserError(
-                f"data file {path}: column '{label_column}', data row {index + 1}: label {raw!r} is not one of "
-                "0/1, negative/positive, neg/pos"
-            )
-        labels.append(value)
-    return labels
+        key = labels_lib.key_of(raw)
+        raw = raw.item() if isinstance(raw, np.generic) else raw  # named as the file wrote it: 7, not np.int64(7)
+        if key not in mapping:
+            if key is None:
+                problem = "no label (an empty value)"
+            elif label_map is None:
+                problem = f"label {raw!r} is not one of {labels_lib.DEFAULT_SPELLINGS}"
+                if isinstance(raw, (bool, np.bool_)):
+                    problem += " (for true/false labels, set data.label_map=boolean)"
+                elif key in {k for preset in ("stars", "yes_no", "signed") for k in labels_lib.resolve(preset)}:
+                    problem += "; set data.label_map (presets: stars, yes_no, signed, boolean)"
+            else:
+                problem = f"label {raw!r} is not in data.label_map (which maps {', '.join(mapping)})"
+            raise UserError(f"{where}: column '{label_column}', data row {index + 1}: {problem}")
+        value = mapping[key]
+        values.append(math.nan if value is None else float(value))
+    return values
 
 
 # Letters and symbols that render as nothing: the Hangul fillers and the braille blank, which Unicode lists as
@@ -205,7 +313,7 @@ def stripped(frame: pd.DataFrame, where: str, row_name: str = "data row") -> pd.
     return frame
 
 
-def distinct_reviews(frame: pd.DataFrame, path: Path, text_column: str, html: bool) -> tuple[pd.DataFrame, int]:
+def distinct_reviews(frame: pd.DataFrame, where: str, text_column: str, html: bool) -> tuple[pd.DataFrame, int]:
     """The reviews as the model sees them (HTML stripped when `html`), each text once, and how many were dropped.
 
     Texts are compared with whitespace collapsed, so a review copied with other line breaks or markup is one
@@ -213,7 +321,7 @@ def distinct_reviews(frame: pd.DataFrame, path: Path, text_column: str, html: bo
     row - 1), so messages name the row of the file.
     """
     if html:
-        frame = stripped(frame, f"data file {path}: column '{text_column}'")
+        frame = stripped(frame, f"{where}: column '{text_column}'")
     key = frame["text"].str.split().str.join(" ")
     # Refused rather than resolved: which label is right is the user's call, and dropping both copies would hide
     # a labelling error that likely has siblings. The IMDB reviews have no such pair.
@@ -223,12 +331,12 @@ def distinct_reviews(frame: pd.DataFrame, path: Path, text_column: str, html: bo
         row = clashes[0]
         first = key.index[key == key[row]][0]
         raise UserError(
-            f"data file {path}: data rows {first + 1} and {row + 1} hold the same review with opposite labels "
+            f"{where}: data rows {first + 1} and {row + 1} hold the same review with opposite labels "
             f"({frame['label'][first]} and {frame['label'][row]}); correct or remove one"
         )
     repeated = key.duplicated()
     if repeated.any():
-        log.info("data file %s: dropped %d duplicate reviews (same text once stripped)", path, repeated.sum())
+        log.info("%s: dropped %d duplicate reviews (same text once stripped)", where, repeated.sum())
     return frame[~repeated], int(repeated.sum())
 
 
@@ -272,49 +380,107 @@ def split(
     return {name: part.reset_index(drop=True) for name, part in zip(SPLITS, (train, val, test), strict=True)}
 
 
+def sample(frame: pd.DataFrame, n_samples: int | None, seed: int, balance: bool, source: str = "data") -> pd.DataFrame:
+    """data.n_samples distinct reviews: half of each class (data.balance), or in the data's own class shares, so
+    a user's imbalanced file is never silently re-balanced."""
+    if balance:
+        return balanced_sample(frame, n_samples, seed, source)
+    if n_samples is None or n_samples >= len(frame):
+        return frame.reset_index(drop=True)
+    return stratified_draw(frame, n_samples, seed, f"sample (data.n_samples={n_samples})")[0]
+
+
 def load_data(data_cfg) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
     """The configured data: HTML-stripped, each review once, split (see splits.py for the three ways); and what
-    metrics.json records of it (`n_samples`: the reviews used, `duplicates_dropped`, `train_dropped_as_in_eval`)."""
+    metrics.json records of it (`n_samples`: the reviews used, `duplicates_dropped`, `train_dropped_as_in_eval`,
+    `labels_dropped`: rows whose label data.label_map maps to null)."""
     columns = (data_cfg.text_column, data_cfg.label_column)
-    if data_cfg.train_path:  # given splits, one file each
+    reading = {"format": data_cfg.format, "delimiter": data_cfg.delimiter, "label_map": data_cfg.label_map}
+    if data_cfg.source == "hf":
+        raw, wheres = hf_data.read(data_cfg)
+        read = {role: labelled(frame, wheres[role], *columns, data_cfg.split_column, label_map=data_cfg.label_map)
+                for role, frame in raw.items()}  # fmt: skip
+        dropped = sum(count for _, count in read.values())
+        if "pool" not in read:  # the DatasetDict's own splits
+            if data_cfg.n_samples is not None or data_cfg.n_test is not None:
+                key = "data.n_samples" if data_cfg.n_samples is not None else "data.n_val/n_test"
+                raise UserError(f"config {key}: is not used with the dataset's own splits ({wheres['train']}, ...)")
+            frames = {role: frame for role, (frame, _) in read.items()}
+            if "val" not in frames:
+                frames["train"], frames["val"] = validation_from_train(frames["train"], data_cfg, wheres["train"])
+                wheres["val"] = wheres["train"]
+            return _given(frames, wheres, data_cfg, dropped)
+        (frame, _), where = read["pool"], wheres["pool"]
+    elif data_cfg.train_path:  # given splits, one file each
         paths = {name: Path(getattr(data_cfg, f"{name}_path")).expanduser() for name in SPLITS}
-        frames = {name: read_labelled_csv(path, *columns) for name, path in paths.items()}
-        return _given(frames, paths, data_cfg)
-    path = imdb_csv(data_cfg.cache_dir) if data_cfg.source == "imdb" else Path(data_cfg.path).expanduser()
-    frame = read_labelled_csv(path, *columns, split_column=data_cfg.split_column)
-    if data_cfg.split_column:  # given splits, one column
-        parts = column_splits(frame, frame.pop("split"), f"data file {path}, column '{data_cfg.split_column}'")
-        return _given(parts, dict.fromkeys(SPLITS, path), data_cfg)
-    frame, duplicates = distinct_reviews(frame, path, data_cfg.text_column, data_cfg.strip_html)
-    source = f"data file {path}"
-    if data_cfg.n_test is not None:  # evaluation sets drawn from the pool, then the training sample
-        splits = pool_splits(frame, data_cfg.n_train, data_cfg.n_val, data_cfg.n_test, data_cfg.seed)
+        read = {name: read_labelled(path, *columns, **reading) for name, path in paths.items()}
+        wheres = {name: f"data file {path}" for name, path in paths.items()}
+        dropped = sum(count for _, count in read.values())
+        return _given({name: frame for name, (frame, _) in read.items()}, wheres, data_cfg, dropped)
     else:
-        frame = balanced_sample(frame, data_cfg.n_samples, data_cfg.seed, source)
-        splits = split(frame, data_cfg.val_fraction, data_cfg.test_fraction, data_cfg.seed, source)
+        path = imdb_csv(data_cfg.cache_dir) if data_cfg.source == "imdb" else Path(data_cfg.path).expanduser()
+        frame, dropped = read_labelled(path, *columns, split_column=data_cfg.split_column, **reading)
+        where = f"data file {path}"
+    if data_cfg.split_column:  # given splits, one column
+        split_where = f"{where}, column '{data_cfg.split_column}'"
+        parts = column_splits(frame, frame.pop("split"), split_where)
+        return _given(parts, dict.fromkeys(SPLITS, where), data_cfg, dropped, split_where)
+    frame, duplicates = distinct_reviews(frame, where, data_cfg.text_column, data_cfg.strip_html)
+    if data_cfg.n_test is not None:  # evaluation sets drawn from the pool, then the training sample
+        splits = pool_splits(frame, data_cfg.n_train, data_cfg.n_val, data_cfg.n_test, data_cfg.seed, data_cfg.balance)
+    else:
+        frame = sample(frame, data_cfg.n_samples, data_cfg.seed, data_cfg.balance, where)
+        splits = split(frame, data_cfg.val_fraction, data_cfg.test_fraction, data_cfg.seed, where)
     used = sum(len(part) for part in splits.values())
-    return splits, {"n_samples": used, "duplicates_dropped": duplicates, "train_dropped_as_in_eval": 0}
+    return splits, {"n_samples": used, "duplicates_dropped": duplicates, "train_dropped_as_in_eval": 0,
+                    "labels_dropped": dropped}  # fmt: skip
 
 
-def _given(frames: dict[str, pd.DataFrame], paths: dict[str, Path], data_cfg) -> tuple[dict, dict[str, int]]:
-    """Given splits: each review once within its split, then no text in two splits (splits.disjoint)."""
+def validation_from_train(train: pd.DataFrame, data_cfg, where: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A dataset with train and test splits but no validation split: data.val_fraction of train becomes the
+    validation set, stratified (half of each class with data.balance), deterministic in data.seed. Rows keep their
+    index, so messages still name the train split's rows; a copy of a validation review left in train is dropped
+    from it by splits.disjoint, as with any given splits."""
+    n_val = math.ceil(data_cfg.val_fraction * len(train) - 1e-9)
+    what = f"validation set drawn from the train split (data.val_fraction={data_cfg.val_fraction:g})"
+    counts = train["label"].value_counts()
+    per_class = n_val // 2 if data_cfg.balance else 2
+    if len(counts) < 2 or counts.min() < per_class or n_val < 2:
+        raise UserError(
+            f"{where}: the {what} needs {per_class} reviews of each class; there are {_class_counts(train)}"
+        )
+    if data_cfg.balance:
+        val = pd.concat([train[train["label"] == label].sample(n=per_class, random_state=data_cfg.seed)
+                         for label in (0, 1)]).sample(frac=1.0, random_state=data_cfg.seed)  # fmt: skip
+        rest = train.drop(index=val.index)
+    else:
+        rest, val = train_test_split(train, test_size=n_val, stratify=train["label"], random_state=data_cfg.seed)
+    log.info("%s: no validation split; %d of its %d reviews drawn as the validation set", where, len(val), len(train))
+    return rest.sort_index(), val
+
+
+def _given(
+    frames: dict[str, pd.DataFrame], wheres: dict[str, str], data_cfg, dropped: int, split_where: str | None = None
+) -> tuple[dict, dict[str, int]]:
+    """Given splits: each review once within its split, then no text in two splits (splits.disjoint). `wheres`
+    name each split's file or dataset split; `split_where` the split column, when one assigned them."""
     duplicates = 0
     for name in SPLITS:
-        frames[name], dropped = distinct_reviews(frames[name], paths[name], data_cfg.text_column, data_cfg.strip_html)
-        duplicates += dropped
-    where = ", ".join(sorted({str(path) for path in paths.values()}))
+        frames[name], count = distinct_reviews(frames[name], wheres[name], data_cfg.text_column, data_cfg.strip_html)
+        duplicates += count
+    where = ", ".join(dict.fromkeys(wheres.values()))
     splits, leaked = disjoint({name: frame.reset_index(drop=True) for name, frame in frames.items()}, where)
     for name in SPLITS:
         # As the fraction and pool splits require: one class in train learns nothing, and one in val or test
         # makes accuracy meaningless and ROC AUC undefined (a run reported "complete" with val accuracy 0.0).
         if splits[name]["label"].nunique() < 2:
-            source = f"data file {paths[name]}" + (f", column '{data_cfg.split_column}'" * bool(data_cfg.split_column))
             raise UserError(
-                f"{source}: the {name} split holds one class ({_class_counts(splits[name])}); every split needs "
-                "reviews of both classes"
+                f"{split_where or wheres[name]}: the {name} split holds one class ({_class_counts(splits[name])}); "
+                "every split needs reviews of both classes"
             )
     used = sum(len(part) for part in splits.values())
-    return splits, {"n_samples": used, "duplicates_dropped": duplicates, "train_dropped_as_in_eval": leaked}
+    return splits, {"n_samples": used, "duplicates_dropped": duplicates, "train_dropped_as_in_eval": leaked,
+                    "labels_dropped": dropped}  # fmt: skip
 
 
 def load_splits(data_cfg) -> dict[str, pd.DataFrame]:

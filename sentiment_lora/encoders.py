@@ -174,6 +174,22 @@ def targets_map(fam: Family, indices: list[int] | None = None) -> dict[str, list
     return {target: patterns for target, patterns in mapped.items() if patterns}
 
 
+def ia3_modules(fam: Family) -> tuple[list[str], list[str]]:
+    """(target, feedforward) full-path regexes of IA3's modules, relative to the encoder, in every layer.
+
+    IA3 (Liu et al., 2022, "Few-Shot Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context
+    Learning") rescales the keys, the values and the FFN's inner activation. In PEFT's terms: k and v are targets
+    (their output is scaled), the FFN's down projection is a target and a feedforward module (its input is scaled).
+    A family's `ffn` lists its FFN Linears input side first, so the down projection is the last one. Where q, k and
+    v are one fused Linear, IA3 can only scale its whole output (q's part too), as LoRA can only adapt it whole.
+    """
+    prefix = layer_pattern(fam, None)
+    attention = (fam.fused_qkv,) if fam.fused_qkv else (*fam.k, *fam.v)
+    down = fam.ffn[-1]
+    targets = [f"{prefix}\\.{re.escape(module)}" for module in (*attention, down)]
+    return targets, [f"{prefix}\\.{re.escape(down)}"]
+
+
 def resolve_targets(fam: Family | None, model_type: str, targets: list[str]) -> list[str]:
     """The targets to adapt: q, k and v together on a fused family become qkv; q, k or v alone there is refused."""
     targets = list(targets)

@@ -1,11 +1,15 @@
-"""`python -m sentiment_lora.export RUN_DIR OUT_DIR [--adapter] [--force]`: a completed run as a folder that plain
-transformers loads, without this package.
+"""`python -m sentiment_lora.export RUN_DIR OUT_DIR [--format F] [--adapter] [--force]`: a completed run as a
+folder that another library loads, without this package.
 
-OUT_DIR gets the encoder with the LoRA adapter merged into its weights (config.json + model.safetensors), the
-classifier head (head.safetensors: weight, bias), classifier.json (pooling, max_length, truncation, threshold),
-the tokenizer, a model card (README.md) and, with --adapter, the unmerged adapter. docs/export.md shows the lines
-that load and score with it; export checks those steps on probe reviews against the unmerged model before the
-folder appears. Everything is written into a temporary folder beside OUT_DIR and renamed into place.
+The LoRA or IA3 adapter is merged into the encoder's weights (method=linear_probe, bitfit and full save the encoder
+as they left it), and the folder holds the classifier in one of three formats (export_formats.py): `transformers`
+(the default: config.json + model.safetensors, the head in head.safetensors), `sentence-transformers`
+(SentenceTransformer(folder).encode gives the probabilities) or `onnx` (model.onnx for onnxruntime). Every format
+adds classifier.json (pooling, max_length, truncation, threshold, method), the tokenizer, a model card (README.md,
+with Hub metadata, naming the method) and, with --adapter, the unmerged adapter (lora and ia3 only). docs/export.md
+shows the lines that load and score each format; export checks those steps on probe reviews against the unmerged
+model before the folder appears. Everything is written into a temporary folder beside OUT_DIR and renamed into
+place.
 """
 
 from __future__ import annotations
@@ -22,23 +26,29 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import OmegaConf
-from safetensors.torch import load_file, save_file
 
 from sentiment_lora import __version__
 from sentiment_lora import data as data_lib
 from sentiment_lora.credentials import masked_override
 from sentiment_lora.errors import UserError, exit_with
+from sentiment_lora.export_formats import (  # noqa: F401  (LOAD_SNIPPET: export's lines, as tests read them)
+    CLASSIFIER_FILE,
+    DEFAULT_FORMAT,
+    FORMATS,
+    LOAD_SNIPPET,
+    ExportFormat,
+    check_installed,
+)
 from sentiment_lora.loop import predict
-from sentiment_lora.model import plain_state
+from sentiment_lora.model import PEFT_METHODS
 from sentiment_lora.results import PREDICTIONS_FILE, RUN_FORMAT, new_file_mode
 from sentiment_lora.rundir import Run, load_model, open_run, overrides_of, run_holding
 from sentiment_lora.stats import bootstrap_interval, f1_at, roc_auc
 
-CLASSIFIER_FILE = "classifier.json"
 # classifier.json's mark of a folder this command wrote: --force replaces such a folder and nothing else.
 WRITTEN_BY = "sentiment_lora.export"
 THRESHOLD = 0.5
-# The merged export must score as the unmerged run does; fp32 merging moves probabilities by ~1e-7.
+# The export must score as the unmerged run does; fp32 merging moves probabilities by ~1e-7.
 MERGE_TOLERANCE = 1e-4
 PROBE_REVIEWS = [
     "A wonderful, moving film with a superb cast.",
@@ -50,36 +60,22 @@ PROBE_REVIEWS = [
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m sentiment_lora.export",
-        description="Write a completed run as a folder plain transformers loads: the encoder with LoRA merged, "
-        "the head, classifier.json, the tokenizer and a model card.",
+        description="Write a completed run as a folder another library loads: the encoder with LoRA merged and "
+        "the head (as transformers, sentence-transformers or ONNX), classifier.json, the tokenizer and a model card.",
     )
     parser.add_argument("run_dir", type=Path, help="a completed run directory")
     parser.add_argument("out_dir", type=Path, help="the folder to write (must not exist or be empty)")
+    parser.add_argument(
+        "--format",
+        dest="export_format",
+        choices=list(FORMATS),
+        default=DEFAULT_FORMAT,
+        help="transformers (default): AutoModel + head.safetensors; sentence-transformers: SentenceTransformer("
+        "folder).encode gives the probabilities; onnx: model.onnx for onnxruntime",
+    )
     parser.add_argument("--adapter", action="store_true", help="also write the unmerged PEFT adapter in adapter/")
     parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it holds a previous export")
     return parser.parse_args(argv)
-
-
-# ---- the plain-transformers side: what docs/export.md does, used to check the folder before it appears ----
-
-
-def plain_probabilities(folder: Path, texts: list[str]) -> np.ndarray:
-    """Scores as docs/export.md's lines compute them (fp32, head truncation), one text at a time."""
-    from transformers import AutoModel, AutoTokenizer
-
-    spec = json.loads((folder / CLASSIFIER_FILE).read_text())
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    encoder = AutoModel.from_pretrained(folder).eval()
-    head = load_file(str(folder / "head.safetensors"))
-    probs = []
-    for text in texts:
-        batch = tokenizer(text, truncation=True, max_length=spec["max_length"], return_tensors="pt")
-        with torch.inference_mode():
-            hidden = encoder(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1) if spec["pooling"] == "mean" else hidden[:, 0]
-            probs.append(torch.sigmoid(torch.nn.functional.linear(pooled, head["weight"], head["bias"])).item())
-    return np.array(probs)
 
 
 # ---- the model card ----
@@ -118,6 +114,30 @@ def base_model_lines(cfg) -> list[str]:
     ]
 
 
+# The model card's name and one line for each method: what was trained.
+METHOD_TITLES = {"lora": "LoRA", "ia3": "IA3", "linear_probe": "linear probe", "bitfit": "BitFit",
+                 "full": "full fine-tuning"}  # fmt: skip
+METHOD_TRAINED = {
+    "ia3": "IA3 scaling vectors on k, v and the FFN's down projection (PEFT IA3Config), merged into the encoder's "
+    "weights (PEFT merge_and_unload), and the head",
+    "linear_probe": "the head alone, on the frozen encoder's pooled vectors; the encoder is the base model's",
+    "bitfit": "the encoder's bias terms and the head; the encoder here holds the trained biases",
+    "full": "every encoder weight and the head; the encoder here is the whole fine-tuned encoder",
+}
+
+
+def method_lines(run: Run) -> list[str]:
+    """The card's section on the fine-tuning method: LoRA's keys and PEFT config, or what the method trained."""
+    method = run.cfg.method.name
+    if method == "lora":
+        return lora_lines(run)
+    lr = (run.metrics.get("optimizer") or {}).get("lr")
+    lines = [f"- method `{method}` (sentiment-lora `method={method}`): trained {METHOD_TRAINED[method]}"]
+    if lr is not None:
+        lines.append(f"- learning rate {_value(lr)}")
+    return lines
+
+
 def lora_lines(run: Run) -> list[str]:
     lines = ["| key | value |", "| --- | --- |"]
     for key, value in OmegaConf.to_container(run.cfg.lora, resolve=True).items():
@@ -134,6 +154,21 @@ def lora_lines(run: Run) -> list[str]:
         pattern = str(peft_cfg["target_modules"]).replace("|", "\\|")  # a bare | would end the table cell
         lines.append(f"| PEFT target_modules | `{pattern}` |")
     return lines
+
+
+def merged_what(method: str) -> str:
+    if method in PEFT_METHODS:
+        return f"the {METHOD_TITLES[method]} adapter is merged into the encoder's weights (PEFT merge_and_unload)"
+    return f"no adapter: the run's own encoder ({METHOD_TITLES[method]}) is saved whole"
+
+
+def encoder_note(method: str) -> str:
+    return {"lora": ", LoRA merged", "ia3": ", IA3 merged", "full": ", fine-tuned",
+            "bitfit": ", with the trained biases"}.get(method, "")  # fmt: skip
+
+
+def method_lr(cfg) -> float:
+    return cfg.optimizer.lr if cfg.method.lr is None else cfg.method.lr
 
 
 def _test_predictions(run: Run, n: int | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -186,14 +221,77 @@ def metric_lines(run: Run) -> list[str]:
     return lines
 
 
-def model_card(run: Run, out_name: str, merge_diff: float, with_adapter: bool) -> str:
+# The Hub ids of the data sources that are Hub datasets: the card's `datasets`.
+HUB_DATASETS = {"imdb": "stanfordnlp/imdb"}
+CARD_METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc")
+CARD_TAGS = ("sentiment-lora", "peft", "lora", "text-classification", "sentiment-analysis")
+
+
+def base_model_id(cfg) -> str | None:
+    """The Hub id of the weights the run started from; None for random init and for local weights."""
+    model = cfg.model
+    if model.path or model.source == "random":
+        return None
+    return model.pretrained or None
+
+
+def card_data(run: Run, export_format: ExportFormat, out_name: str):
+    """The card's Hub metadata (huggingface_hub's ModelCardData): base model, library, tags, datasets, metrics, and
+    a model-index with the test results, each named with its number of test reviews."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    cfg, test = run.cfg, run.metrics.get("test") or {}
+    path = (run.metrics.get("data") or {}).get("path")
+    dataset = HUB_DATASETS.get(cfg.data.source)
+    if cfg.data.source == "hf" and not cfg.data.get("path"):
+        dataset = cfg.data.name  # data=hf by name: a Hub dataset id (a save_to_disk folder names no Hub dataset)
+    n = test.get("n")
+    results = [
+        EvalResult(
+            task_type="text-classification",
+            task_name="Sentiment classification",
+            dataset_type=dataset or cfg.data.source,
+            dataset_name=dataset or (Path(path).name if path else cfg.data.name),
+            dataset_split="test",
+            metric_type=name,
+            metric_value=round(float(test[name]), 6),
+            metric_name=f"test {name} ({n} reviews)",
+        )
+        for name in CARD_METRICS
+        if test.get(name) is not None
+    ]
+    return ModelCardData(
+        model_name=out_name,
+        base_model=base_model_id(cfg),
+        library_name=export_format.library_name,
+        pipeline_tag="text-classification",
+        tags=list(dict.fromkeys([*CARD_TAGS, *export_format.tags])),
+        datasets=[dataset] if dataset else None,
+        metrics=[name for name in CARD_METRICS if test.get(name) is not None] or None,
+        eval_results=results or None,
+    )
+
+
+def model_card(
+    run: Run, out_name: str, merge_diff: float, with_adapter: bool, export_format: ExportFormat | None = None
+) -> str:
+    """The card: Hub metadata (YAML, through huggingface_hub's ModelCard) above the text a reader needs."""
+    from huggingface_hub import ModelCard
+
+    export_format = export_format or FORMATS[DEFAULT_FORMAT]
+    body = card_text(run, out_name, merge_diff, with_adapter, export_format)
+    card = ModelCard(f"---\n{card_data(run, export_format, out_name).to_yaml()}\n---\n\n{body}")
+    return str(card)
+
+
+def card_text(run: Run, out_name: str, merge_diff: float, with_adapter: bool, export_format: ExportFormat) -> str:
     cfg, metrics = run.cfg, run.metrics
     params = metrics.get("params") or {}
     data = metrics.get("data") or {}
     command = train_command(run)
     truncation = cfg.data.truncation
     lines = [
-        f"# {cfg.model.name} + LoRA sentiment classifier",
+        f"# {cfg.model.name} + {METHOD_TITLES[cfg.method.name]} sentiment classifier",
         "",
         f"Binary sentiment classifier exported by sentiment-lora {__version__} from the run `{run.dir.resolve()}`. "
         f"It gives the probability that a review is positive (label 1); the run predicts positive at "
@@ -202,12 +300,12 @@ def model_card(run: Run, out_name: str, merge_diff: float, with_adapter: bool) -
         "## Base model",
         "",
         *base_model_lines(cfg),
-        f"- the LoRA adapter is merged into the encoder's weights (PEFT merge_and_unload); on {len(PROBE_REVIEWS)} "
-        f"probe reviews the merged folder scores as the unmerged run within {merge_diff:.1e} (fp32)",
+        f"- {merged_what(cfg.method.name)}; on {len(PROBE_REVIEWS)} probe reviews the exported folder "
+        f"({export_format.name}) scores as the run's own model within {merge_diff:.1e} (fp32)",
         "",
-        "## LoRA",
+        f"## Method: {METHOD_TITLES[cfg.method.name]}",
         "",
-        *lora_lines(run),
+        *method_lines(run),
         "",
         "## Parameters",
         "",
@@ -231,7 +329,8 @@ def model_card(run: Run, out_name: str, merge_diff: float, with_adapter: bool) -
         "",
         "## Training",
         "",
-        f"- optimizer {cfg.optimizer.name}, lr {cfg.optimizer.lr:g}, {metrics.get('epochs_run')} epochs run, "
+        f"- method {cfg.method.name}, optimizer {cfg.optimizer.name}, lr {method_lr(cfg):g}, "
+        f"{metrics.get('epochs_run')} epochs run, "
         f"batch {cfg.trainer.batch_size}, seed {cfg.trainer.seed}, precision {metrics.get('precision')}, device "
         f"{metrics.get('device')}",
         f"- command: `{command}`" if command else "- command: unknown (no run.yaml nor .hydra/overrides.yaml)",
@@ -239,10 +338,9 @@ def model_card(run: Run, out_name: str, merge_diff: float, with_adapter: bool) -
         "",
         "## Files",
         "",
-        "- `config.json`, `model.safetensors`: the encoder, LoRA merged (transformers `AutoModel`)",
-        "- `head.safetensors`: the head, `weight` (1 x hidden) and `bias` (1)",
-        f"- `{CLASSIFIER_FILE}`: pooling, max_length, truncation, threshold, the run's precision",
-        "- tokenizer files (`AutoTokenizer`)",
+        f"Export format `{export_format.name}`.",
+        "",
+        *(line.format(merged=encoder_note(cfg.method.name)) for line in export_format.files),
     ]
     if with_adapter:
         lines.append(
@@ -250,16 +348,23 @@ def model_card(run: Run, out_name: str, merge_diff: float, with_adapter: bool) -
             "head.safetensors`); its module names are those of sentiment-lora's classifier (`encoder.` + the "
             "encoder's module names, and `head`)"
         )
-    lines += ["", "## Use", "", "Score a review with plain transformers (sentiment-lora's docs/export.md):", ""]
-    lines += ["```python", LOAD_SNIPPET.replace('folder = "exported"', f'folder = "{out_name}"').rstrip(), "```", ""]
+    snippet = export_format.snippet.replace('folder = "exported"', f'folder = "{out_name}"').rstrip()
+    lines += ["", "## Use", "", f"Score reviews with {export_format.library_name} (sentiment-lora's docs/export.md):"]
+    lines += ["", "```python", snippet, "```", ""]
     if truncation != "head":
         lines.append(
-            f"The run truncated long reviews with `{truncation}`; a plain tokenizer's `truncation=True` keeps the "
-            "head, so reviews longer than max_length score differently (see docs/export.md)."
+            f"The run truncated long reviews with `{truncation}`; the tokenizer's `truncation=True` keeps the head "
+            f"(the first {cfg.trainer.max_length} tokens), so reviews longer than max_length score differently "
+            "(see docs/export.md)."
         )
     if cfg.data.strip_html:
         lines.append("The run stripped HTML markup from reviews (BeautifulSoup) before tokenizing: do the same.")
-    if metrics.get("precision") == "bf16":
+    if metrics.get("precision") == "bf16" and export_format.name == "onnx":
+        lines.append(
+            "The run computed in bf16 autocast; model.onnx computes in fp32, so its probabilities differ slightly "
+            "from the run's."
+        )
+    elif metrics.get("precision") == "bf16":
         lines.append(
             "The run computed in bf16 autocast: `torch.autocast(device_type, dtype=torch.bfloat16)` around the "
             "forward pass reproduces its numbers; fp32 gives slightly different probabilities."
@@ -267,41 +372,15 @@ def model_card(run: Run, out_name: str, merge_diff: float, with_adapter: bool) -
     return "\n".join(lines) + "\n"
 
 
-# The lines docs/export.md shows and its test executes (a test keeps the two equal).
-LOAD_SNIPPET = """import json
-
-import torch
-from safetensors.torch import load_file
-from transformers import AutoModel, AutoTokenizer
-
-folder = "exported"  # the folder sentiment_lora.export wrote
-spec = json.load(open(f"{folder}/classifier.json"))
-tokenizer = AutoTokenizer.from_pretrained(folder)
-encoder = AutoModel.from_pretrained(folder).eval()
-head = load_file(f"{folder}/head.safetensors")
-
-
-def positive_probability(text: str) -> float:
-    batch = tokenizer(text, truncation=True, max_length=spec["max_length"], return_tensors="pt")
-    with torch.inference_mode():
-        hidden = encoder(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).float()
-        pooled = (hidden * mask).sum(1) / mask.sum(1) if spec["pooling"] == "mean" else hidden[:, 0]
-        return torch.sigmoid(torch.nn.functional.linear(pooled, head["weight"], head["bias"])).item()
-
-
-print(positive_probability("A wonderful, moving film."))
-"""
-
-
 # ---- writing the folder ----
 
 
-def classifier_spec(run: Run) -> dict:
+def classifier_spec(run: Run, export_format: str = DEFAULT_FORMAT) -> dict:
     cfg = run.cfg
     return {
         "format": 1,
         "written_by": WRITTEN_BY,
+        "export_format": export_format,
         "pooling": cfg.model.pooling,
         "max_length": cfg.trainer.max_length,
         "truncation": cfg.data.truncation,
@@ -310,6 +389,7 @@ def classifier_spec(run: Run) -> dict:
         "threshold": THRESHOLD,
         "labels": {"0": "negative", "1": "positive"},
         "precision": run.metrics.get("precision"),
+        "method": cfg.method.name,
         "sentiment_lora_version": __version__,
         "run_format": run.metrics.get("run_format", RUN_FORMAT),
     }
@@ -320,11 +400,14 @@ def harness_probabilities(trained, rows: list[dict]) -> np.ndarray:
     return predict(trained.model, rows, trained.tokenizer, 16, torch.device("cpu"), None)
 
 
-def write_export(run: Run, trained, folder: Path, with_adapter: bool, out_name: str) -> float:
+def write_export(
+    run: Run, trained, folder: Path, with_adapter: bool, out_name: str, export_format: ExportFormat | None = None
+) -> float:
     """Everything into `folder` (to be renamed `out_name`); returns the largest probe difference between the
-    export and the run's model (`trained`, loaded from the run)."""
+    export, loaded as its format's lines load it, and the run's model (`trained`, loaded from the run)."""
     cfg = run.cfg
-    # Head truncation, as the plain lines do: the probe reviews are short, so every truncation agrees on them.
+    export_format = export_format or FORMATS[DEFAULT_FORMAT]
+    # Head truncation, as every format's tokenizer does: the probe reviews are short, so every truncation agrees.
     probes = data_lib.encode(
         pd.DataFrame({"text": PROBE_REVIEWS, "label": 0}), trained.tokenizer, cfg.trainer.max_length
     )
@@ -332,16 +415,17 @@ def write_export(run: Run, trained, folder: Path, with_adapter: bool, out_name: 
     if with_adapter:
         shutil.copytree(run.dir / "adapter", folder / "adapter")
         shutil.copy2(run.dir / "head.safetensors", folder / "adapter" / "head.safetensors")
-    merged = trained.model.merge_and_unload()
-    merged.encoder.save_pretrained(str(folder), safe_serialization=True)
-    save_file(plain_state(merged.head), str(folder / "head.safetensors"))
-    trained.tokenizer.save_pretrained(str(folder))
-    (folder / CLASSIFIER_FILE).write_text(json.dumps(classifier_spec(run), indent=2) + "\n")
-    after = plain_probabilities(folder, PROBE_REVIEWS)
-    diff = float(np.abs(after - before).max())
-    if diff > MERGE_TOLERANCE:
-        raise RuntimeError(f"the merged export scores {diff:.2e} away from the run's model on a probe review")
-    (folder / "README.md").write_text(model_card(run, out_name, diff, with_adapter))
+    # LoRA and IA3 merge into the encoder's weights; the other methods' classifier is saved as it is.
+    merged = trained.model.merge_and_unload() if cfg.method.name in PEFT_METHODS else trained.model
+    merged = merged.eval()
+    spec = classifier_spec(run, export_format.name)
+    export_format.write(merged, trained.tokenizer, folder, spec)
+    (folder / CLASSIFIER_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    after = export_format.probabilities(folder, PROBE_REVIEWS)
+    diff = float(np.abs(np.asarray(after, dtype=np.float64) - before).max())
+    if not diff <= MERGE_TOLERANCE:  # NaN too
+        raise RuntimeError(f"the {export_format.name} export scores {diff:.2e} away from the run's model on a probe")
+    (folder / "README.md").write_text(model_card(run, out_name, diff, with_adapter, export_format))
     return diff
 
 
@@ -388,10 +472,19 @@ def check_out_dir(out_dir: Path, run: Run, force: bool) -> None:
             )
 
 
-def export(run_dir: Path, out_dir: Path, with_adapter: bool = False, force: bool = False) -> Path:
+def export(
+    run_dir: Path, out_dir: Path, with_adapter: bool = False, force: bool = False, export_format: str = DEFAULT_FORMAT
+) -> Path:
     """Write the run's export to out_dir, all or nothing: a failure leaves no folder behind."""
     out_dir = Path(out_dir).expanduser()
+    chosen = FORMATS[export_format]
+    check_installed(chosen)
     run = open_run(run_dir)
+    if with_adapter and run.cfg.method.name not in PEFT_METHODS:
+        raise UserError(
+            f"--adapter: run {run.dir} trained with method={run.cfg.method.name}, which has no adapter (only lora "
+            "and ia3 do); export without --adapter"
+        )
     check_out_dir(out_dir, run, force)
     trained = load_model(run)  # a damaged run is refused before any folder is made
     missing = [folder for folder in (out_dir.parent, *out_dir.parent.parents) if not folder.exists()]
@@ -399,7 +492,7 @@ def export(run_dir: Path, out_dir: Path, with_adapter: bool = False, force: bool
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     old, done = None, False
     try:
-        write_export(run, trained, tmp, with_adapter, out_dir.name)
+        write_export(run, trained, tmp, with_adapter, out_dir.name, chosen)
         _give_modes(tmp)
         if out_dir.exists():  # empty, or --force: set it aside, rename the new folder in, then remove it
             old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
@@ -430,10 +523,10 @@ def main(argv: list[str] | None = None) -> None:
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars say nothing about a folder this size
     try:
-        out = export(args.run_dir, args.out_dir, args.adapter, args.force)
+        out = export(args.run_dir, args.out_dir, args.adapter, args.force, args.export_format)
     except UserError as err:
         exit_with(err)
-    print(f"exported {args.run_dir} to {out}")
+    print(f"exported {args.run_dir} to {out} ({args.export_format})")
 
 
 if __name__ == "__main__":

@@ -182,7 +182,8 @@ def claim(cfg, run_dir: Path) -> float | tuple[float, ...] | None:
         if checkpoint_digest(run_dir / CHECKPOINT_FILE) != results.config_digest(cfg):
             raise _refuse(run_dir, what, "", resumable)
     if record is not None and record.get("status") == "dry_run":
-        print(results.counts_line(cfg, record["lora"]["rank_used"], record["params"]))  # as the dry run printed it
+        rank = (record.get("lora") or {}).get("rank_used")  # null lora section: a method other than LoRA
+        print(results.counts_line(cfg, rank, record["params"]))  # as the dry run printed it
         return math.nan
     if record is not None and record.get("status") in ("complete", "pruned"):
         value = results.objectives_of(record, cfg.objectives)

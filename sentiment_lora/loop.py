@@ -41,14 +41,25 @@ class EpochHook(Protocol):
         ...
 
 
+# trainer.select_on: the key an epoch's validation metrics are ranked by, higher better (ties: lower loss).
+SELECTION_KEYS = {
+    "val_acc": lambda val: (val["accuracy"], -val["loss"]),
+    "val_balanced_acc": lambda val: (val["balanced_accuracy"], -val["loss"]),
+    "val_f1_minority": lambda val: (val["f1_minority"], -val["loss"]),
+    "val_loss": lambda val: (-val["loss"], val["accuracy"]),
+}
+
+
 @dataclass
 class Fitted:
     best: dict  # the selected epoch's validation metrics, plus its "epoch"
-    history: list[dict]  # per epoch: train loss, validation accuracy and loss, timings
+    history: list[dict]  # per epoch: train loss, validation accuracy, balanced accuracy, F1 minority, loss, timings
     stopped: bool  # the epoch hook stopped training before the last epoch
+    selected_on: str = "val_acc"  # trainer.select_on: the metric that chose `best`
 
     def record(self) -> dict:
-        return {"val": self.best, "history": self.history, "epochs_run": len(self.history)}
+        return {"val": self.best, "selected_on": self.selected_on, "history": self.history,
+                "epochs_run": len(self.history)}  # fmt: skip
 
 
 def batch_logits(model, batch: dict[str, torch.Tensor], device, dtype) -> torch.Tensor:
@@ -142,9 +153,11 @@ def fit(
     checkpoint: Checkpoint | None = None,
 ) -> Fitted:
     """Train `trainer_cfg.epochs` epochs, validate after each, and leave the best epoch's trainable weights in
-    the model. Best: higher validation accuracy; on a tie, lower validation loss. `frozen` modules stay in eval
-    mode (no dropout) while the rest trains. With a checkpoint, each epoch ends saved, and a saved run resumes.
+    the model. Best by trainer.select_on: higher validation accuracy (or balanced accuracy, or F1 of the smaller
+    class), on a tie lower validation loss; or lowest validation loss. `frozen` modules stay in eval mode (no
+    dropout) while the rest trains. With a checkpoint, each epoch ends saved, and a saved run resumes.
     """
+    rank = SELECTION_KEYS[trainer_cfg.select_on]
     done, history, best, best_state = 0, [], None, None
     if checkpoint is not None and (saved := checkpoint.restore(model, optimizer, scheduler, batches)):
         done, history, best, best_state = saved
@@ -161,6 +174,8 @@ def fit(
                 "epoch": epoch,
                 "train_loss": train_loss,
                 "val_accuracy": val["accuracy"],
+                "val_balanced_accuracy": val["balanced_accuracy"],
+                "val_f1_minority": val["f1_minority"],
                 "val_loss": val["loss"],
                 "train_time_s": train_time,
                 "train_samples_per_s": seen / train_time,
@@ -168,15 +183,15 @@ def fit(
             }
         )
         log_epoch(history[-1])
-        if best is None or (val["accuracy"], -val["loss"]) > (best["accuracy"], -best["loss"]):
+        if best is None or rank(val) > rank(best):
             best = {**val, "epoch": epoch}
             best_state = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
         if checkpoint is not None:
             checkpoint.save(epoch, model, optimizer, scheduler, batches, history, best, best_state)
         if on_epoch is not None and on_epoch(epoch, val, history[-1]):
-            return Fitted(best, history, stopped=True)
+            return Fitted(best, history, stopped=True, selected_on=trainer_cfg.select_on)
     model.load_state_dict(best_state, strict=False)
-    return Fitted(best, history, stopped=False)
+    return Fitted(best, history, stopped=False, selected_on=trainer_cfg.select_on)
 
 
 def log_epoch(entry: dict) -> None:

@@ -31,9 +31,10 @@ class Memo:
         self._values.clear()
 
 
-# One data set in memory, not one per configuration ever seen; each prefix holds one hidden state per review.
+# One data set in memory, not one per configuration ever seen; each prefix holds one hidden state per review of a
+# split.
 TOKENIZED_SPLITS = Memo(size=1)
-FROZEN_PREFIXES = Memo(size=2)
+FROZEN_PREFIXES = Memo(size=6)  # per split: the last two runs' train, validation and test sets
 
 
 def clear_all() -> None:

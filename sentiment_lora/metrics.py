@@ -5,11 +5,21 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as skm
 
+# A test set whose larger class holds at least this share makes accuracy a weak guide: always predicting that
+# class scores as much. The run then says so (log and metrics.json `warnings`).
+WEAK_ACCURACY_MAJORITY = 0.7
+
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray, loss: float) -> dict[str, float]:
+    """Accuracy, F1 of the positive class, precision, recall, ROC AUC and loss; and, for imbalanced sets, what
+    always predicting the larger class scores (`majority_accuracy`), balanced accuracy (the mean of the recalls of
+    both classes) and the F1 of the smaller class (`f1_minority`, of `minority_class`; on a tie, the positive
+    class, whose F1 `f1` is)."""
     predictions = (probs >= 0.5).astype(int)
     labels = labels.astype(int)
     both_classes = len(np.unique(labels)) == 2
+    counts = np.bincount(labels, minlength=2)
+    minority = 0 if counts[0] < counts[1] else 1
     return {
         "accuracy": float(skm.accuracy_score(labels, predictions)),
         "f1": float(skm.f1_score(labels, predictions, zero_division=0)),
@@ -19,4 +29,22 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, loss: float) -
         "roc_auc": float(skm.roc_auc_score(labels, probs)) if both_classes else float("nan"),
         "loss": float(loss),
         "n": int(len(labels)),
+        "majority_accuracy": float(counts.max() / len(labels)),
+        "balanced_accuracy": float(skm.balanced_accuracy_score(labels, predictions)) if both_classes else float("nan"),
+        "f1_minority": float(skm.f1_score(labels, predictions, pos_label=minority, zero_division=0)),
+        "minority_class": minority,
     }
+
+
+def imbalance_warning(name: str, metrics: dict) -> str | None:
+    """A line saying that accuracy is a weak guide on this set, when its larger class holds
+    WEAK_ACCURACY_MAJORITY of it or more; else None."""
+    majority = metrics["majority_accuracy"]
+    if majority < WEAK_ACCURACY_MAJORITY:
+        return None
+    larger = "negative" if metrics["minority_class"] == 1 else "positive"
+    return (
+        f"{name} set: {majority:.0%} of its {metrics['n']} reviews are {larger}, so always predicting {larger} "
+        f"scores accuracy {majority:.4f}; accuracy is a weak guide here: read balanced_accuracy "
+        f"({metrics['balanced_accuracy']:.4f}) and f1_minority ({metrics['f1_minority']:.4f})"
+    )

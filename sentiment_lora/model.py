@@ -476,17 +476,113 @@ def attach_lora(
     return wrapped
 
 
-def adapter_rank(wrapped: peft.PeftModel) -> int:
-    return wrapped.peft_config["default"].r
+# ---- the other fine-tuning methods (method.name; conf/method/) ----
+
+# Methods whose trained weights PEFT wraps and saves as an adapter (adapter/); the others train parameters of the
+# classifier itself.
+PEFT_METHODS = ("lora", "ia3")
 
 
-def classifier_of(wrapped: peft.PeftModel) -> SentimentClassifier:
-    return wrapped.base_model.model
+def used_encoder_parameters(classifier: SentimentClassifier) -> set[str]:
+    """Names of the encoder's parameters that the classifier's forward uses (they receive a gradient).
+
+    Poolers (BERT's pooler.dense, ALBERT's pooler, ...) and Longformer's *_global projections (used only with a
+    global attention mask) take no part in the classifier's forward: training them changes nothing, and counting
+    them as trainable would overstate a method's size. One backward pass on a few tokens in eval mode (no dropout,
+    so no random draw) finds them in every family; a name list could not.
+    """
+    flags = {name: p.requires_grad for name, p in classifier.named_parameters()}
+    training = classifier.training
+    classifier.eval()
+    for parameter in classifier.parameters():
+        parameter.requires_grad_(True)
+    ids = torch.tensor([[2, 5, 6, 7, 3]])  # any few in-vocabulary tokens: only which parameters are reached matters
+    try:
+        classifier(ids, torch.ones_like(ids)).sum().backward()
+        used = {name for name, p in classifier.encoder.named_parameters() if p.grad is not None}
+    finally:
+        for name, parameter in classifier.named_parameters():
+            parameter.grad = None
+            parameter.requires_grad_(flags[name])
+        classifier.train(training)
+    return used
+
+
+def is_bias(name: str) -> bool:
+    # DeBERTa v1 keeps its q and v biases as parameters q_bias and v_bias, not as a Linear's `bias`.
+    last = name.rsplit(".", 1)[-1]
+    return last == "bias" or last.endswith("_bias")
+
+
+def train_only(classifier: SentimentClassifier, encoder_names: set[str]) -> SentimentClassifier:
+    """Freeze the encoder except `encoder_names`; the head trains whole."""
+    for name, parameter in classifier.encoder.named_parameters():
+        parameter.requires_grad_(name in encoder_names)
+    for parameter in classifier.head.parameters():
+        parameter.requires_grad_(True)
+    return classifier
+
+
+def attach_ia3(classifier: SentimentClassifier) -> peft.PeftModel:
+    """PEFT's IA3 on k, v and the FFN's down projection of every layer (encoders.ia3_modules), the head trained.
+    The family table chooses the modules; model.targets_map, LoRA's, is not read."""
+    if classifier.family is None:  # model.targets_map (LoRA's hand map) does not say which Linear is k, v or down
+        raise UserError(
+            f"config method.name: ia3 takes its modules from the family table, which lacks model_type "
+            f"'{classifier.model_type}' (supported: {encoders.supported()}); use method=lora with model.targets_map"
+        )
+    targets, feedforward = encoders.ia3_modules(classifier.family)
+
+    def pattern(patterns: list[str]) -> str:
+        return "|".join(f"(?:encoder\\.(?:{item}))" for item in patterns)
+
+    config = peft.IA3Config(target_modules=pattern(targets), feedforward_modules=pattern(feedforward))
+    wrapped = peft.get_peft_model(classifier, config)
+    for parameter in classifier_of(wrapped).head.parameters():
+        parameter.requires_grad_(True)
+    return wrapped
+
+
+def attach_method(classifier: SentimentClassifier, cfg) -> nn.Module:
+    """The classifier set up for cfg.method.name: what trains is requires_grad, the rest frozen.
+
+    lora and ia3 return a PEFT model; linear_probe, bitfit and full return the classifier itself, with the head
+    and (bitfit) the encoder's used bias terms or (full) every used encoder parameter trainable.
+    """
+    method = cfg.method.name
+    if method == "lora":
+        return attach_lora(classifier, cfg.lora, cfg.model.targets_map)
+    if method == "ia3":
+        return attach_ia3(classifier)
+    if method == "linear_probe":
+        return train_only(classifier, set())
+    used = used_encoder_parameters(classifier)
+    if method == "bitfit":
+        biases = {name for name in used if is_bias(name)}
+        if not biases:
+            raise UserError(
+                f"config method.name: bitfit trains the encoder's bias terms, and this {classifier.model_type} "
+                "encoder has none (its config turns them off); choose another method"
+            )
+        return train_only(classifier, biases)
+    return train_only(classifier, used)  # full
+
+
+def adapter_rank(wrapped: nn.Module) -> int | None:
+    """The LoRA rank used (lora.budget may have chosen it); None for a model without LoRA."""
+    config = wrapped.peft_config["default"] if isinstance(wrapped, peft.PeftModel) else None
+    return config.r if isinstance(config, peft.LoraConfig) else None
+
+
+def classifier_of(wrapped: nn.Module) -> SentimentClassifier:
+    return wrapped.base_model.model if isinstance(wrapped, peft.PeftModel) else wrapped
 
 
 def count_params(wrapped: nn.Module) -> dict[str, object]:
     """Counted from named_parameters, not from PEFT's printout (some versions double-count saved modules)."""
     groups = {"lora": 0, "dora_magnitude": 0, "head": 0, "encoder": 0}
+    if any("ia3_l" in name for name, _ in wrapped.named_parameters()):
+        groups["ia3"] = 0  # IA3's scaling vectors: a group of their own, present under method=ia3 only
     total = trainable = 0
     for name, parameter in wrapped.named_parameters():
         count = parameter.numel()
@@ -494,7 +590,9 @@ def count_params(wrapped: nn.Module) -> dict[str, object]:
         if not parameter.requires_grad:
             continue
         trainable += count
-        if "lora_magnitude_vector" in name:  # DoRA's: a vector per adapted layer, not part of the low-rank update
+        if "ia3_l" in name:
+            groups["ia3"] += count
+        elif "lora_magnitude_vector" in name:  # DoRA's: a vector per adapted layer, not part of the low-rank update
             groups["dora_magnitude"] += count
         elif "lora_" in name:
             groups["lora"] += count
@@ -509,21 +607,40 @@ def plain_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {key: value.detach().contiguous().cpu().clone() for key, value in module.state_dict().items()}
 
 
-def save_trained(wrapped: peft.PeftModel, run_dir: Path, encoder_state: dict[str, torch.Tensor] | None) -> None:
-    """Adapter in PEFT format, head base weights as safetensors, and the encoder only when it was random-init.
+ENCODER_FILE = "encoder.safetensors"  # the whole encoder: random init (its initial state) or method=full (trained)
+ENCODER_TRAINED_FILE = "encoder_trained.safetensors"  # method=bitfit: the encoder tensors it trained, by name
 
-    encoder_state is the random-init encoder captured before LoRA was attached (None for pretrained weights,
-    which are reloaded from their source instead). Written into a temporary folder in the run directory and
+
+def trained_encoder_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder parameters a method without PEFT trained (bitfit's biases, full's everything), by name."""
+    encoder = classifier_of(model).encoder
+    return {name: p.detach().contiguous().cpu().clone() for name, p in encoder.named_parameters() if p.requires_grad}
+
+
+def save_trained(
+    wrapped: nn.Module, run_dir: Path, encoder_state: dict[str, torch.Tensor] | None, method: str = "lora"
+) -> None:
+    """What reloads the trained classifier: the adapter in PEFT format (lora, ia3), the head's base weights, and of
+    the encoder what its source cannot give back.
+
+    encoder_state is the random-init encoder captured before the method was attached (None for pretrained weights,
+    which are reloaded from their source instead). method=full saves the whole trained encoder in its place, and
+    method=bitfit the bias terms it trained beside it. Written into a temporary folder in the run directory and
     renamed into place: a full disk or a kill leaves no half-written weights under the final names.
     """
     staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".saving.", suffix=".tmp"))
     try:
-        wrapped.save_pretrained(str(staging / "adapter"), safe_serialization=True)
+        if method in PEFT_METHODS:
+            wrapped.save_pretrained(str(staging / "adapter"), safe_serialization=True)
         head = classifier_of(wrapped).head
         head = head.base_layer if isinstance(head, peft.tuners.lora.LoraLayer) else head
         save_file(plain_state(head), str(staging / "head.safetensors"))
+        if method == "full":
+            encoder_state = plain_state(classifier_of(wrapped).encoder)
         if encoder_state is not None:
-            save_file(encoder_state, str(staging / "encoder.safetensors"))
+            save_file(encoder_state, str(staging / ENCODER_FILE))
+        if method == "bitfit":
+            save_file(trained_encoder_tensors(wrapped), str(staging / ENCODER_TRAINED_FILE))
         # safetensors (0.8) writes through a temporary file created 0o600 and renamed into place, and mkdtemp makes
         # a 0o700 folder (safetensors/safetensors#782): give every file the umask's mode, as results.atomic_target
         # does, before anything gets its final name.
@@ -540,7 +657,7 @@ def save_trained(wrapped: peft.PeftModel, run_dir: Path, encoder_state: dict[str
 
 
 class Trained(NamedTuple):
-    model: peft.PeftModel
+    model: nn.Module  # a PeftModel (lora, ia3) or the SentimentClassifier itself (linear_probe, bitfit, full)
     tokenizer: object
     # The run's autocast dtype (None: fp32), from metrics.json's `precision`. Evaluate in it: a bf16 run evaluated
     # in fp32 gives other probabilities (by ~1e-4 on the tiny test model) than its test_predictions.csv.
@@ -561,17 +678,23 @@ def run_dtype(run_dir: Path) -> torch.dtype | None:
     return DTYPES[precision]
 
 
-def load_trained(model_cfg, run_dir: Path) -> Trained:
+def load_trained(model_cfg, run_dir: Path, method: str = "lora") -> Trained:
     """Rebuild a completed run's classifier from its run directory (safetensors only), its tokenizer, and the
     autocast dtype to evaluate it in."""
     run_dir = Path(run_dir)
     dtype = run_dtype(run_dir)
-    encoder_file = run_dir / "encoder.safetensors"
-    weights = None if encoder_file.exists() else resolve_weights(model_cfg)
+    weights = resolve_weights(model_cfg)  # None for a random-init model, whose encoder.safetensors is its init
     classifier = build_classifier(model_cfg, weights)
-    if encoder_file.exists():
-        classifier.encoder.load_state_dict(load_file(str(encoder_file)))
+    if (run_dir / ENCODER_FILE).exists():
+        classifier.encoder.load_state_dict(load_file(str(run_dir / ENCODER_FILE)))
+    if method == "bitfit":
+        trained = load_file(str(run_dir / ENCODER_TRAINED_FILE))
+        unexpected = classifier.encoder.load_state_dict(trained, strict=False).unexpected_keys
+        if unexpected:
+            raise UserError(f"{run_dir / ENCODER_TRAINED_FILE}: holds {unexpected[0]}, which this encoder lacks")
     classifier.head.load_state_dict(load_file(str(run_dir / "head.safetensors")))
-    wrapped = peft.PeftModel.from_pretrained(classifier, str(run_dir / "adapter"))
-    wrapped.eval()
-    return Trained(wrapped, load_tokenizer(model_cfg, weights), dtype)
+    model = classifier
+    if method in PEFT_METHODS:
+        model = peft.PeftModel.from_pretrained(classifier, str(run_dir / "adapter"))
+    model.eval()
+    return Trained(model, load_tokenizer(model_cfg, weights), dtype)

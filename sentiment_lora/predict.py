@@ -1,10 +1,10 @@
 """`python -m sentiment_lora.predict RUN_DIR [--csv FILE]`: score reviews with a completed run's model.
 
-The run is a run directory, or the best completed trial of an Optuna study (--storage, --study). Reviews come
-from a CSV (--csv, validated and HTML-stripped as training data is) or from stdin, one per line. The output is
-CSV `row,text_prefix,prob,prediction` on stdout or --out. The run's own tokenizer, max_length, truncation and
-pooling are used, in the run's own precision, with its length-sorted evaluation batches: the run's test split
-comes out as its test_predictions.csv.
+The run is a run directory, or the best completed trial of an Optuna study (--storage, --study). Reviews come from
+a file (--csv: CSV, TSV, JSONL or Parquet, validated and HTML-stripped as training data is) or from stdin, one per
+line. The output is CSV `row,text_prefix,prob,prediction` on stdout or --out. The run's own tokenizer, max_length,
+truncation and pooling are used, in the run's own precision, with its length-sorted evaluation batches: the run's
+test split comes out as its test_predictions.csv.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from sentiment_lora import data as data_lib
+from sentiment_lora import labels as labels_lib
 from sentiment_lora.config import DEVICE
 from sentiment_lora.errors import UserError, exit_with
 from sentiment_lora.loop import predict
@@ -40,7 +41,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--storage", help="Optuna storage URL of a sweep's study, e.g. sqlite:///outputs/optuna/x.db")
     parser.add_argument("--study", help="study name: predict with its best completed trial's run")
     parser.add_argument("--trial", type=int, help="with --study: this trial number instead (multi-objective studies)")
-    parser.add_argument("--csv", type=Path, help="reviews to score; without it, stdin, one review per line")
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        help="reviews to score: CSV, TSV, JSONL or Parquet (by extension; compressed too); without it, stdin, one "
+        "review per line",
+    )
     parser.add_argument("--text-column", help="the CSV's text column (default: the run's data.text_column)")
     parser.add_argument(
         "--label-column",
@@ -92,30 +98,36 @@ def read_stdin(stream, strip_html: bool) -> pd.DataFrame:
     return data_lib.stripped(frame, "stdin", row_name="line") if strip_html else frame
 
 
-def _has_column(path: Path, column: str) -> bool:
-    try:
-        return column in pd.read_csv(path, nrows=0).columns
-    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError):
-        return False  # read_labelled_csv says what is wrong with the file
-
-
-def read_csv(path: Path, text_column: str, label_column: str | None, strip_html: bool) -> pd.DataFrame:
-    """The CSV's texts (and labels, when the label column is there), validated as training data is."""
-    frame = data_lib.read_labelled_csv(path, text_column, label_column, columns_hint="use --text-column/--label-column")
-    return data_lib.stripped(frame, f"data file {path}: column '{text_column}'") if strip_html else frame
+def read_file(path: Path, text_column: str, label_column: str | None, data, strip_html: bool) -> pd.DataFrame:
+    """The file's texts (CSV, TSV, JSONL or Parquet, by extension, as training data is read), and their labels as
+    the run's data.label_map reads them when the label column is there (NaN where the map drops a label: the
+    review is scored, not counted). Validated as training data is."""
+    path = path.expanduser()
+    frame, sep = data_lib.read_table(path, text_column)
+    if label_column is None and data.label_column in frame.columns:
+        label_column = data.label_column  # the run's own label column, when the file has it
+    if sep is not None:
+        data_lib.refuse_repeated_columns(path, [column for column in (text_column, label_column) if column], sep)
+    where = f"data file {path}"
+    hint = "use --text-column/--label-column"
+    texts, _ = data_lib.labelled(frame, where, text_column, None, columns_hint=hint)
+    if label_column is not None:
+        if label_column not in frame.columns:
+            data_lib.labelled(frame, where, text_column, label_column, columns_hint=hint)  # its one-line error
+        label_map = labels_lib.resolve(data.get("label_map"))
+        texts["label"] = data_lib.label_values(frame[label_column].reset_index(drop=True), where, label_column,
+                                               label_map)  # fmt: skip
+    return data_lib.stripped(texts, f"{where}: column '{text_column}'") if strip_html else texts
 
 
 def read_input(args: argparse.Namespace, cfg) -> pd.DataFrame:
-    """Reviews to score: `text`, `label` when the CSV has labels; indexed by 0-based input row."""
+    """Reviews to score: `text`, `label` when the file has labels; indexed by 0-based input row."""
     data = cfg.data
     if args.csv is None:
         if sys.stdin.isatty():
             print("reading reviews from stdin, one per line (end with Ctrl-D); or pass --csv FILE", file=sys.stderr)
         return read_stdin(sys.stdin, data.strip_html)
-    label_column = args.label_column
-    if label_column is None and _has_column(args.csv.expanduser(), data.label_column):
-        label_column = data.label_column
-    return read_csv(args.csv, args.text_column or data.text_column, label_column, data.strip_html)
+    return read_file(args.csv, args.text_column or data.text_column, args.label_column, data, data.strip_html)
 
 
 def device_of(requested: str) -> torch.device:
@@ -202,7 +214,13 @@ def run_predict(args: argparse.Namespace) -> None:
     predictions = predictions_frame(frame, probs)
     write(predictions, out)
     if "label" in frame:
-        print(accuracy_line(frame["label"].to_numpy(), predictions["prediction"].to_numpy()), file=sys.stderr)
+        counted = frame["label"].notna().to_numpy()
+        if counted.any():
+            labels = frame["label"].to_numpy()[counted].astype(int)
+            print(accuracy_line(labels, predictions["prediction"].to_numpy()[counted]), file=sys.stderr)
+        if not counted.all():
+            print(f"{int((~counted).sum())} reviews scored but not counted: the run's data.label_map drops their "
+                  "label", file=sys.stderr)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

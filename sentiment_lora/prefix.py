@@ -2,16 +2,19 @@
 
 `trainer.frozen_prefix` says how a run treats them: 'live' runs them in train mode every step (dropout on, as a
 plain HF/PEFT loop does), 'eval' runs them without dropout, 'cache' computes their output once per review
-without dropout and trains the layers above on it (the same numbers as 'eval'). Cached outputs are memoized per
+without dropout and trains the layers above on it (the same numbers as 'eval'). method=linear_probe always
+caches (the whole encoder is frozen: its pooled vectors are the probe's features). Cached outputs are memoized per
 process, so the trials of an in-process sweep that freeze the same layers compute them once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
@@ -33,22 +36,28 @@ class FrozenPrefix:
     seconds: float = 0.0  # time spent computing (or fetching) the cache
 
 
-def memo_key(cfg, weights: str | None, depth: int, n_layers: int, dtype) -> tuple:
-    """What the frozen prefix's output depends on (dropout does not: the prefix runs without it)."""
+def memo_key(cfg, weights: str | None, depth: int, n_layers: int, dtype, rows: list[dict]) -> tuple:
+    """What one split's frozen-prefix output depends on (dropout does not: the prefix runs without it): the
+    encoder, the depth and the split's token ids themselves. Keyed by the tokens rather than the data config, so
+    runs that share an evaluation set but not a training sample (a learning curve's sizes) compute it once."""
     encoder = weights or f"random init, seed {cfg.trainer.seed}"
     pooling = cfg.model.pooling if depth == n_layers else None
-    data = (OmegaConf.to_yaml(cfg.data), cfg.trainer.max_length)
-    return (encoder, OmegaConf.to_yaml(cfg.model.arch), cfg.model.tokenizer, pooling, depth, data, str(dtype))
+    tokens = hashlib.sha256()
+    for row in rows:
+        ids = np.asarray(row["input_ids"], dtype=np.int64)
+        tokens.update(len(ids).to_bytes(4, "little") + ids.tobytes())
+    return (encoder, OmegaConf.to_yaml(cfg.model.arch), cfg.model.tokenizer, pooling, depth, str(dtype),
+            tokens.hexdigest())  # fmt: skip
 
 
 def cache_frozen_prefix(
     classifier, rows: list[dict], depth: int, tokenizer, batch_size: int, device, dtype, progress: bool
 ) -> list[dict]:
-    """Each review's frozen-prefix output, computed once without dropout, attached to a copy of its row."""
+    """Each review's frozen-prefix output, computed once without dropout, in the order of `rows`."""
     order = data_lib.length_order(rows)
     # The collator pads as the loaders do; a DataLoader here would draw from the global RNG and shift dropout.
     collate = data_lib.PaddingCollator(tokenizer)
-    cached: list[dict] = [{} for _ in rows]
+    cached: list[torch.Tensor | None] = [None for _ in rows]
     classifier.eval()
     for start in tqdm(
         range(0, len(rows), batch_size), desc="caching frozen prefix", leave=False, disable=bar_disabled(progress)
@@ -61,7 +70,7 @@ def cache_frozen_prefix(
         for position, index in enumerate(chunk):
             length = len(rows[index]["input_ids"])
             state = output[position] if output.dim() == 2 else output[position, :length]
-            cached[index] = {**rows[index], "prefix": state.clone()}
+            cached[index] = state.clone()
     return cached
 
 
@@ -69,28 +78,35 @@ def prepare(
     cfg, classifier: SentimentClassifier, encoded: dict[str, list[dict]], weights, tokenizer, device, dtype
 ) -> FrozenPrefix:
     depth = frozen_depth(classifier)
-    if depth is None or cfg.trainer.frozen_prefix == "live":
+    # A linear probe reads fixed features: the frozen encoder's pooled vectors, computed once per review.
+    mode = "cache" if cfg.method.name == "linear_probe" else cfg.trainer.frozen_prefix
+    if depth is None or mode == "live":
         return FrozenPrefix("live", encoded)
-    check_frozen_prefix(classifier, cfg.trainer.frozen_prefix, depth)  # a family it would be wrong for: refused
+    check_frozen_prefix(classifier, mode, depth)  # a family it would be wrong for: refused
     frozen = frozen_modules(classifier, depth)
-    if cfg.trainer.frozen_prefix == "eval":
+    if mode == "eval":
         return FrozenPrefix("eval", encoded, frozen)
     started = time.perf_counter()
     classifier.cached_depth = depth
     n_layers = len(classifier.layers())
 
-    def compute():
-        return {
-            name: cache_frozen_prefix(
+    rows, reused = {}, []
+    for name in data_lib.SPLITS:
+        states, was_reused = memo.FROZEN_PREFIXES.get(
+            memo_key(cfg, weights, depth, n_layers, dtype, encoded[name]),
+            lambda name=name: cache_frozen_prefix(
                 classifier, encoded[name], depth, tokenizer, cfg.trainer.eval_batch_size, device, dtype,
                 cfg.trainer.progress,
-            )
-            for name in data_lib.SPLITS
-        }  # fmt: skip
-
-    rows, reused = memo.FROZEN_PREFIXES.get(memo_key(cfg, weights, depth, n_layers, dtype), compute)
+            ),
+        )  # fmt: skip
+        rows[name] = [{**row, "prefix": state} for row, state in zip(encoded[name], states, strict=True)]
+        reused.append(was_reused)
     seconds = time.perf_counter() - started
     cached_what = "the whole encoder (pooled vectors)" if depth == n_layers else f"the input of layer {depth}"
-    how = "reused from an earlier run in this process" if reused else f"computed in {seconds:.1f} s"
+    if all(reused):
+        how = "reused from an earlier run in this process"
+    else:
+        shared = [name for name, was_reused in zip(data_lib.SPLITS, reused, strict=True) if was_reused]
+        how = f"computed in {seconds:.1f} s" + (f" ({', '.join(shared)} reused from an earlier run)" if shared else "")
     log.info("frozen prefix: %s of %d, %s", cached_what, n_layers, how)
     return FrozenPrefix("cache", rows, frozen, seconds)

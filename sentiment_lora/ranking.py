@@ -37,12 +37,14 @@ def _describe(runs: pd.DataFrame) -> dict:
     return {
         "config": first["config_id"],
         "model": first["model"],
+        "method": first.get("method"),
         "targets": first["targets"],
         "variant": first.get("variant"),
         "truncation": first.get("truncation"),
         "rank": first["rank"],
         "alpha": first["alpha"],
         "trainable": first["trainable"],
+        "n_train": first.get("n_train"),
         "seeds": test["n"],
         "val_acc": val["mean"],
         "test_acc": test["mean"],
@@ -95,7 +97,7 @@ def rank_group(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     if best in matrices:
         _paired(rows, matrices, matrices[best], "vs_best", skip=best)
         rows["tied_with_best"] = rows["best"] | (rows["vs_best_p"] >= ALPHA)
-    reference = references.iloc[0] if len(references) else None
+    reference = reference_for(references, complete)
     if reference is not None and (loaded := correctness(reference["run"])) is not None:
         if labels is not None and np.array_equal(loaded[0], labels):
             _paired(rows, matrices, loaded[1], "vs_reference", skip=None)
@@ -104,6 +106,25 @@ def rank_group(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             notes.append(f"reference {reference['run']}: other test labels than the runs; not compared")
     rows["pareto"] = pareto(rows)
     return rows.sort_values("val_acc", ascending=False).reset_index(drop=True), notes
+
+
+def usual_size(runs: pd.DataFrame):
+    """The training size (n_train) most of the runs share, the largest on a tie; None when none records one."""
+    sizes = runs["n_train"].dropna() if "n_train" in runs else pd.Series(dtype=float)
+    if sizes.empty:
+        return None
+    counts = sizes.value_counts()
+    return max(counts[counts == counts.max()].index)
+
+
+def reference_for(references: pd.DataFrame, complete: pd.DataFrame) -> pd.Series | None:
+    """The reference row (TF-IDF) to compare with: the one trained on as many reviews as most of the runs when
+    references at several sizes are given (a learning curve), else the first."""
+    if references.empty:
+        return None
+    size = usual_size(complete)
+    same = references[references["n_train"] == size] if size is not None and "n_train" in references else references
+    return (same if len(same) else references).iloc[0]
 
 
 def pareto(rows: pd.DataFrame) -> pd.Series:
@@ -137,7 +158,7 @@ def rank(runs: pd.DataFrame) -> tuple[list[tuple[str, pd.DataFrame]], list[str]]
     return tables, notes
 
 
-def _run_config(run_dir: Path):
+def run_config(run_dir: Path):
     """A run's composed config: its own .hydra/config.yaml, or its parent's for a seed_<n> replicate."""
     from omegaconf import OmegaConf
 
@@ -155,6 +176,9 @@ def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
     One row per comparison: the fixed part (targets, variant, rank), the two values, the difference in test
     accuracy with its paired bootstrap interval, and the paired test's p-value, Holm-adjusted over every comparison
     of the table (the family is "does `key` matter anywhere").
+
+    `method` is the fine-tuning method (the row's `method`: metrics.json's, else the config's method.name, else
+    lora): each method against LoRA, with everything outside the method group fixed.
     """
     from omegaconf import OmegaConf
 
@@ -171,19 +195,22 @@ def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
         except ValueError:
             return (1, 0.0, value)
 
+    # A method is its group plus what only LoRA reads (lora.*) and the prefix mode each method settles itself
+    # (a probe always caches; with nothing frozen below, full, bitfit and ia3 run live whatever the recipe says).
+    held_apart = ("method", "lora", "trainer.frozen_prefix") if key == "method" else (key,)
     notes, members = [], []
     for _, row in runs[runs["state"] == "complete"].iterrows():
-        cfg = _run_config(Path(row["run"]))
+        cfg = run_config(Path(row["run"]))
         found = correctness(row["run"])
         if cfg is None or found is None:
             notes.append(f"{row['run']}: no config or test predictions, left out of the {key} comparison")
             continue
-        value = OmegaConf.select(cfg, key, default=None)
-        group = (row["eval_fingerprint"], config_digest(cfg, ignore=("trainer.seed", "seeds", key)))
+        value = (row.get("method") or "lora") if key == "method" else OmegaConf.select(cfg, key, default=None)
+        group = (row["eval_fingerprint"], config_digest(cfg, ignore=("trainer.seed", "seeds", *held_apart)))
         members.append({**row.to_dict(), "group": group, "value": value, "correct": found[1]})
     if not members:
         return pd.DataFrame(), [*notes, f"no complete run records {key}"]
-    default = text(OmegaConf.select(OmegaConf.structured(Config), key, default=None))
+    default = "lora" if key == "method" else text(OmegaConf.select(OmegaConf.structured(Config), key, default=None))
     frame = pd.DataFrame(members)
     frame["value_text"] = frame["value"].map(text)
     rows = []

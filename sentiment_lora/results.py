@@ -29,9 +29,21 @@ PREDICTIONS_FILE = "test_predictions.csv"
 STATUSES = ("complete", "dry_run", "pruned", "failed")
 
 
+def _plain(value: Any) -> Any:
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(value, DictConfig):  # a label map: JSON keys are strings
+        return {str(key): item for key, item in OmegaConf.to_container(value).items()}
+    return value
+
+
 def identifiers(cfg) -> dict[str, Any]:
-    """What a results table needs to say which run this was."""
+    """What a results table needs to say which run this was. `lora` is null for a method other than LoRA (its keys
+    are not read then); `optimizer` holds the learning rate and weight decay the run trained with (method.lr and
+    method.weight_decay where the method sets them)."""
+    lora_method = cfg.method.name == "lora"
     return {
+        "method": cfg.method.name,
         "model": {
             "name": cfg.model.name,
             "source": cfg.model.source,
@@ -50,6 +62,13 @@ def identifiers(cfg) -> dict[str, Any]:
             "dora": cfg.lora.dora,
             "loraplus_lr_ratio": cfg.lora.loraplus_lr_ratio,
             "budget": cfg.lora.budget,
+        }
+        if lora_method
+        else None,
+        "optimizer": {
+            "name": cfg.optimizer.name,
+            "lr": cfg.optimizer.lr if cfg.method.lr is None else cfg.method.lr,
+            "weight_decay": cfg.optimizer.weight_decay if cfg.method.weight_decay is None else cfg.method.weight_decay,
         },
         "data": {
             "name": cfg.data.name,
@@ -58,12 +77,16 @@ def identifiers(cfg) -> dict[str, Any]:
             "n_samples": cfg.data.n_samples,
             "seed": cfg.data.seed,
             "truncation": cfg.data.truncation,
+            # How the labels were read and whether samples were balanced (a preset name, a mapping, or null).
+            "label_map": _plain(cfg.data.get("label_map")),
+            "balance": cfg.data.get("balance"),
         },
         "seed": cfg.trainer.seed,
         # Speed levers that can change results, so tables can tell runs apart.
         "speed": {
             "length_grouping": cfg.trainer.length_grouping,
-            "frozen_prefix": cfg.trainer.frozen_prefix,
+            # A linear probe always caches its pooled vectors, whatever trainer.frozen_prefix says.
+            "frozen_prefix": "cache" if cfg.method.name == "linear_probe" else cfg.trainer.frozen_prefix,
             "attention_dropout": cfg.model.attention_dropout,
         },
         "trial": {"id": cfg.trial.id, "number": cfg.trial.number},
@@ -84,6 +107,13 @@ def config_digest(cfg, ignore: tuple[str, ...] = ()) -> str:
 
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
+    method = plain.get("method") or {"name": "lora"}
+    if method == {"name": "lora", "lr": None, "weight_decay": None}:
+        plain.pop("method")  # the default method: a LoRA run keeps the digest it had before methods existed
+    elif method["name"] != "lora":
+        plain.pop("lora", None)  # not read by the other methods: runs that differ only in lora.* are one config
+        if method["name"] == "linear_probe":
+            plain["trainer"].pop("frozen_prefix", None)  # a probe always caches its pooled vectors
     if (plain.get("lora") or {}).get("budget") is not None:
         plain["lora"].pop("rank", None)  # the budget chooses the rank: a lora.rank beside it changes nothing
     for key in (*NOT_RESULTS, *ignore):
@@ -109,9 +139,25 @@ def objectives_of(record: dict[str, Any], names) -> float | tuple[float, ...]:
     return returned[0] if len(returned) == 1 else tuple(returned)
 
 
-def counts_line(cfg, rank: int, params: dict[str, Any]) -> str:
+# How a dry run names each method's trainable groups, head last (params.by_group keys).
+METHOD_GROUPS = {
+    "linear_probe": (),
+    "bitfit": (("encoder", "encoder biases"),),
+    "ia3": (("ia3", "ia3"),),
+    "full": (("encoder", "encoder"),),
+}
+
+
+def counts_line(cfg, rank: int | None, params: dict[str, Any]) -> str:
     """What a dry run prints: the configured architecture's exact parameter counts."""
     groups = params["by_group"]
+    method = cfg.method.name
+    if method != "lora":
+        parts = [f"{label} {groups.get(key, 0):,}" for key, label in (*METHOD_GROUPS[method], ("head", "head"))]
+        return (
+            f"{cfg.model.name} {method}: trainable {params['trainable']:,} of {params['total']:,} "
+            f"({params['trainable_pct']:.3f}%) = {' + '.join(parts)}"
+        )
     budget = "" if cfg.lora.budget is None else f" (budget {cfg.lora.budget:,})"
     dora = f" + dora_magnitude {groups['dora_magnitude']:,}" if groups["dora_magnitude"] else ""
     return (
@@ -190,7 +236,7 @@ def write_predictions(run_dir: Path, labels: np.ndarray, probs: np.ndarray) -> N
 # re-run trusts them: flipped bytes in a weights file load without an error and change predictions.
 HASHED_FILES = (
     "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "head.safetensors", "encoder.safetensors",
-    PREDICTIONS_FILE,
+    "encoder_trained.safetensors", PREDICTIONS_FILE,
 )  # fmt: skip
 
 

@@ -23,9 +23,10 @@ from sentiment_lora import immutable, prefix, results, tracking
 from sentiment_lora.checkpoint import Checkpoint
 from sentiment_lora.config import validate
 from sentiment_lora.loop import EpochHook, evaluate, fit
+from sentiment_lora.metrics import imbalance_warning
 from sentiment_lora.model import (
     adapter_rank,
-    attach_lora,
+    attach_method,
     build_classifier,
     count_params,
     load_tokenizer,
@@ -57,20 +58,22 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
     splits, encoded, data_facts = data_lib.prepare(cfg.data, tokenizer, trainer.max_length)
     log.info("data %s: %s", cfg.data.name, {name: len(rows) for name, rows in encoded.items()})
 
-    # ---- model: encoder + pooling + head, LoRA through PEFT; the frozen layers below it live, eval or cached ----
+    # ---- model: encoder + pooling + head, the method's trainable part (LoRA through PEFT by default); the frozen
+    # layers below the first trained one live, eval or cached ----
     torch.manual_seed(trainer.seed)
     classifier = build_classifier(cfg.model, weights)
     random_encoder_state = plain_state(classifier.encoder) if weights is None else None
-    model = attach_lora(classifier, cfg.lora, cfg.model.targets_map).to(device)
-    params, lora_used = count_params(model), {"rank_used": adapter_rank(model)}  # lora.budget may have chosen it
-    log.info("rank %d: trainable %s of %s parameters %s", lora_used["rank_used"], f"{params['trainable']:,}",
+    model = attach_method(classifier, cfg).to(device)
+    params, lora_used = count_params(model), lora_record(model, cfg)  # lora.budget may have chosen the rank
+    log.info("method %s: trainable %s of %s parameters %s", cfg.method.name, f"{params['trainable']:,}",
              f"{params['total']:,}", params["by_group"])  # fmt: skip
     frozen = prefix.prepare(cfg, classifier, encoded, weights, tokenizer, device, dtype)
     rows = frozen.rows
 
     # ---- fit: epochs, validation after each, the best epoch's weights kept ----
     batches = data_lib.loader(rows["train"], tokenizer, trainer.batch_size, trainer.seed, trainer.length_grouping)
-    optimizer = make_optimizer(model, cfg.optimizer, cfg.lora.loraplus_lr_ratio)
+    loraplus = cfg.lora.loraplus_lr_ratio if cfg.method.name == "lora" else None  # lora.* applies to LoRA only
+    optimizer = make_optimizer(model, method_optimizer(cfg), loraplus)
     scheduler = make_scheduler(optimizer, cfg.optimizer, trainer.epochs * len(batches))
 
     def evaluate_split(name: str):
@@ -88,12 +91,17 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
 
     # ---- test once, with the selected epoch's weights ----
     test, test_labels, test_probs = evaluate_split("test")
-    log.info("selected epoch %d: val acc %.4f | test acc %.4f f1 %.4f auc %.4f", fitted.best["epoch"],
-             fitted.best["accuracy"], test["accuracy"], test["f1"], test["roc_auc"])  # fmt: skip
+    log.info("selected epoch %d (%s): val acc %.4f | test acc %.4f f1 %.4f auc %.4f | majority %.4f balanced acc "
+             "%.4f f1 minority %.4f", fitted.best["epoch"], trainer.select_on, fitted.best["accuracy"],
+             test["accuracy"], test["f1"], test["roc_auc"], test["majority_accuracy"], test["balanced_accuracy"],
+             test["f1_minority"])  # fmt: skip
+    warnings = [line for line in [imbalance_warning("test", test)] if line]
+    for line in warnings:
+        log.warning("%s", line)
 
     # ---- artefacts; metrics.json last, so its presence means the run completed ----
     if cfg.save_adapter:
-        save_trained(model, run_dir, random_encoder_state)
+        save_trained(model, run_dir, random_encoder_state, cfg.method.name)
     results.write_predictions(run_dir, test_labels, test_probs)
     results.write_record(
         run_dir, "complete", cfg, sha256=results.artefact_hashes(run_dir), lora=lora_used, data=data_facts,
@@ -101,7 +109,7 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
         eval_fingerprint=data_lib.fingerprint(splits, ("val", "test")),
         split_sizes={name: len(split_rows) for name, split_rows in encoded.items()}, params=params,
         **fitted.record(), test=test, device=str(device), precision=precision_name(dtype),
-        prefix_cache_s=frozen.seconds, time_s=time.perf_counter() - started,
+        prefix_cache_s=frozen.seconds, time_s=time.perf_counter() - started, warnings=warnings,
     )  # fmt: skip
     checkpoint.finish()
     return results.objectives_of({"val": fitted.best, "params": params}, cfg.objectives)
@@ -132,11 +140,26 @@ def train_seeds(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float 
     return means[0] if len(means) == 1 else tuple(means)
 
 
+def lora_record(model, cfg) -> dict | None:
+    """What metrics.json adds to its `lora` section: the rank used; nothing when the method is not LoRA (the
+    section is then null: lora.* keys are not read)."""
+    return {"rank_used": adapter_rank(model)} if cfg.method.name == "lora" else None
+
+
+def method_optimizer(cfg):
+    """cfg.optimizer with method.lr and method.weight_decay in place of its own, where the method sets them."""
+    optimizer_cfg = copy.deepcopy(cfg.optimizer)
+    for key in ("lr", "weight_decay"):
+        if cfg.method[key] is not None:
+            optimizer_cfg[key] = cfg.method[key]
+    return optimizer_cfg
+
+
 def dry_run(cfg, run_dir: Path) -> float:
     """Parameter counts of the configured architecture at random init: no weights, no data, no network."""
     torch.manual_seed(cfg.trainer.seed)
-    model = attach_lora(build_classifier(cfg.model, None), cfg.lora, cfg.model.targets_map)
-    params, rank = count_params(model), adapter_rank(model)
-    results.write_record(run_dir, "dry_run", cfg, lora={"rank_used": rank}, params=params)
-    print(results.counts_line(cfg, rank, params))
+    model = attach_method(build_classifier(cfg.model, None), cfg)
+    params, lora_used = count_params(model), lora_record(model, cfg)
+    results.write_record(run_dir, "dry_run", cfg, lora=lora_used, params=params)
+    print(results.counts_line(cfg, adapter_rank(model), params))
     return math.nan

@@ -19,8 +19,15 @@ from sentiment_lora.errors import UserError
 from sentiment_lora.immutable import RUN_CONFIG_FILE, SEED_DIR, read_own_config, seed_runs
 from sentiment_lora.results import METRICS_FILE, RUN_FORMAT, read_metrics, sha256_of
 
-# What load_trained reads besides metrics.json (encoder.safetensors too, for random-init models).
-MODEL_FILES = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "head.safetensors")
+# What load_trained reads besides metrics.json, by method (encoder.safetensors too, for random-init models).
+ADAPTER_FILES = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors")
+MODEL_FILES = {
+    "lora": (*ADAPTER_FILES, "head.safetensors"),
+    "ia3": (*ADAPTER_FILES, "head.safetensors"),
+    "linear_probe": ("head.safetensors",),
+    "bitfit": ("encoder_trained.safetensors", "head.safetensors"),
+    "full": ("encoder.safetensors", "head.safetensors"),
+}
 
 
 @dataclass
@@ -92,17 +99,17 @@ def open_run(run_dir: str | Path) -> Run:
         raise UserError(
             f"{metrics_path}: status is {metrics.get('status')!r}; only a complete run has a trained model to use"
         )
-    missing = [name for name in MODEL_FILES if not (run_dir / name).is_file()]
-    if missing:
-        raise UserError(
-            f"run directory {run_dir}: no {', '.join(missing)}; the run saved no model (save_adapter=false?)"
-        )
     seed_match = SEED_DIR.fullmatch(run_dir.name)
     hydra_dir, seed = run_dir / ".hydra", None
     if not hydra_dir.is_dir() and seed_match and (run_dir.parent / ".hydra").is_dir():
         hydra_dir, seed = run_dir.parent / ".hydra", int(seed_match.group(1))
     own = read_own_config(run_dir)  # its own config, written with the run; a seed_<n> run has its own too
     cfg = _load_config(hydra_dir / "config.yaml", None if own is not None else seed, own, run_dir / RUN_CONFIG_FILE)
+    missing = [name for name in MODEL_FILES[cfg.method.name] if not (run_dir / name).is_file()]
+    if missing:
+        raise UserError(
+            f"run directory {run_dir}: no {', '.join(missing)}; the run saved no model (save_adapter=false?)"
+        )
     if cfg.model.source == "random" and not cfg.model.path and not (run_dir / "encoder.safetensors").is_file():
         raise UserError(f"run directory {run_dir}: no encoder.safetensors, which a random-init model is saved in")
     check_hashes(run_dir, metrics)
@@ -176,7 +183,9 @@ def study_run_dir(storage: str, study_name: str, trial_number: int | None = None
 
 
 # Weights files of a run that load_trained reads (encoder.safetensors: random-init models only).
-WEIGHT_FILES = ("adapter/adapter_model.safetensors", "head.safetensors", "encoder.safetensors")
+WEIGHT_FILES = (
+    "adapter/adapter_model.safetensors", "head.safetensors", "encoder.safetensors", "encoder_trained.safetensors",
+)  # fmt: skip
 
 
 def load_model(run: Run):
@@ -198,7 +207,7 @@ def load_model(run: Run):
                 f"{path}: not a complete safetensors file ({err}); the run's saved model is damaged: restore the "
                 "file from a copy, or train the run again"
             ) from None
-    return load_trained(run.cfg.model, run.dir)
+    return load_trained(run.cfg.model, run.dir, run.cfg.method.name)
 
 
 def run_holding(path: Path, run: Run | None = None) -> Path | None:

@@ -10,13 +10,17 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from sentiment_lora.errors import UserError
-from sentiment_lora.ranking import pareto
+from sentiment_lora.ranking import pareto, usual_size
 from sentiment_lora.results import METRICS_FILE, read_metrics
 
 COLUMNS = [
-    "run", "trial", "state", "model", "targets", "variant", "rank", "alpha", "trainable", "trainable_pct", "val_acc",
-    "test_acc", "test_acc_ci95", "test_f1", "epochs", "time_s", "pareto",
+    "run", "trial", "state", "model", "method", "targets", "variant", "rank", "alpha", "trainable", "trainable_pct",
+    "n_train", "val_acc", "test_acc", "test_acc_ci95", "test_f1", "test_majority", "test_bal_acc", "test_f1_min",
+    "epochs", "time_s", "pareto",
 ]  # fmt: skip
+
+# The fine-tuning methods a run's metrics.json names in `method` (sentiment_lora's `method` config group).
+METHODS = ("lora", "linear_probe", "bitfit", "ia3", "full")
 
 
 def find_runs(paths: Iterable[Path]) -> tuple[list[Path], list[str]]:
@@ -83,11 +87,32 @@ def variant_of(lora: dict) -> str:
     return " ".join(parts) or "LoRA"
 
 
+def method_of(metrics: dict, run_dir: Path) -> str | None:
+    """The fine-tuning method of a run: `method` in metrics.json, else the run config's method.name, else "lora"
+    (runs written before the method group existed were all LoRA, head-only ones included). None for a reference
+    row (TF-IDF), which is no fine-tuning of the encoder."""
+    if metrics.get("status") == "reference":
+        return None
+    recorded = metrics.get("method")
+    if isinstance(recorded, dict):  # a section rather than a name: its name
+        recorded = recorded.get("name")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    from omegaconf import OmegaConf
+
+    from sentiment_lora.ranking import run_config
+
+    cfg = run_config(Path(run_dir))
+    configured = OmegaConf.select(cfg, "method.name", default=None) if cfg is not None else None
+    return str(configured) if configured else "lora"
+
+
 # The numbers a row is built from, by section of metrics.json ("" for the top level).
 NUMBERS = {
     "val": ("accuracy",),
-    "test": ("accuracy", "n", "f1"),
+    "test": ("accuracy", "n", "f1", "majority_accuracy", "balanced_accuracy", "f1_minority"),
     "params": ("trainable", "trainable_pct"),
+    "split_sizes": ("train",),
     "": ("epochs_run", "time_s"),
 }
 
@@ -117,6 +142,10 @@ def row_of(run_dir: Path) -> dict:
     _check_numbers(metrics, path)
     lora, params, trial = _section(metrics, "lora"), _section(metrics, "params"), _section(metrics, "trial")
     val, test = _section(metrics, "val"), _section(metrics, "test")
+    method = method_of(metrics, run_dir)
+    # The lora section describes adapters only in a LoRA run (the other methods record the config's defaults
+    # there); another method's own targets, if it records any, are in a section named after it (metrics["ia3"]).
+    adapters = lora if method == "lora" else _section(metrics, method or "")
     ci, low, high = "", None, None
     if test.get("accuracy") is not None and test.get("n"):
         low, high = wilson_interval(round(test["accuracy"] * test["n"]), test["n"])
@@ -126,12 +155,15 @@ def row_of(run_dir: Path) -> dict:
         "trial": trial.get("number"),
         "state": metrics["status"],
         "model": _section(metrics, "model").get("name"),
-        "targets": "+".join(lora.get("targets") or []) or None,
-        "variant": variant_of(lora) if metrics["status"] != "reference" else None,
-        "rank": rank_used(lora),
-        "alpha": lora.get("alpha"),
+        "method": method,
+        "targets": "+".join(adapters.get("targets") or []) or None,
+        "variant": variant_of(lora) if method == "lora" else None,
+        "rank": rank_used(lora) if method == "lora" else None,
+        "alpha": lora.get("alpha") if method == "lora" else None,
         "trainable": params.get("trainable"),
         "trainable_pct": params.get("trainable_pct"),
+        # The reviews trained on (split_sizes.train: data.n_train where it is set), the learning curve's x.
+        "n_train": _section(metrics, "split_sizes").get("train"),
         "val_acc": val.get("accuracy"),
         "test_acc": test.get("accuracy"),
         "test_acc_ci95": ci,
@@ -139,6 +171,11 @@ def row_of(run_dir: Path) -> dict:
         "test_high": high,
         "test_n": test.get("n"),
         "test_f1": test.get("f1"),
+        # What always predicting the larger class scores, and the scores that imbalance cannot inflate (runs
+        # written before they were recorded leave them blank).
+        "test_majority": test.get("majority_accuracy"),
+        "test_bal_acc": test.get("balanced_accuracy"),
+        "test_f1_min": test.get("f1_minority"),
         "seed": metrics.get("seed"),
         "truncation": _section(metrics, "data").get("truncation"),
         # Older records lack these: each such run is its own configuration, paired on its whole data.
@@ -181,12 +218,14 @@ def to_markdown(table: pd.DataFrame) -> str:
     shown = table[[c for c in COLUMNS if c != "run"]].copy()
     shown["pareto"] = shown["pareto"].map({True: "★", False: ""})
     shown["trial"] = shown["trial"].map(lambda v: "" if pd.isna(v) else str(int(v)))
-    for column in ("val_acc", "test_acc", "test_f1"):
+    for column in ("val_acc", "test_acc", "test_f1", "test_majority", "test_bal_acc", "test_f1_min"):
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
     shown["rank"] = shown["rank"].map(lambda v: "" if pd.isna(v) else str(int(v)))
     shown["alpha"] = shown["alpha"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
+    shown["method"] = shown["method"].fillna("")
     shown["targets"] = shown["targets"].fillna("")
     shown["variant"] = shown["variant"].fillna("")
+    shown["n_train"] = shown["n_train"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}")
     shown["trainable"] = shown["trainable"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}")
     shown["trainable_pct"] = shown["trainable_pct"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
     shown["time_s"] = shown["time_s"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
@@ -195,9 +234,9 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 CONFIG_COLUMNS = {
-    "config": "config", "model": "model", "targets": "targets", "variant": "variant", "truncation": "truncation",
-    "rank": "r",
-    "alpha": "alpha", "trainable": "trainable", "seeds": "seeds",
+    "config": "config", "model": "model", "method": "method", "targets": "targets", "variant": "variant",
+    "truncation": "truncation", "rank": "r",
+    "alpha": "alpha", "trainable": "trainable", "n_train": "n_train", "seeds": "seeds",
     "val_acc": "val acc", "test_acc": "test acc", "test_ci": "test 95% CI", "test_sd": "sd",
     "vs_best": "Δ best [95% CI]", "vs_best_p": "p (Holm)", "tied_with_best": "≈ best",
     "vs_reference": "Δ reference [95% CI]", "vs_reference_p": "p ref (Holm)", "pareto": "pareto",
@@ -219,11 +258,12 @@ def configurations_markdown(table: pd.DataFrame) -> str:
     """One evaluation group's configuration table (ranking.rank_group) as markdown; differences in points."""
     shown = pd.DataFrame(index=table.index)
     shown["config"] = table["config"].map(lambda v: str(v)[:8])  # config_id: what else differs is in its runs' config
-    for column in ("model", "targets", "variant", "truncation"):
+    for column in ("model", "method", "targets", "variant", "truncation"):
         shown[column] = table.get(column, pd.Series(index=table.index, dtype=object)).fillna("")
     shown["rank"] = table["rank"].map(lambda v: _number(v, ".0f"))
     shown["alpha"] = table["alpha"].map(lambda v: _number(v, "g"))
     shown["trainable"] = table["trainable"].map(lambda v: _number(v, ",.0f"))
+    shown["n_train"] = table.get("n_train", pd.Series(index=table.index, dtype=float)).map(lambda v: _number(v, ",.0f"))
     shown["seeds"] = table["seeds"]
     shown["val_acc"] = table["val_acc"].map(lambda v: _number(v, ".4f"))
     shown["test_acc"] = table["test_acc"].map(lambda v: _number(v, ".4f"))
@@ -256,48 +296,132 @@ def runs_as_configurations(table: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
-# Variants named beside each point of the plot (the legend colours the target sets).
+def at_one_size(configurations: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    """The axis plot compares methods at one training size: when configurations differ in n_train (a learning
+    curve beside a study), those at the size most runs share, with the Pareto front drawn again among them; the
+    note says so. Otherwise the table as it is."""
+    if "n_train" not in configurations or configurations["n_train"].dropna().nunique() < 2:
+        return configurations, None
+    size = usual_size(runs)
+    kept = configurations[configurations["n_train"] == size].copy()
+    kept["pareto"] = pareto(kept)
+    kept.attrs = dict(configurations.attrs)
+    sizes = ", ".join(f"{int(v):,}" for v in sorted(configurations["n_train"].dropna().unique()))
+    note = f"runs trained on {sizes} reviews: the accuracy plot shows n_train={int(size):,}"
+    return kept, note + " (the learning curve has every size)"
+
+
+# Variants named in a front point's label.
 PLOT_TAGS = {"rsLoRA": "rs", "DoRA": "DoRA", "LoRA+": "LoRA+"}
+# One marker per method (colours are the target sets), so 40 points stay apart without a label each.
+METHOD_MARKERS = {"lora": "o", "linear_probe": "s", "bitfit": "^", "ia3": "D", "full": "P"}
+OTHER_MARKER = "X"
 
 
-def plot(table: pd.DataFrame, path: Path) -> None:
-    """Test accuracy (mean over seeds, 95% interval) against trainable parameters: one colour per target set, the
-    Pareto front (on validation), the reference's test accuracy as a line."""
+def method_order(method: str) -> tuple:
+    """The methods in METHODS' order (LoRA first), any other after them by name."""
+    return (METHODS.index(method), "") if method in METHODS else (len(METHODS), method)
+
+
+def majority_accuracy(runs: pd.DataFrame) -> float | None:
+    """The accuracy of always answering the test set's most frequent label, from the first run (or reference)
+    that recorded its test labels (metrics.json's test.majority_accuracy, else test_predictions.csv); None when
+    none did."""
+    from sentiment_lora.ranking import correctness
+
+    recorded = runs["test_majority"].dropna() if "test_majority" in runs else pd.Series(dtype=float)
+    if not recorded.empty:
+        return float(recorded.iloc[0])
+    for run in runs["run"]:
+        found = correctness(run)
+        if found is not None and found[0].size:
+            share = float(found[0].mean())
+            return max(share, 1 - share)
+    return None
+
+
+def point_label(row) -> str:
+    """A front point's label: the method, and for LoRA its targets, rank and variant."""
+    method = "lora" if pd.isna(row.get("method")) else row["method"]
+    if method != "lora":
+        return str(method).replace("_", " ") + (f" {row['targets']}" if pd.notna(row.get("targets")) else "")
+    label = str(row["targets"]) if pd.notna(row.get("targets")) else "lora"
+    if pd.notna(row.get("rank")):
+        label += f" r{int(row['rank'])}"
+    variant = str(row.get("variant") or "")
+    return label + "".join(f" {tag}" for word, tag in PLOT_TAGS.items() if word in variant)
+
+
+def draw_axis(table: pd.DataFrame, majority: float | None = None):
+    """The figure of plot(): returned, not saved, so a test can read what is drawn."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on servers and CI
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    rows = table[table["trainable"].notna() & table["test_acc"].notna()]
-    for index, (targets, group) in enumerate(rows.groupby(rows["targets"].fillna("?"), sort=True)):
+    # Constrained layout makes room for a legend outside the axes, where it cannot hide a point.
+    fig, ax = plt.subplots(figsize=(10, 5.5), layout="constrained")
+    rows = table[table["trainable"].notna() & table["test_acc"].notna()].copy()
+    methods = rows["method"] if "method" in rows else pd.Series("lora", index=rows.index)
+    rows["method"] = methods.fillna("lora")
+    # Colour: the target set (LoRA's modules, a method's own where it records them); black for a method without
+    # any, which its marker names.
+    rows["colour_key"] = rows["targets"].fillna("")
+    keys = sorted(key for key in rows["colour_key"].unique() if key)
+    colours = {"": "black"} | {key: plt.cm.tab20(index % 20) for index, key in enumerate(keys)}
+    for (method, key), group in rows.groupby(["method", "colour_key"], sort=True):
         low = (group["test_acc"] - group["test_low"]).clip(lower=0).fillna(0)
         high = (group["test_high"] - group["test_acc"]).clip(lower=0).fillna(0)
-        ax.errorbar(group["trainable"], group["test_acc"], yerr=[low, high], fmt="o", capsize=3,
-                    color=plt.cm.tab10(index % 10), label=targets, zorder=3)  # fmt: skip
-        for _, row in group.iterrows():
-            label = f"r{int(row['rank'])}" if pd.notna(row["rank"]) else ""
-            variant = str(row.get("variant") or "")
-            label += "".join(f" {tag}" for word, tag in PLOT_TAGS.items() if word in variant)
-            if row.get("seeds", 1) > 1:
-                label += f" n={int(row['seeds'])}"
-            ax.annotate(
-                label, (row["trainable"], row["test_acc"]), fontsize=7, xytext=(4, 4), textcoords="offset points"
-            )
-    front = rows[rows["pareto"]].sort_values("trainable")
+        marker = METHOD_MARKERS.get(method, OTHER_MARKER)
+        ax.errorbar(group["trainable"], group["test_acc"], yerr=[low, high], fmt=marker, capsize=2, markersize=6,
+                    alpha=0.85, color=colours[key], zorder=3)  # fmt: skip
+    handles = [
+        Line2D([], [], linestyle="none", marker=METHOD_MARKERS.get(method, OTHER_MARKER), color="black", label=method)
+        for method in sorted(rows["method"].unique(), key=method_order)
+    ]
+    handles += [Line2D([], [], linestyle="none", marker="o", color=colours[key], label=key) for key in keys]
+    # Only the Pareto front (selected on validation) is labelled; the others are told apart by marker and colour.
+    front = rows[rows["pareto"].astype(bool)].sort_values("trainable")
     if len(front) > 1:
-        ax.plot(front["trainable"], front["test_acc"], color="tab:red", linestyle=":", label="Pareto front (val)")
+        ax.plot(front["trainable"], front["test_acc"], color="tab:red", linestyle=":", zorder=2)
+    if len(front):
+        handles.append(Line2D([], [], color="tab:red", linestyle=":", label="Pareto front (val), labelled"))
+    labels = [ax.text(row["trainable"], row["test_acc"], point_label(row), fontsize=7) for _, row in front.iterrows()]
     reference = table.attrs.get("reference")
     if reference:
-        ax.axhline(reference["test_acc"], color="gray", linestyle="--", label=f"{reference['model']} (test)")
+        line = ax.axhline(reference["test_acc"], color="gray", linestyle="--")
+        handles.append(Line2D([], [], color=line.get_color(), linestyle="--",
+                              label=f"{reference['model']} (test {reference['test_acc']:.3f})"))  # fmt: skip
+    if majority is not None:
+        ax.axhline(majority, color="black", linestyle="-.", linewidth=1)
+        handles.append(Line2D([], [], color="black", linestyle="-.", label=f"majority class (test {majority:.3f})"))
+    else:
+        handles.append(Line2D([], [], linestyle="none", label="majority class: no test labels recorded"))
     if not rows.empty:
         ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("test accuracy (mean over seeds, 95% CI)")
-    ax.set_title("Accuracy against trainable parameters")
+    ax.set_title("Accuracy against trainable parameters, every method")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
+    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
+    if labels:
+        # Front points a factor of two apart on the log axis still collide; adjustText moves the labels off each
+        # other and off the points. A fixed iteration count (not its default time limit) keeps the file
+        # reproducible; its jitter is seeded.
+        from adjustText import adjust_text
+
+        adjust_text(labels, x=rows["trainable"].to_numpy(), y=rows["test_acc"].to_numpy(), ax=ax, iter_lim=300)
+    return fig
+
+
+def plot(table: pd.DataFrame, path: Path, majority: float | None = None) -> None:
+    """Test accuracy (mean over seeds, 95% interval) against trainable parameters, every method on one log axis:
+    one marker per method, one colour per target set, the Pareto front (on validation) drawn and labelled (no
+    other point is), the reference's test accuracy and the majority class as lines."""
+    import matplotlib.pyplot as plt
+
+    fig = draw_axis(table, majority)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

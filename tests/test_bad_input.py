@@ -27,6 +27,9 @@ def write_csvs(tmp_path) -> None:
     contradicting.to_csv(tmp_path / "two_labels.csv.gz", index=False)
     rows.assign(text=["\u200b\u200e"] + list(rows["text"][1:])).to_csv(tmp_path / "invisible.csv", index=False)
     rows.assign(id=range(len(rows))).to_csv(tmp_path / "with_id.csv", index=False)
+    stars = rows.assign(label=[[1, 5][label] for label in rows["label"]]).astype({"label": object})
+    stars.loc[2, "label"] = "five"
+    stars.to_json(tmp_path / "stars.jsonl", orient="records", lines=True)
 
 
 CSV = ["data=csv", "data.path=reviews.csv"]
@@ -51,9 +54,19 @@ CSV = ["data=csv", "data.path=reviews.csv"]
         (["data=csv", "data.path=with_id.csv", "data.text_column=id"],
          "data file with_id.csv: column 'id' holds only numbers (data row 1: '0'), not review texts; set "
          "data.text_column/label_column"),
+        (["data=csv", "data.path=reviews.csv", "data.label_map=starz"],
+         "config data.label_map: unknown preset 'starz'; choose from stars, yes_no, signed, boolean, or give a "
+         "mapping such as {1: 0, 2: 0, 3: null, 4: 1, 5: 1}"),
+        (["data=hf", "data.path=reviews.csv"],
+         "config data.name: is required for data=hf: a dataset id (data.name=stanfordnlp/imdb), or with "
+         "data.path=<a save_to_disk folder> the name to record it under"),
+        (["data=hf", "data.path=nowhere", "data.name=mine"], "dataset folder nowhere: not found"),
+        (["data=csv", "data.path=stars.jsonl", "data.label_map=stars"],
+         "data file stars.jsonl: column 'label', data row 3: label 'five' is not in data.label_map (which maps 1, 2, "
+         "3, 4, 5)"),
     ],
     ids=["added_key", "misspelt_key", "path_and_split_files", "one_class_val", "repeated_column", "invisible_review",
-         "numbers_column"],
+         "numbers_column", "unknown_label_preset", "hf_without_name", "hf_folder_missing", "unmapped_label"],
 )  # fmt: skip
 def test_garbage_is_one_line_exit_2_and_nothing_written(monkeypatch, capsys, tmp_path, args, line):
     write_csvs(tmp_path)

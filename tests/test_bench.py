@@ -53,6 +53,24 @@ def test_the_throughput_benchmark_times_both_layouts_against_the_hf_trainer(tmp_
     assert rows[0][5] == "1.00x"
 
 
+@pytest.mark.slow
+def test_the_throughput_benchmark_times_each_method_beside_the_default(tmp_path):
+    csv = write_reviews(tmp_path / "reviews.csv", n=120)
+    output = bench(
+        "throughput.py",
+        ["--model", "tiny", "--data-csv", str(csv), *TINY_DATA, "--max-length", "32", "--batch-size", "8",
+         "--threads", "1", "--precision", "fp32", "--runs", "default,linear_probe,bitfit,ia3,full"],
+        tmp_path,
+    )  # fmt: skip
+    rows = table_rows(output)
+    assert [row[0].split(" (")[0] for row in rows] == [
+        f"sentiment-lora {name}" for name in ("default", "linear_probe", "bitfit", "ia3", "full")
+    ]
+    trainable = {row[0].split(" (")[0].split()[-1]: int(row[2].replace(",", "")) for row in rows}
+    assert trainable["linear_probe"] < trainable["ia3"] < trainable["full"]  # the methods really differ
+    assert trainable["full"] > trainable["default"]
+
+
 def test_the_hf_baseline_adapts_the_default_recipes_modules_through_layers_to_transform():
     import peft
 
@@ -113,3 +131,20 @@ def test_the_eval_cost_benchmark_times_an_evaluation_pass(tmp_path):
         tmp_path,
     )  # fmt: skip
     assert "reviews/s (10 timed)" in output and "per run (3 validation passes of 20" in output
+
+
+@pytest.mark.slow
+def test_the_onnx_speed_benchmark_times_onnxruntime_against_pytorch(tmp_path):
+    pytest.importorskip("onnxruntime")  # the `export` extra
+    pytest.importorskip("onnxscript")
+    csv = write_reviews(tmp_path / "reviews.csv", n=120)
+    output = bench(
+        "onnx_speed.py",
+        ["--model", "tiny", "--data-csv", str(csv), "--reviews", "8", "--batch-sizes", "1,4", "--max-length", "32",
+         "--threads", "1"],
+        tmp_path,
+    )  # fmt: skip
+    rows = table_rows(output)
+    assert [row[0] for row in rows] == ["1", "4"]
+    assert all(float(row[4]) <= 1e-5 for row in rows)  # the same probabilities on both sides (fp32)
+    assert ", fp32, 1 thread(s)," in output

@@ -9,7 +9,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
 from sentiment_lora import encoders
-from sentiment_lora.config import RANGES, TARGETS, Config, validate
+from sentiment_lora.config import METHODS, RANGES, TARGETS, Config, validate
 from sentiment_lora.errors import UserError
 
 from .conftest import CONF, compose_config
@@ -21,14 +21,15 @@ def options(group: str):
 
 GROUP_OPTIONS = [
     (group, option)
-    for group in ("model", "lora", "lora/targets", "optimizer", "data", "trainer", "logger")
+    for group in ("model", "lora", "lora/targets", "method", "optimizer", "data", "trainer", "logger")
     for option in options(group)
 ]
 
 
 def test_every_group_has_options():
     groups = {group for group, _ in GROUP_OPTIONS}
-    assert groups == {"model", "lora", "lora/targets", "optimizer", "data", "trainer", "logger"}
+    assert groups == {"model", "lora", "lora/targets", "method", "optimizer", "data", "trainer", "logger"}
+    assert options("method") == sorted(METHODS)
     assert len(GROUP_OPTIONS) >= 18
 
 
@@ -37,6 +38,8 @@ def test_each_option_composes_and_validates(group, option):
     overrides = [f"{group}={option}"]
     if group == "data" and option == "csv":
         overrides.append("data.path=reviews.csv")
+    if group == "data" and option == "hf":
+        overrides.append("data.name=stanfordnlp/imdb")  # data=hf needs a dataset (test_data_sources.py)
     cfg = compose_config(overrides)
     validate(cfg)
     assert set(cfg.lora.targets) <= set(TARGETS)
@@ -272,8 +275,8 @@ SCHEMA = "unknown key (not in the schema, sentiment_lora/config.py)"
          f"config logger.tensorboard.dirr: {SCHEMA}; did you mean logger.tensorboard.dir?"),
         (["+optimizer.learning_rate=1e-3"], f"config optimizer.learning_rate: {SCHEMA}; optimizer has name, lr, "
                                             "weight_decay, momentum, betas, scheduler, warmup_ratio"),
-        (["+foo.bar=1"], f"config foo: {SCHEMA}; the top level has model, lora, optimizer, data, trainer, dry_run, "
-                         "save_adapter, objectives, seeds, trial, logger"),
+        (["+foo.bar=1"], f"config foo: {SCHEMA}; the top level has model, lora, method, optimizer, data, trainer, "
+                         "dry_run, save_adapter, objectives, seeds, trial, logger"),
     ],
 )  # fmt: skip
 def test_an_added_key_outside_the_schema_is_one_line_naming_the_likely_key(overrides, line):
@@ -297,7 +300,7 @@ def test_keys_added_inside_free_form_dicts_are_accepted():
         (["+lora.rnk=8"], f"config lora.rnk: {SCHEMA}; did you mean lora.rank?"),
         (["lora.rnk=8"], f"config lora.rnk: {SCHEMA}; did you mean lora.rank?"),  # Hydra's: five lines
         (["-m", "trainer.epoch=1,2"], f"config trainer.epoch: {SCHEMA}; did you mean trainer.epochs?"),
-        (["+foo.bar=1"], f"config foo.bar: {SCHEMA}; the top level has model, lora, optimizer, data, trainer, "
+        (["+foo.bar=1"], f"config foo.bar: {SCHEMA}; the top level has model, lora, method, optimizer, data, trainer, "
                          "dry_run, save_adapter, objectives, seeds, trial, logger"),
         # Groups, free-form dicts, Hydra's own keys and deletions are not keys of the schema to check.
         (["model=tiny", "lora/targets=qv", "recipe@_global_=seed", "hparams_search=study", "logger=many",

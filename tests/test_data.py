@@ -89,7 +89,7 @@ def test_duplicates_are_dropped_before_sampling_and_splitting(tmp_path):
     lines = write_reviews(tmp_path / "once.csv", n=40).read_text().splitlines()
     twice = write(tmp_path, "\n".join([*lines, *lines[1:]]) + "\n", "twice.csv")
     splits, facts = load_data(csv_config(twice))
-    assert facts == {"n_samples": 40, "duplicates_dropped": 40, "train_dropped_as_in_eval": 0}
+    assert facts == {"n_samples": 40, "duplicates_dropped": 40, "train_dropped_as_in_eval": 0, "labels_dropped": 0}
     texts = [set(splits[name]["text"]) for name in ("train", "val", "test")]
     assert sum(len(part) for part in texts) == 40
     assert not (texts[0] & texts[1]) and not (texts[0] & texts[2]) and not (texts[1] & texts[2])
@@ -99,13 +99,19 @@ def test_duplicates_are_dropped_before_sampling_and_splitting(tmp_path):
         "n_samples": 30,
         "duplicates_dropped": 40,
         "train_dropped_as_in_eval": 0,
+        "labels_dropped": 0,
     }
 
 
 def test_reviews_that_differ_only_in_markup_or_spacing_are_one_review(tmp_path):
     rows = "".join(f"review number {i},{i % 2}\n" for i in range(20))
     path = write(tmp_path, f'text,label\n<p>great  film</p>,1\n{rows}great film,1\n"great\nfilm ",1\n')
-    assert load_data(csv_config(path))[1] == {"n_samples": 21, "duplicates_dropped": 2, "train_dropped_as_in_eval": 0}
+    assert load_data(csv_config(path))[1] == {
+        "n_samples": 21,
+        "duplicates_dropped": 2,
+        "train_dropped_as_in_eval": 0,
+        "labels_dropped": 0,
+    }
     assert load_data(csv_config(path, strip_html=False))[1]["duplicates_dropped"] == 1  # markup counts then
 
 
@@ -135,8 +141,10 @@ def test_n_samples_above_the_data_records_what_was_used(tmp_path):
         "n_samples": 40,
         "duplicates_dropped": 0,
         "train_dropped_as_in_eval": 0,
+        "labels_dropped": 0,
     }
-    assert load_data(csv_config(path, n_samples=21))[1]["n_samples"] == 20  # half per class
+    assert load_data(csv_config(path, n_samples=21, balance=True))[1]["n_samples"] == 20  # half per class
+    assert load_data(csv_config(path, n_samples=21))[1]["n_samples"] == 21  # the file's class shares
 
 
 @pytest.mark.parametrize("rows", [6, 8, 10, 12, 19])

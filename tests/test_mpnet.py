@@ -93,7 +93,18 @@ def test_a_hash_mismatch_at_any_step_is_refused_and_nothing_is_cached(tmp_path, 
 
 def test_model_mpnet_dry_run_counts_the_published_architecture(tmp_path, capsys):
     # all-mpnet-base-v2: 109,486,464 parameters in AutoModel; LoRA r=4 on q and v in its 12 layers 147,456.
-    dry_run(compose_config(["model=mpnet", "dry_run=true"]), tmp_path)
+    dry_run(compose_config(["model=mpnet", "recipe@_global_=seed", "dry_run=true"]), tmp_path)
     printed = capsys.readouterr().out
     assert "mpnet lora r=4 targets=['q', 'v']: trainable 148,225 of 109,634,689" in printed
     assert "= lora 147,456 + head 769" in printed
+
+
+def test_model_mpnet_recipe_adapts_every_module_of_the_top_3_layers(tmp_path, capsys):
+    hidden, ffn, rank, top = 768, 3072, 4, 3
+    per_layer = 4 * rank * (hidden + hidden) + rank * (hidden + ffn) + rank * (ffn + hidden)  # q, k, v, o; FFN in, out
+    head = rank * (hidden + 1)  # the head's LoRA under targets=all; its base weight stays frozen
+    dry_run(compose_config(["model=mpnet", "dry_run=true"]), tmp_path)
+    printed = capsys.readouterr().out
+    assert f"trainable {top * per_layer + head:,} of" in printed
+    cfg = compose_config(["model=mpnet"])
+    assert (cfg.lora.top_layers, cfg.trainer.frozen_prefix, cfg.data.truncation) == (3, "cache", "head_tail")

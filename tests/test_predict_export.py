@@ -19,13 +19,14 @@ from omegaconf import OmegaConf
 from sentiment_lora import data as data_lib
 from sentiment_lora import export as export_lib
 from sentiment_lora import predict as predict_lib
+from sentiment_lora.errors import UserError
 from sentiment_lora.loop import predict
 from sentiment_lora.model import load_trained
 from sentiment_lora.results import RUN_FORMAT
 from sentiment_lora.rundir import open_run
 from sentiment_lora.train import cli
 
-from .conftest import REPO, TINY_FAST, write_reviews
+from .conftest import REPO, TINY_FAST, compose_config, write_reviews
 
 # fp32: head truncation, mean pooling, LoRA on q and v. bf16: head_tail truncation that cuts every review, cls
 # pooling, LoRA on every target including the head. Evaluation batches of 3: several batches, reordered by length.
@@ -301,10 +302,9 @@ def test_predict_errors_are_one_line_and_exit_2(runs, tmp_path, capsys, monkeypa
     assert not (tmp_path / "other_run" / "adapter" / "x.csv").exists()
 
 
-def docs_block() -> str:
-    """The python block of docs/export.md, unchanged."""
-    (block,) = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "export.md").read_text(), flags=re.DOTALL)
-    return block
+def docs_blocks() -> list[str]:
+    """The python blocks of docs/export.md, unchanged: one per export format."""
+    return re.findall(r"```python\n(.*?)```", (REPO / "docs" / "export.md").read_text(), flags=re.DOTALL)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -326,8 +326,8 @@ def test_docs_export_lines_score_the_exported_folder_as_the_run_does(runs, tmp_p
     )  # fmt: skip
 
     # The documented lines, executed as they stand, where they expect the folder: no sentiment_lora import.
-    block = docs_block()
-    assert block == export_lib.LOAD_SNIPPET and not re.search(r"(import|from) sentiment_lora", block)
+    block = export_lib.LOAD_SNIPPET
+    assert block in docs_blocks() and not re.search(r"(import|from) sentiment_lora", block)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(block, "docs/export.md", "exec"), namespace)
@@ -481,3 +481,37 @@ def test_the_model_card_masks_a_password_in_the_training_command(runs, tmp_path,
     assert "logger.mlflow.tracking_uri=postgresql://me:***@db.example/mlflow" in card
     assert "data.path=http://u:***@h/x.csv" in card
     assert not [p for p in (tmp_path / "exported").rglob("*") if p.is_file() and b"Pa55word" in p.read_bytes()]
+
+
+def test_predict_reads_tsv_jsonl_and_parquet_as_it_reads_a_csv(runs, tmp_path, capsys):
+    csv_path = write_reviews(tmp_path / "labelled.csv", n=6)
+    frame = pd.read_csv(csv_path)
+    copies = {
+        "semicolon.csv": lambda path: frame.to_csv(path, sep=";", index=False),
+        "reviews.tsv": lambda path: frame.to_csv(path, sep="\t", index=False),
+        "reviews.jsonl": lambda path: frame.to_json(path, orient="records", lines=True),
+        "reviews.parquet": lambda path: frame.to_parquet(path),
+    }
+    code, expected, err = call(predict_lib.main, [runs["fp32"], "--csv", csv_path], capsys)
+    assert code == 0, err
+    for name, write in copies.items():
+        write(tmp_path / name)
+        code, stdout, other_err = call(predict_lib.main, [runs["fp32"], "--csv", tmp_path / name], capsys)
+        assert code == 0, other_err
+        assert stdout == expected, name
+        assert other_err.splitlines()[-1] == err.splitlines()[-1], name  # the same accuracy line
+
+
+def test_predict_reads_labels_with_the_runs_label_map_and_scores_the_rows_it_drops(tmp_path):
+    path = tmp_path / "stars.jsonl"
+    rows = [{"text": "a wonderful film", "stars": 5}, {"text": "so-so, fine", "stars": 3},
+            {"text": "awful and dull", "stars": 1}]  # fmt: skip
+    pd.DataFrame(rows).to_json(path, orient="records", lines=True)
+    data = compose_config(["model=tiny", "data=csv", "data.label_column=stars", "data.label_map=stars"]).data
+    frame = predict_lib.read_file(path, "text", None, data, strip_html=True)
+    assert frame["text"].tolist() == [row["text"] for row in rows]  # every review is scored
+    assert frame["label"].tolist()[0::2] == [1.0, 0.0] and np.isnan(frame["label"].iloc[1])  # 3 stars: not counted
+    bad = tmp_path / "bad.jsonl"
+    pd.DataFrame([{"text": "fine", "stars": 7}]).to_json(bad, orient="records", lines=True)
+    with pytest.raises(UserError, match=r"bad.jsonl: column 'stars', data row 1: label 7 is not in data.label_map"):
+        predict_lib.read_file(bad, "text", None, data, strip_html=True)

@@ -183,6 +183,27 @@ def test_runs_in_one_process_that_freeze_the_same_layers_compute_the_prefix_once
     assert reused["test"]["loss"] == pytest.approx(fresh["test"]["loss"], abs=1e-6)
 
 
+@pytest.mark.parametrize("method", ["lora", "linear_probe"])
+def test_runs_on_other_training_sizes_reuse_the_evaluation_sets_prefix(tmp_path, monkeypatch, method):
+    # A learning curve: the evaluation sets are drawn first, so every size shares them and their prefix.
+    reviews = write_reviews(tmp_path / "reviews.csv", n=120)
+    overrides = [*DEEP_TINY, "data=csv", f"data.path={reviews}", "data.n_val=20", "data.n_test=20",
+                 "trainer.frozen_prefix=cache", "lora.top_layers=2", "trainer.precision=fp32", "trainer.epochs=1",
+                 f"method={method}", "save_adapter=false"]  # fmt: skip
+    computed = []
+    real_cache = prefix.cache_frozen_prefix
+    monkeypatch.setattr(prefix, "cache_frozen_prefix", lambda *args: computed.append(len(args[1])) or real_cache(*args))
+    small = run(tmp_path, "small", [*overrides, "data.n_train=30"])
+    memo.TOKENIZED_SPLITS.clear()  # as another data config does
+    large = run(tmp_path, "large", [*overrides, "data.n_train=60"])
+    assert small["eval_fingerprint"] == large["eval_fingerprint"]
+    assert computed == [30, 20, 20, 60]  # the second size computes its own training set only
+    memo.clear_all()
+    fresh = run(tmp_path, "fresh", [*overrides, "data.n_train=60"])
+    assert fresh["test"]["loss"] == pytest.approx(large["test"]["loss"], abs=1e-6)
+    assert fresh["history"][0]["val_loss"] == pytest.approx(large["history"][0]["val_loss"], abs=1e-6)
+
+
 def test_the_sweep_benchmark_compares_the_same_search_through_both_paths():
     from .test_config import compose_with_hydra
 
