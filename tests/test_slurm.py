@@ -281,11 +281,12 @@ def test_a_requeued_job_resumes_from_its_last_epoch_checkpoint(tmp_path, reviews
 
 
 def test_a_job_at_its_time_limit_is_requeued_and_resumes(tmp_path, reviews):
-    # A 1-minute limit, and submitit's signal 50 s before it: the paused job gets USR2, submitit requeues it, and
-    # the new start resumes after epoch 1. SLURM may signal up to a minute early, so the signal can come before
-    # epoch 1 ends: the run then resumes from wherever it was, and ends the same.
+    # A 2-minute limit, and submitit's signal 75 s before it: the paused job gets USR2 45 to 75 s after it starts
+    # (slurmctld looks at time limits every 30 s), submitit requeues it, and the new start resumes after epoch 1.
+    # A signal that came while the job was still starting would fail it instead (Hydra composing its config when
+    # submitit's handler exits), so the signal must come after the pause, which a job reaches in about 20 s.
     run = ["trainer.epochs=3", "lora.rank=2"]
-    limits = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=50"]
+    limits = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=75"]
     process = sweep(tmp_path, *LAUNCHER, *limits, *TINY, *run, f"hydra.sweep.dir={tmp_path}/grid", fault="pause:0:1")
     code, log = finish(process, tmp_path)
     assert code == 0, log[-3000:]
