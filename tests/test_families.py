@@ -387,6 +387,7 @@ def test_a_saved_folder_trains_predicts_and_exports_with_model_auto(tmp_path, ca
     from sentiment_lora import data as data_lib
     from sentiment_lora import export as export_lib
     from sentiment_lora import predict as predict_lib
+    from sentiment_lora.export_formats import FORMATS
     from sentiment_lora.loop import predict
     from sentiment_lora.model import load_trained
 
@@ -424,7 +425,7 @@ def test_a_saved_folder_trains_predicts_and_exports_with_model_auto(tmp_path, ca
     trained = load_trained(cfg.model, run_dir)
     rows = data_lib.encode(pd.DataFrame({"text": texts, "label": 0}), trained.tokenizer, cfg.trainer.max_length)
     expected = predict(trained.model, rows, trained.tokenizer, 8, torch.device("cpu"), None)
-    plain = export_lib.plain_probabilities(tmp_path / "exported", texts)
+    plain = FORMATS["transformers"].probabilities(tmp_path / "exported", texts)
     np.testing.assert_allclose(plain, expected, rtol=0, atol=1e-5)
     assert json.loads((tmp_path / "exported" / "config.json").read_text())["model_type"] == model_type
 
