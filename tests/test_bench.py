@@ -33,17 +33,21 @@ def table_rows(output: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
 
 
-@pytest.mark.slow
-def test_the_throughput_benchmark_times_both_layouts_against_the_hf_trainer(tmp_path):
+def tiny_throughput(tmp_path, runs: str) -> list[list[str]]:
+    """bench/throughput.py's table rows for these runs, on the tiny model and a toy CSV, in fp32."""
     csv = write_reviews(tmp_path / "reviews.csv", n=120)
-    runs = "hf,plain,fast,hf-recipe,default"
     output = bench(
         "throughput.py",
         ["--model", "tiny", "--data-csv", str(csv), *TINY_DATA, "--max-length", "32", "--batch-size", "8",
          "--threads", "1", "--precision", "fp32", "--runs", runs],
         tmp_path,
     )  # fmt: skip
-    rows = table_rows(output)
+    return table_rows(output)
+
+
+@pytest.mark.slow
+def test_the_throughput_benchmark_times_both_layouts_against_the_hf_trainer(tmp_path):
+    rows = tiny_throughput(tmp_path, "hf,plain,fast,hf-recipe,default")
     assert [row[0].split(" (")[0] for row in rows] == [
         "HF Trainer + PEFT", "sentiment-lora plain", "sentiment-lora fast",
         "HF Trainer + PEFT, the default recipe's layout", "sentiment-lora default",
@@ -55,14 +59,7 @@ def test_the_throughput_benchmark_times_both_layouts_against_the_hf_trainer(tmp_
 
 @pytest.mark.slow
 def test_the_throughput_benchmark_times_each_method_beside_the_default(tmp_path):
-    csv = write_reviews(tmp_path / "reviews.csv", n=120)
-    output = bench(
-        "throughput.py",
-        ["--model", "tiny", "--data-csv", str(csv), *TINY_DATA, "--max-length", "32", "--batch-size", "8",
-         "--threads", "1", "--precision", "fp32", "--runs", "default,linear_probe,bitfit,ia3,full"],
-        tmp_path,
-    )  # fmt: skip
-    rows = table_rows(output)
+    rows = tiny_throughput(tmp_path, "default,linear_probe,bitfit,ia3,full")
     assert [row[0].split(" (")[0] for row in rows] == [
         f"sentiment-lora {name}" for name in ("default", "linear_probe", "bitfit", "ia3", "full")
     ]
