@@ -172,17 +172,6 @@ def read_labelled(
     return labelled(frame, f"data file {path}", text_column, label_column, split_column, columns_hint, label_map)
 
 
-def read_labelled_csv(
-    path: str | Path,
-    text_column: str,
-    label_column: str | None,
-    split_column: str | None = None,
-    columns_hint: str = "set data.text_column/label_column",
-) -> pd.DataFrame:
-    """`read_labelled` with the default labels (prediction files, the given split files of older callers)."""
-    return read_labelled(path, text_column, label_column, split_column, columns_hint)[0]
-
-
 def labelled(
     frame: pd.DataFrame,
     where: str,

@@ -11,7 +11,7 @@ from sentiment_lora.data import (
     encode,
     fingerprint,
     load_data,
-    read_labelled_csv,
+    read_labelled,
     split,
     strip_html,
     truncate,
@@ -59,7 +59,7 @@ def write(tmp_path, text: str, name: str = "bad.csv"):
 def test_bad_csv_is_one_line_naming_the_problem(tmp_path, content, fragments):
     path = write(tmp_path, content)
     with pytest.raises(UserError) as err:
-        read_labelled_csv(path, "text", "label")
+        read_labelled(path, "text", "label")[0]
     message = str(err.value)
     assert "\n" not in message and str(path) in message
     for fragment in fragments:
@@ -68,17 +68,17 @@ def test_bad_csv_is_one_line_naming_the_problem(tmp_path, content, fragments):
 
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="not found"):
-        read_labelled_csv(tmp_path / "nope.csv", "text", "label")
+        read_labelled(tmp_path / "nope.csv", "text", "label")[0]
 
 
 def test_a_directory_is_not_reported_missing(tmp_path):
     with pytest.raises(UserError, match=f"data file {tmp_path}: is a directory, not a CSV file"):
-        read_labelled_csv(tmp_path, "text", "label")
+        read_labelled(tmp_path, "text", "label")[0]
 
 
 def test_texts_that_read_like_missing_values_are_texts(tmp_path):
     path = write(tmp_path, "text,label\nNone,1\nNA,0\nnull,1\nn/a,0\n")
-    assert list(read_labelled_csv(path, "text", "label")["text"]) == ["None", "NA", "null", "n/a"]
+    assert list(read_labelled(path, "text", "label")[0]["text"]) == ["None", "NA", "null", "n/a"]
 
 
 def csv_config(path, **overrides) -> DataConfig:
@@ -175,7 +175,7 @@ def test_the_minimum_per_class_gives_every_split_both_classes(val, test, per_cla
 
 def test_label_spellings_and_custom_columns(tmp_path):
     path = write(tmp_path, "body,y\na,positive\nb,NEG\nc,0\nd,1\ne,Pos\nf,negative\n")
-    frame = read_labelled_csv(path, "body", "y")
+    frame = read_labelled(path, "body", "y")[0]
     assert list(frame["label"]) == [1, 0, 0, 1, 1, 0]
     assert list(frame.columns) == ["text", "label"]
 
@@ -195,7 +195,7 @@ def test_balanced_sample_needs_enough_per_class():
 
 
 def test_split_is_stratified_disjoint_and_deterministic(tmp_path):
-    frame = read_labelled_csv(write_reviews(tmp_path / "r.csv", n=200, html=False), "text", "label")
+    frame = read_labelled(write_reviews(tmp_path / "r.csv", n=200, html=False), "text", "label")[0]
     frame["text"] = [f"{t} #{i}" for i, t in enumerate(frame["text"])]  # unique texts to check disjointness
     parts = split(frame, 0.1, 0.1, seed=0)
     assert {k: len(v) for k, v in parts.items()} == {"train": 160, "val": 20, "test": 20}
@@ -332,7 +332,7 @@ def test_a_review_of_invisible_characters_alone_is_an_empty_review_naming_its_ro
     path = tmp_path / "invisible.csv"
     pd.DataFrame({"text": ["good film", text, "bad film"], "label": [1, 0, 0]}).to_csv(path, index=False)
     with pytest.raises(UserError) as err:
-        read_labelled_csv(path, "text", "label")
+        read_labelled(path, "text", "label")[0]
     message = str(err.value)
     assert message.startswith(f"data file {path}: column 'text', data row 2: no visible text, only invisible ")
     assert f"U+{ord(text[0]):04X}" in message and "\n" not in message
@@ -357,14 +357,14 @@ def test_a_text_column_of_numbers_alone_is_the_wrong_column(tmp_path, values):
     path = tmp_path / "numbers.csv"
     pd.DataFrame({"id": values, "label": [0, 1, 0, 1], "review": ["a", "b", "c", "d"]}).to_csv(path, index=False)
     with pytest.raises(UserError) as err:
-        read_labelled_csv(path, "id", "label")
+        read_labelled(path, "id", "label")[0]
     assert str(err.value) == (
         f"data file {path}: column 'id' holds only numbers (data row 1: {values[0]!r}), not review texts; "
         "set data.text_column/label_column"
     )
     # A number among words is a review like any other ("10/10", "7").
     path.write_text("text,label\n10,1\ngreat film,1\n7,0\n")
-    assert list(read_labelled_csv(path, "text", "label")["text"]) == ["10", "great film", "7"]
+    assert list(read_labelled(path, "text", "label")[0]["text"]) == ["10", "great film", "7"]
 
 
 @pytest.mark.parametrize("name", ["dup.csv", "dup.csv.gz", "dup.csv.bz2"])
@@ -374,13 +374,13 @@ def test_a_repeated_column_name_is_refused_naming_it(tmp_path, name):
     frame = pd.DataFrame([["good", 1, 0], ["bad", 0, 1]], columns=["text", "label", "label"])
     frame.to_csv(path, index=False)
     with pytest.raises(UserError) as err:
-        read_labelled_csv(path, "text", "label")
+        read_labelled(path, "text", "label")[0]
     assert str(err.value) == (
         f"data file {path}: column 'label' appears 2 times in the header (columns 2, 3); rename or remove all but one"
     )
     # A repeated column that is not read changes nothing.
     pd.DataFrame([["good", 1, "x", "y"]], columns=["text", "label", "note", "note"]).to_csv(path, index=False)
-    assert list(read_labelled_csv(path, "text", "label")["label"]) == [1]
+    assert list(read_labelled(path, "text", "label")[0]["label"]) == [1]
 
 
 def given_files(tmp_path, labels: dict[str, list[int]]) -> dict[str, str]:
