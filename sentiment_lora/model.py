@@ -138,6 +138,12 @@ class SentimentClassifier(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor | None = None
     ) -> torch.Tensor:
+        return self.head(self.dropout(self.features(input_ids, attention_mask, prefix))).squeeze(-1)
+
+    def features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The pooled vector the head reads (a population of trials computes it once for all its members)."""
         if prefix is None:
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             pooled = self.pool(hidden, attention_mask)
@@ -147,7 +153,7 @@ class SentimentClassifier(nn.Module):
             with self._from_cache(prefix):
                 hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             pooled = self.pool(hidden, attention_mask)
-        return self.head(self.dropout(pooled)).squeeze(-1)
+        return pooled
 
 
 def layers_path_is_table(classifier: SentimentClassifier) -> bool:

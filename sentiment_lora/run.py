@@ -12,6 +12,7 @@ import copy
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from sentiment_lora import data as data_lib
 from sentiment_lora import immutable, prefix, results, tracking
 from sentiment_lora.checkpoint import Checkpoint
 from sentiment_lora.config import validate
-from sentiment_lora.loop import EpochHook, evaluate, fit
+from sentiment_lora.loop import EpochHook, Fitted, evaluate, fit
 from sentiment_lora.metrics import imbalance_warning
 from sentiment_lora.model import (
     adapter_rank,
@@ -42,12 +43,56 @@ log = logging.getLogger(__name__)
 @tracking.tracked  # logger=tensorboard|mlflow|many: config, epochs, final metrics, status (tracking.py)
 def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tuple[float, ...]:
     validate(cfg)
-    trainer = cfg.trainer
-    if trainer.num_threads:
-        torch.set_num_threads(trainer.num_threads)
+    if cfg.trainer.num_threads:
+        torch.set_num_threads(cfg.trainer.num_threads)
     if cfg.dry_run:
         return dry_run(cfg, run_dir)
+    run = set_up(cfg, run_dir)
+    return finish(run, fit_alone(run, on_epoch), on_epoch)
+
+
+def fit_alone(run: Run, on_epoch: EpochHook | None = None) -> Fitted:
+    """Epochs, validation after each, the best epoch's weights kept (loop.fit); resumes from the run's checkpoint."""
+    return fit(run.model, run.batches, lambda: run.evaluate("val")[0], run.optimizer, run.scheduler, run.cfg.trainer,
+               run.device, run.dtype, frozen=run.frozen.modules, on_epoch=on_epoch,
+               checkpoint=run.checkpoint)  # fmt: skip
+
+
+@dataclass
+class Run:
+    """One run set up to train: what `fit` takes, and what `finish` records. A population of sweep trials
+    (population/) sets up each member with `set_up` and records it with `finish`, as a single run does."""
+
+    cfg: object
+    run_dir: Path
+    started: float
+    device: torch.device
+    dtype: torch.dtype | None
+    tokenizer: object
+    splits: dict
+    encoded: dict[str, list[dict]]
+    data_facts: dict
+    weights: str | None
+    classifier: object  # the SentimentClassifier inside `model`
+    random_encoder_state: dict | None
+    model: torch.nn.Module
+    params: dict
+    lora_used: dict | None
+    frozen: prefix.FrozenPrefix
+    batches: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    checkpoint: Checkpoint
+
+    def evaluate(self, name: str):
+        rows = self.frozen.rows[name]
+        return evaluate(self.model, rows, self.tokenizer, self.cfg.trainer.eval_batch_size, self.device, self.dtype)
+
+
+def set_up(cfg, run_dir: Path) -> Run:
+    """Data, model, the method's trainable part, the frozen prefix, batches, optimizer: everything before `fit`."""
     started = time.perf_counter()
+    trainer = cfg.trainer
     device = pick_device(trainer.device)
     dtype = pick_dtype(trainer.precision, device)
     log.info("run dir %s | device %s | precision %s", run_dir, device, precision_name(dtype))
@@ -68,29 +113,32 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
     log.info("method %s: trainable %s of %s parameters %s", cfg.method.name, f"{params['trainable']:,}",
              f"{params['total']:,}", params["by_group"])  # fmt: skip
     frozen = prefix.prepare(cfg, classifier, encoded, weights, tokenizer, device, dtype)
-    rows = frozen.rows
 
-    # ---- fit: epochs, validation after each, the best epoch's weights kept ----
-    batches = data_lib.loader(rows["train"], tokenizer, trainer.batch_size, trainer.seed, trainer.length_grouping)
+    batches = data_lib.loader(frozen.rows["train"], tokenizer, trainer.batch_size, trainer.seed,
+                              trainer.length_grouping)  # fmt: skip
     loraplus = cfg.lora.loraplus_lr_ratio if cfg.method.name == "lora" else None  # lora.* applies to LoRA only
     optimizer = make_optimizer(model, method_optimizer(cfg), loraplus)
     scheduler = make_scheduler(optimizer, cfg.optimizer, trainer.epochs * len(batches))
-
-    def evaluate_split(name: str):
-        return evaluate(model, rows[name], tokenizer, trainer.eval_batch_size, device, dtype)
-
     checkpoint = Checkpoint(run_dir, cfg)  # saved after every epoch; a re-run in this run directory resumes
-    fitted = fit(model, batches, lambda: evaluate_split("val")[0], optimizer, scheduler, trainer, device, dtype,
-                 frozen=frozen.modules, on_epoch=on_epoch, checkpoint=checkpoint)  # fmt: skip
-    if fitted.stopped:  # the sweep's pruner stopped this trial: record what it did; the test split stays unseen
-        elapsed = time.perf_counter() - started
-        results.write_record(run_dir, "pruned", cfg, lora=lora_used, data=data_facts, params=params, **fitted.record(),
-                             time_s=elapsed)  # fmt: skip
-        checkpoint.finish()
+    return Run(cfg, run_dir, started, device, dtype, tokenizer, splits, encoded, data_facts, weights, classifier,
+               random_encoder_state, model, params, lora_used, frozen, batches, optimizer, scheduler,
+               checkpoint)  # fmt: skip
+
+
+def finish(run: Run, fitted: Fitted, on_epoch: EpochHook | None = None, tested=None) -> float | tuple[float, ...]:
+    """Test once with the selected epoch's weights (or take `tested`, the (metrics, labels, probabilities) a
+    population computed for this member) and write the run's artefacts, metrics.json last. A run the sweep's
+    pruner stopped records what it did and raises the pruner's exception; its test split stays unseen."""
+    cfg, run_dir, trainer = run.cfg, run.run_dir, run.cfg.trainer
+    if fitted.stopped:
+        elapsed = time.perf_counter() - run.started
+        results.write_record(run_dir, "pruned", cfg, lora=run.lora_used, data=run.data_facts, params=run.params,
+                             **fitted.record(), time_s=elapsed)  # fmt: skip
+        run.checkpoint.finish()
         raise on_epoch.stopped()
 
     # ---- test once, with the selected epoch's weights ----
-    test, test_labels, test_probs = evaluate_split("test")
+    test, test_labels, test_probs = tested if tested is not None else run.evaluate("test")
     log.info("selected epoch %d (%s): val acc %.4f | test acc %.4f f1 %.4f auc %.4f | majority %.4f balanced acc "
              "%.4f f1 minority %.4f", fitted.best["epoch"], trainer.select_on, fitted.best["accuracy"],
              test["accuracy"], test["f1"], test["roc_auc"], test["majority_accuracy"], test["balanced_accuracy"],
@@ -101,18 +149,18 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
 
     # ---- artefacts; metrics.json last, so its presence means the run completed ----
     if cfg.save_adapter:
-        save_trained(model, run_dir, random_encoder_state, cfg.method.name)
+        save_trained(run.model, run_dir, run.random_encoder_state, cfg.method.name)
     results.write_predictions(run_dir, test_labels, test_probs)
     results.write_record(
-        run_dir, "complete", cfg, sha256=results.artefact_hashes(run_dir), lora=lora_used, data=data_facts,
-        data_fingerprint=data_lib.fingerprint(splits),
-        eval_fingerprint=data_lib.fingerprint(splits, ("val", "test")),
-        split_sizes={name: len(split_rows) for name, split_rows in encoded.items()}, params=params,
-        **fitted.record(), test=test, device=str(device), precision=precision_name(dtype),
-        prefix_cache_s=frozen.seconds, time_s=time.perf_counter() - started, warnings=warnings,
+        run_dir, "complete", cfg, sha256=results.artefact_hashes(run_dir), lora=run.lora_used, data=run.data_facts,
+        data_fingerprint=data_lib.fingerprint(run.splits),
+        eval_fingerprint=data_lib.fingerprint(run.splits, ("val", "test")),
+        split_sizes={name: len(split_rows) for name, split_rows in run.encoded.items()}, params=run.params,
+        **fitted.record(), test=test, device=str(run.device), precision=precision_name(run.dtype),
+        prefix_cache_s=run.frozen.seconds, time_s=time.perf_counter() - run.started, warnings=warnings,
     )  # fmt: skip
-    checkpoint.finish()
-    return results.objectives_of({"val": fitted.best, "params": params}, cfg.objectives)
+    run.checkpoint.finish()
+    return results.objectives_of({"val": fitted.best, "params": run.params}, cfg.objectives)
 
 
 def train_seeds(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tuple[float, ...]:

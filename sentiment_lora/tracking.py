@@ -54,22 +54,31 @@ def tracked(train: Callable) -> Callable:
 
     @functools.wraps(train)
     def tracked_train(cfg, run_dir: Path, on_epoch=None):
-        loggers = [] if cfg.dry_run else open_loggers(cfg, run_dir)
-        if not loggers and not hasattr(on_epoch, "finish"):
-            return train(cfg, run_dir, on_epoch)
-        hook = RunHook(on_epoch, loggers)
-        try:
-            value = train(cfg, run_dir, hook)
-        except BaseException as err:
-            try:
-                hook.finish(run_dir, status_of(err), f"{type(err).__name__}: {err}")
-            except Exception as problem:  # noqa: BLE001 - the run's own error is the one to raise
-                log.error("closing the loggers failed: %s: %s", type(problem).__name__, problem)
-            raise
-        hook.finish(run_dir, "complete")
-        return value
+        with tracked_run(cfg, run_dir, on_epoch) as hook:
+            return train(cfg, run_dir, hook)
 
     return tracked_train
+
+
+@contextmanager
+def tracked_run(cfg, run_dir: Path, on_epoch=None) -> Iterator:
+    """The epoch hook a run gets inside the block (`on_epoch` itself when nothing is tracked), and the loggers
+    closed with the run's status when the block ends, however it ends. A population of trials (population/)
+    opens one per member, around the member's own setup, fit and record."""
+    loggers = [] if cfg.dry_run else open_loggers(cfg, run_dir)
+    if not loggers and not hasattr(on_epoch, "finish"):
+        yield on_epoch
+        return
+    hook = RunHook(on_epoch, loggers)
+    try:
+        yield hook
+    except BaseException as err:
+        try:
+            hook.finish(run_dir, status_of(err), f"{type(err).__name__}: {err}")
+        except Exception as problem:  # noqa: BLE001 - the run's own error is the one to raise
+            log.error("closing the loggers failed: %s: %s", type(problem).__name__, problem)
+        raise
+    hook.finish(run_dir, "complete")
 
 
 def status_of(error: BaseException) -> str:

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sentiment_lora import immutable, results, trial
+from sentiment_lora import immutable, trial
 from sentiment_lora.config import CONF_DIR, register_configs, unknown_key
 from sentiment_lora.errors import UserError, exit_with
 from sentiment_lora.run import train_seeds
@@ -87,14 +87,8 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
                 raise
             _remove_if_only_hydra_files(run_dir)
             exit_with(err)
-        # In a sweep, the sweeper records the error and goes on; the run directory says what happened (unless it
-        # holds another configuration's run, which is not this job's to touch).
-        if not isinstance(err, immutable.RunExists) and not (run_dir / results.METRICS_FILE).exists():
-            results.write_record(run_dir, "failed", cfg, error=f"{type(err).__name__}: {err}")
-        if trial.is_pruned(err):
-            log.info("%s", err)
-        else:
-            log.error("run failed: %s: %s", type(err).__name__, err)
+        # In a sweep, the sweeper records the error and goes on; the run directory says what happened.
+        trial.record_failure(cfg, run_dir, err)
         raise
 
 

@@ -101,3 +101,16 @@ def outcome_attrs(record: dict, test: bool = True) -> dict[str, int | float | No
 def is_pruned(error: BaseException) -> bool:
     """Whether a job's exception is Optuna's 'pruned' signal (checked without importing optuna otherwise)."""
     return type(error).__name__ == "TrialPruned" and type(error).__module__.startswith("optuna")
+
+
+def record_failure(cfg, run_dir: Path, error: BaseException) -> None:
+    """A sweep job that raised: its run directory says why (unless it holds another configuration's run, which is
+    not this job's to touch, or the run's own record, a pruned one), and the log says it once."""
+    from sentiment_lora import immutable, results
+
+    if not isinstance(error, immutable.RunExists) and not (run_dir / results.METRICS_FILE).exists():
+        results.write_record(run_dir, "failed", cfg, error=f"{type(error).__name__}: {error}")
+    if is_pruned(error):
+        log.info("%s", error)
+    else:
+        log.error("run failed: %s: %s", type(error).__name__, error)

@@ -14,6 +14,7 @@ import torch
 from .conftest import REPO, compose_config, write_reviews
 from .test_speed import throughput_bench
 
+DROPOUT_OFF = ("lora.dropout", "model.hidden_dropout", "model.attention_dropout", "model.head_dropout")
 TINY_DATA = ["--n-train", "40", "--n-val", "20", "--n-test", "20"]
 
 
@@ -145,3 +146,19 @@ def test_the_onnx_speed_benchmark_times_onnxruntime_against_pytorch(tmp_path):
     assert [row[0] for row in rows] == ["1", "4"]
     assert all(float(row[4]) <= 1e-5 for row in rows)  # the same probabilities on both sides (fp32)
     assert ", fp32, 1 thread(s)," in output
+
+
+@pytest.mark.slow
+def test_the_population_benchmark_runs_the_batch_both_ways(tmp_path):
+    csv = write_reviews(tmp_path / "reviews.csv", n=120)
+    output = bench(
+        "population.py",
+        ["--model", "tiny", "--data-csv", str(csv), *TINY_DATA, "--sweep", "lora.rank=2,4 trainer.seed=1",
+         "--override", "trainer.max_length=32", "--override", "trainer.precision=fp32",
+         *[arg for key in DROPOUT_OFF for arg in ("--override", f"{key}=0")]],
+        tmp_path,
+    )  # fmt: skip
+    rows = table_rows(output)
+    assert [row[0] for row in rows] == ["basic", "population"]
+    assert all(row[2] == "2 (2)" for row in rows)
+    assert float(rows[1][-1]) == 0.0  # fp32, dropout off: the population's members are their single runs
