@@ -2,7 +2,8 @@
 
     python bench/population.py                                   # MiniLM, a slice of the study preset
     python bench/population.py --sweep "lora/targets=q,k,v,output,ffn,qv,qkv,all lora.rank=4,16" --device cuda
-    python bench/population.py --sweep "" --preset study --device cuda   # the whole 108-run study (a GPU)
+    python bench/population.py --preset study --sweep "" --n-train 1600 --n-val 1000 --n-test 4000 --epochs 3 \
+        --device cuda                                     # the whole 108-run study, as published (a GPU)
 
 sequential: `hydra/launcher=basic`, Hydra's own launcher: the batch's trials one after another in one process
 (they share the in-process frozen-prefix memo, so only the training differs). population:
@@ -29,7 +30,7 @@ from sentiment_lora.results import METRICS_FILE, read_metrics
 
 def run_sweep(launcher: str, args: list[str], out: Path) -> dict:
     command = [sys.executable, "-m", "sentiment_lora.train", "-m", f"hydra/launcher={launcher}",
-               f"hydra.sweep.dir={out}", "hydra.sweeper.max_batch_size=null", *args]  # fmt: skip
+               f"hydra.sweep.dir={out}", *args]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     out.mkdir(parents=True, exist_ok=True)
     log_path = out.parent / f"{launcher}.log"

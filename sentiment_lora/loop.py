@@ -169,19 +169,7 @@ def fit(
         train_loss, seen = train_epoch(model, batches, optimizer, scheduler, trainer_cfg, epoch, device, dtype)
         train_time = time.perf_counter() - started
         val = validate()
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "val_accuracy": val["accuracy"],
-                "val_balanced_accuracy": val["balanced_accuracy"],
-                "val_f1_minority": val["f1_minority"],
-                "val_loss": val["loss"],
-                "train_time_s": train_time,
-                "train_samples_per_s": seen / train_time,
-                "time_s": time.perf_counter() - started,
-            }
-        )
+        history.append(history_entry(epoch, train_loss, seen, val, train_time, time.perf_counter() - started))
         log_epoch(history[-1])
         if best is None or rank(val) > rank(best):
             best = {**val, "epoch": epoch}
@@ -192,6 +180,21 @@ def fit(
             return Fitted(best, history, stopped=True, selected_on=trainer_cfg.select_on)
     model.load_state_dict(best_state, strict=False)
     return Fitted(best, history, stopped=False, selected_on=trainer_cfg.select_on)
+
+
+def history_entry(epoch: int, train_loss: float, seen: int, val: dict, train_time: float, elapsed: float) -> dict:
+    """One epoch of metrics.json's history: training loss, validation metrics, timings."""
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "val_accuracy": val["accuracy"],
+        "val_balanced_accuracy": val["balanced_accuracy"],
+        "val_f1_minority": val["f1_minority"],
+        "val_loss": val["loss"],
+        "train_time_s": train_time,
+        "train_samples_per_s": seen / train_time,
+        "time_s": elapsed,
+    }
 
 
 def log_epoch(entry: dict) -> None:

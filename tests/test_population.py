@@ -1,7 +1,8 @@
 """Trials trained together (sentiment_lora.population, hydra/launcher=population): joint and right.
 
-Joint: every frozen module of the shared encoder runs once per step, whatever the number of members. Right: in fp32 with dropout off each member's epochs, selected epoch,
-test predictions and adapter equal its single run's within 1e-5; a member that diverges, raises or is pruned
+Joint: every frozen module of the shared encoder runs once per step, whatever the number of members. Right:
+in fp32 with dropout off each member's epochs, selected epoch, test predictions and adapter equal its single
+run's within 1e-5; a member that diverges, raises or is pruned
 leaves the others' numbers unchanged; with dropout on, members draw independent masks.
 """
 

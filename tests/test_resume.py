@@ -165,9 +165,12 @@ def test_ctrl_c_is_one_line_with_the_epoch_and_a_refused_resume_leaves_the_runs_
             f"hydra.run.dir={run_dir}"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     command = [sys.executable, "-m", "sentiment_lora.train", *args]
+    # A shell's background job (`pytest ... &`) starts with SIGINT ignored, which children inherit and Python then
+    # leaves ignored; the run is given the default disposition, as in a terminal.
     with subprocess.Popen(
-        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    ) as proc:
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    ) as proc:  # fmt: skip
         while not (run_dir / CHECKPOINT_FILE).exists() and proc.poll() is None:
             time.sleep(0.1)  # the first epoch's checkpoint: training is under way
         proc.send_signal(signal.SIGINT)

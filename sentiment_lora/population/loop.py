@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sentiment_lora import data as data_lib
-from sentiment_lora.loop import SELECTION_KEYS, Fitted, TrainingDiverged, log_epoch
+from sentiment_lora.loop import SELECTION_KEYS, Fitted, TrainingDiverged, history_entry, log_epoch
 from sentiment_lora.metrics import classification_metrics
 from sentiment_lora.model import classifier_of
 from sentiment_lora.population.stacked import Stacker, frozen_names, head_logits, shared_encoder
@@ -162,18 +162,8 @@ class Population:
     def _end_epoch(self, member: Member, epoch: int, trained, val: dict, train_time: float, elapsed: float) -> None:
         run = member.run
         train_loss, seen = trained
-        entry = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "val_accuracy": val["accuracy"],
-            "val_balanced_accuracy": val["balanced_accuracy"],
-            "val_f1_minority": val["f1_minority"],
-            "val_loss": val["loss"],
-            # The population's shared wall time: a member's samples/s is its own reviews over that time.
-            "train_time_s": train_time,
-            "train_samples_per_s": seen / train_time,
-            "time_s": elapsed,
-        }
+        # train_time_s is the population's shared time: a member's samples/s is its own reviews over that time.
+        entry = history_entry(epoch, train_loss, seen, val, train_time, elapsed)
         with member.context():
             try:
                 member.history.append(entry)
