@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 from sentiment_lora import immutable, tracking, trial
 from sentiment_lora.config import validate
 from sentiment_lora.population.logs import member_context
+from sentiment_lora.population.stacked import frozen_names
 from sentiment_lora.run import Run, finish, fit_alone, set_up, train_seeds
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,10 @@ def why_alone(cfg) -> str | None:
 def join_key(run: Run) -> tuple:
     """What members of one population must share: the frozen encoder and everything that shapes its input."""
     cfg = run.cfg
-    frozen = sorted(name for name, module in run.classifier.named_modules() if module in run.frozen.modules)
     encoder = run.weights or f"random init, trainer.seed={cfg.trainer.seed}"
     return (encoder, OmegaConf.to_yaml(cfg.model), OmegaConf.to_yaml(cfg.data), cfg.trainer.max_length,
             cfg.trainer.batch_size, cfg.trainer.eval_batch_size, run.frozen.mode, run.classifier.cached_depth,
-            tuple(frozen), str(run.device), str(run.dtype), len(run.batches))  # fmt: skip
+            tuple(sorted(frozen_names(run))), str(run.device), str(run.dtype), len(run.batches))  # fmt: skip
 
 
 JOINED = ("model, data, trainer.max_length, trainer.batch_size, trainer.eval_batch_size, frozen layers, device and "

@@ -56,7 +56,7 @@ class Population:
         first = members[0].run
         self.members = members
         self.device, self.dtype, self.tokenizer = first.device, first.dtype, first.tokenizer
-        self.shared, self.rows, self.wrapped = shared_encoder(
+        self.shared, self.rows = shared_encoder(
             first, [classifier_of(member.run.model) for member in members], first.device
         )
         self.frozen = frozen_names(first)

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from sentiment_lora.data import PaddingCollator
 from sentiment_lora.model import SentimentClassifier, build_classifier, classifier_of
 
 
@@ -95,7 +94,7 @@ class StackedLoRALinear(nn.Module):
         return stacked_out.reshape(out.shape)
 
 
-def shared_encoder(first, members: list, device) -> tuple[SentimentClassifier, Rows, dict[str, nn.Module]]:
+def shared_encoder(first, members: list, device) -> tuple[SentimentClassifier, Rows]:
     """The population's one frozen classifier (its encoder as the members' own, built from the same weights), with
     every Linear that some member adapts wrapped in a StackedLoRALinear; and the Rows those wrappers read.
 
@@ -111,14 +110,12 @@ def shared_encoder(first, members: list, device) -> tuple[SentimentClassifier, R
         for name, module in classifier.named_modules():
             if isinstance(module, peft.tuners.lora.LoraLayer) and name != "head" and not name.startswith("head."):
                 adapted[name][index] = module
-    wrapped = {}
     for name, adapters in adapted.items():
         parent_name, _, child = name.rpartition(".")
         parent = shared.get_submodule(parent_name) if parent_name else shared
         wrapper = StackedLoRALinear(getattr(parent, child), adapters, rows)
         setattr(parent, child, wrapper)
-        wrapped[name] = wrapper
-    return shared.to(device), rows, wrapped
+    return shared.to(device), rows
 
 
 def frozen_names(run) -> set[str]:
@@ -134,7 +131,7 @@ class Stacker:
     cached prefix states padded with zeros, as the loaders pad within a batch."""
 
     def __init__(self, tokenizer):
-        self.pad_id = PaddingCollator(tokenizer).tokens.tokenizer.pad_token_id or 0
+        self.pad_id = tokenizer.pad_token_id or 0  # what the loaders' collator pads with
 
     def __call__(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         length = max(batch["input_ids"].shape[1] for batch in batches)
