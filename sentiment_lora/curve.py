@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sentiment_lora.outputs import atomic_write
 from sentiment_lora.ranking import correctness, run_config
 from sentiment_lora.results import PREDICTIONS_FILE, config_digest
 from sentiment_lora.stats import compare, holm, seed_summary
@@ -205,5 +206,6 @@ def plot_curve(cells: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig = draw_curve(cells)
-    fig.savefig(path, dpi=120)
+    with atomic_write(path) as tmp:  # a full disk leaves no partial image
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".").lower() or None)
     plt.close(fig)

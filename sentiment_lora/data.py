@@ -59,16 +59,45 @@ HTML_ELEMENTS = (
     | HTMLTreeBuilder.DEFAULT_EMPTY_ELEMENT_TAGS
     | HTMLTreeBuilder.DEFAULT_BLOCK_ELEMENTS
 )
-# "<" and the name html.parser would read as a tag's (a letter, then up to a space, "/" or ">").
-TAG_START = re.compile(r"<(/?)([A-Za-z][^\s/>]*)")
+# "<", the name html.parser would read as a tag's (a letter, then up to a space, "/" or ">"), what follows up to the
+# tag's ">" (quoted values may hold "<" or ">"), and that ">" when there is one.
+TAG = re.compile(r"""<(/?)([A-Za-z][^\s/>]*)((?:"[^"]*"|'[^']*'|[^<>"'])*)(>?)""")
+# One attribute: a name, and a value after "=" (quoted or bare), as HTML writes it.
+ATTRIBUTE = re.compile(r"""\s*([^\s"'<>/=]+)(\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+))?\s*""")
+# HTML's boolean attributes, the ones written without a value (<input disabled>, <hr noshade>). html.parser takes
+# any word after an element's name for one, so "a<b and c>d" lost "b and c" as a <b> tag with attributes "and"
+# and "c": a word without a value that is no boolean attribute makes the tag text.
+BOOLEAN_ATTRIBUTES = frozenset(
+    """
+    allowfullscreen async autofocus autoplay checked compact controls declare default defer disabled formnovalidate
+    hidden inert ismap itemscope loop multiple muted nohref nomodule noresize noshade novalidate nowrap open
+    playsinline readonly required reversed selected truespeed""".split()
+)
 # An address in angle brackets (<http://...>, <mailto:...>) goes as a link's href goes: an address says nothing of
 # the film, and html.parser always dropped it, so the default IMDB draw's test set keeps its texts (and its
 # eval_fingerprint, which docs/results.md's tables pair on).
 ANGLE_ADDRESS = re.compile(r"<(?:[A-Za-z][A-Za-z0-9+.-]*://|mailto:)[^\s<>]*>")
 
 
+def _attributes_are_markup(attributes: str) -> bool:
+    """Whether what follows a tag's name reads as HTML attributes (a lone "/" of <br/> included)."""
+    attributes = attributes.strip().removesuffix("/")
+    position = 0
+    while position < len(attributes):
+        found = ATTRIBUTE.match(attributes, position)
+        if not found or (found.group(2) is None and found.group(1).lower() not in BOOLEAN_ATTRIBUTES):
+            return False
+        position = found.end()
+    return True
+
+
 def _escape_non_element(match: re.Match) -> str:
-    return match.group(0) if match.group(2).lower() in HTML_ELEMENTS else "&lt;" + match.group(0)[1:]
+    """A tag that names an HTML element, with attributes that read as HTML's, stays markup; any other is text. Hand-
+    written: html.parser and BeautifulSoup take any <word ...> for a tag, and no library tells a tag from prose."""
+    closed = bool(match.group(4))  # without its ">", html.parser decides as it always did, on the name alone
+    if match.group(2).lower() in HTML_ELEMENTS and (not closed or _attributes_are_markup(match.group(3))):
+        return match.group(0)
+    return "&lt;" + match.group(0)[1:]
 
 
 def strip_html(text: str) -> str:
@@ -80,7 +109,7 @@ def strip_html(text: str) -> str:
     with warnings.catch_warnings():
         # A review that merely looks like a URL or file name is still a review.
         warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
-        marked = TAG_START.sub(_escape_non_element, ANGLE_ADDRESS.sub(" ", text))
+        marked = TAG.sub(_escape_non_element, ANGLE_ADDRESS.sub(" ", text))
         soup = BeautifulSoup(marked, "html.parser")
         return " ".join(soup.get_text(" ").split())
 
@@ -203,6 +232,9 @@ def labelled(
         if not isinstance(text, str):  # JSONL and Parquet type their values; CSV's are read as texts
             if labels_lib.key_of(text) is None:
                 raise UserError(f"{where}: column '{text_column}', data row {index + 1}: no text (null)")
+            if isinstance(text, (dict, list, tuple, np.ndarray)):  # a JSON object or array, a Parquet list or struct
+                kind = "an object" if isinstance(text, dict) else "a list"
+                raise UserError(f"{where}: column '{text_column}', data row {index + 1}: {kind}, not a text")
             text = str(text)
         if not text.strip():
             raise UserError(f"{where}: column '{text_column}', data row {index + 1}: empty text")

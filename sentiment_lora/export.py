@@ -43,6 +43,7 @@ from sentiment_lora.loop import predict
 from sentiment_lora.model import PEFT_METHODS
 from sentiment_lora.results import PREDICTIONS_FILE, RUN_FORMAT, new_file_mode
 from sentiment_lora.rundir import Run, load_model, open_run, overrides_of, run_holding
+from sentiment_lora.signals import one_line_faults
 from sentiment_lora.stats import bootstrap_interval, f1_at, roc_auc
 
 # classifier.json's mark of a folder this command wrote: --force replaces such a folder and nothing else.
@@ -522,8 +523,10 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars say nothing about a folder this size
+    stopped = "export interrupted ({signal}); " + f"nothing was written: {args.out_dir} was left as it was"
     try:
-        out = export(args.run_dir, args.out_dir, args.adapter, args.force, args.export_format)
+        with one_line_faults(stopped, args.out_dir):
+            out = export(args.run_dir, args.out_dir, args.adapter, args.force, args.export_format)
     except UserError as err:
         exit_with(err)
     print(f"exported {args.run_dir} to {out} ({args.export_format})")

@@ -8,10 +8,10 @@ sweep, a failed run records why and the sweep goes on.
 
 from __future__ import annotations
 
-import errno
 import logging
 import shutil
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
@@ -19,9 +19,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sentiment_lora import immutable, trial
+from sentiment_lora import immutable, signals, trial
 from sentiment_lora.config import CONF_DIR, register_configs, unknown_key
 from sentiment_lora.errors import UserError, exit_with
+from sentiment_lora.outputs import disk_problem
 from sentiment_lora.run import train_seeds
 
 log = logging.getLogger(__name__)
@@ -38,23 +39,26 @@ def _remove_if_only_hydra_files(run_dir: Path) -> None:
 
 
 def _as_user_error(err: Exception, run_dir: Path) -> Exception:
-    """A full disk is the user's to fix: one line. The writes are atomic, so nothing half-written is left."""
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+    """A full or read-only disk is the user's to fix: one line. The writes are atomic, so nothing half-written is
+    left."""
+    problem = disk_problem(err, run_dir)
+    if problem is not None:
         return UserError(
-            f"run directory {run_dir}: {err.strerror} while writing the run; nothing half-written was left: free "
-            "space and re-run the same command (it resumes after the last checkpointed epoch)"
+            f"run directory {run_dir}: {problem}; nothing half-written was left: free space (or make it writable) "
+            "and re-run the same command (it resumes after the last checkpointed epoch)"
         )
     return err
 
 
-def _interrupted(cfg, run_dir: Path) -> str:
-    """Ctrl-C's one line: the epoch the run stopped in and how to resume it."""
+def _interrupted(cfg, run_dir: Path, how: str = "interrupted") -> str:
+    """Ctrl-C's one line (SIGTERM's and SIGHUP's: `how` says which): the epoch the run stopped in and how to resume
+    it."""
     from sentiment_lora.checkpoint import CHECKPOINT_FILE, read_checkpoint
 
     found = sorted(run_dir.glob(f"**/{CHECKPOINT_FILE}"))
     if not found:
         return (
-            f"interrupted before the run's first checkpoint (trainer.epochs={cfg.trainer.epochs}); to start it again, "
+            f"{how} before the run's first checkpoint (trainer.epochs={cfg.trainer.epochs}); to start it again, "
             f"re-run the same command with hydra.run.dir={run_dir}"
         )
     try:
@@ -64,7 +68,7 @@ def _interrupted(cfg, run_dir: Path) -> str:
     epochs = cfg.trainer.epochs
     stopped = f"in epoch {done + 1} of {epochs}" if isinstance(done, int) and done < epochs else "after its epochs"
     return (
-        f"interrupted {stopped}; {found[-1]} holds epoch {done}: to resume from there, re-run the same command with "
+        f"{how} {stopped}; {found[-1]} holds epoch {done}: to resume from there, re-run the same command with "
         f"hydra.run.dir={run_dir}"
     )
 
@@ -73,13 +77,17 @@ def _interrupted(cfg, run_dir: Path) -> str:
 def main(cfg: DictConfig) -> float | tuple[float, ...]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    single = hydra_cfg.mode != RunMode.MULTIRUN
     try:
-        return train_seeds(cfg, run_dir, on_epoch=trial.reporter_for(cfg, run_dir))
-    except KeyboardInterrupt:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
+        # (a sweep's runs keep the signals' defaults, and a launcher's handlers: submitit's in a SLURM job)
+        with signals.stop_signals_interrupt() if single else nullcontext():
+            return train_seeds(cfg, run_dir, on_epoch=trial.reporter_for(cfg, run_dir))
+    except KeyboardInterrupt as err:
+        if not single:
             raise
-        print(f"error: {_interrupted(cfg, run_dir)}", file=sys.stderr)
-        sys.exit(INTERRUPTED_EXIT)
+        how = "interrupted" if signals.signal_name(err) == "SIGINT" else f"stopped by {signals.signal_name(err)}"
+        print(f"error: {_interrupted(cfg, run_dir, how)}", file=sys.stderr)
+        sys.exit(signals.exit_status(err))
     except Exception as err:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             err = _as_user_error(err, run_dir)
