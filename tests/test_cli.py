@@ -345,8 +345,8 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(monkeypatch, ca
     assert code == 2 and len(err.splitlines()) == 1
     assert re.fullmatch(
         rf"error: run directory {re.escape(str(run_dir))}: no space left on device while writing "
-        rf"{re.escape(str(run_dir))} \([0-9.,]+ [KMG]iB free now\); nothing half-written was left: free space \(or make it "
-        r"writable\) and re-run the same command \(it resumes after the last checkpointed epoch\)\n",
+        rf"{re.escape(str(run_dir))} \([0-9.,]+ [KMG]iB free now\); nothing half-written was left: free space "
+        r"\(or make it writable\) and re-run the same command \(it resumes after the last checkpointed epoch\)\n",
         err,
     ), err
     left = sorted(path.relative_to(run_dir).as_posix() for path in run_dir.iterdir())
