@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sentiment_lora import immutable, signals, trial
+from sentiment_lora import credentials, immutable, signals, trial
 from sentiment_lora.config import CONF_DIR, register_configs, unknown_key
 from sentiment_lora.errors import UserError, exit_with
 from sentiment_lora.outputs import disk_problem
@@ -128,6 +128,24 @@ def _parsed(args: list[str]) -> list:
         return []  # a syntax error: Hydra's own message says where
 
 
+def unparsable_secret(args: list[str]) -> str | None:
+    """Hydra's parse error quotes the whole command line: an override it cannot parse (an unquoted URL with a
+    query, `key=http://h/?token=S`) would print its secret. Name it masked instead, and how to quote it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for override in _overrides(args) or []:
+        if credentials.masked_override(override) == override:
+            continue
+        try:
+            parser.parse_overrides([override])
+        except HydraException:
+            key, _, value = credentials.masked_override(override).partition("=")
+            return f"config {key}: Hydra cannot parse the value {value} unquoted; quote it: '{key}=\"...\"'"
+    return None
+
+
 def unknown_group_option(args: list[str]) -> str | None:
     """Hydra reports `model=foo` in a dozen lines; this names the group and its options in one."""
     for override in _parsed(args):
@@ -184,7 +202,8 @@ def run_dir_under_a_file(args: list[str]) -> str | None:
 
 def cli() -> None:
     args = sys.argv[1:]
-    problem = unknown_group_option(args) or unknown_key_override(args) or run_dir_under_a_file(args)
+    checks = (unparsable_secret, unknown_group_option, unknown_key_override, run_dir_under_a_file)
+    problem = next((found for check in checks if (found := check(args))), None)
     if problem:
         exit_with(UserError(problem))
     main()
