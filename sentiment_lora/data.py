@@ -9,10 +9,13 @@ import csv
 import hashlib
 import io
 import logging
+import lzma
 import math
 import re
 import unicodedata
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import fsspec
@@ -119,6 +122,8 @@ EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".
               ".parquet": "parquet", ".pq": "parquet"}  # fmt: skip
 COMPRESSIONS = (".gz", ".bz2", ".zip", ".xz", ".zst")
 FORMAT_NAMES = {"csv": "CSV", "tsv": "TSV", "jsonl": "JSONL", "parquet": "Parquet"}
+# What reading a compressed file whose bytes are not what its name says raises (gzip, bz2, zip, lzma, zstandard).
+DECOMPRESSION_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile)
 # The separators a CSV header is sniffed among (data.delimiter=null).
 SNIFFED = ",;\t|"
 
@@ -159,8 +164,8 @@ def read_table(
         raise UserError(f"data file {path}: is a directory, not a {FORMAT_NAMES[kind]} file")
     if not path.is_file():
         raise UserError(f"data file {path}: not found")
-    sep = "\t" if kind == "tsv" else delimiter or (sniff_delimiter(path) if kind == "csv" else ",")
     try:
+        sep = "\t" if kind == "tsv" else delimiter or (sniff_delimiter(path) if kind == "csv" else ",")
         if kind in ("csv", "tsv"):
             frame = pd.read_csv(path, sep=sep, dtype={text_column: "string"}, keep_default_na=False)
         elif kind == "jsonl":
@@ -173,7 +178,17 @@ def read_table(
                 frame = pd.read_parquet(io.BytesIO(handle.read()))
     except pd.errors.EmptyDataError:
         raise UserError(f"data file {path}: is empty (no header, no rows)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError, pa.ArrowException) as err:
+    except DECOMPRESSION_ERRORS as err:
+        # Not what its name says: plain text named .gz, a truncated .gz, a damaged .bz2 (pandas infers the
+        # compression from the name). OSError covers gzip's BadGzipFile and bz2's "Invalid data stream".
+        compression = next((suffix for suffix in path.suffixes[::-1] if suffix.lower() in COMPRESSIONS), None)
+        if compression is None:
+            raise UserError(f"data file {path}: cannot be read ({err})") from None
+        raise UserError(
+            f"data file {path}: is not valid {compression} data ({err}); its name says {compression}: recompress "
+            f"it, or rename it without {compression} if it is not compressed"
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, pa.ArrowException) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"data file {path}: cannot be parsed as {FORMAT_NAMES[kind]} ({first_line})") from None
     if kind == "jsonl" and frame.empty and not len(frame.columns):

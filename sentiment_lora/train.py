@@ -9,12 +9,14 @@ sweep, a failed run records why and the sweep goes on.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -28,8 +30,6 @@ from sentiment_lora.run import train_seeds
 log = logging.getLogger(__name__)
 register_configs()
 immutable.register_resolver()  # conf/config.yaml's hydra.output_subdir
-
-INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 def _remove_if_only_hydra_files(run_dir: Path) -> None:
@@ -200,13 +200,65 @@ def run_dir_under_a_file(args: list[str]) -> str | None:
     return None
 
 
+def _output_dir(args: list[str]) -> tuple[str, Path] | None:
+    """The key and folder a command writes under: hydra.sweep.dir for a multirun, else hydra.run.dir, as given
+    or, when it interpolates (${now:...}), its fixed leading part; None when it cannot be told."""
+    overrides = _overrides(args)
+    if overrides is None:
+        return None
+    values = {key.lstrip("+"): value for key, _, value in (item.partition("=") for item in overrides)}
+    multirun = "-m" in args or "--multirun" in args or values.get("hydra.mode") == "MULTIRUN"
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    value = values.get(key)
+    if value is None:
+        hydra_section = yaml.safe_load((CONF_DIR / "config.yaml").read_text()).get("hydra", {})  # not resolved
+        value = str(hydra_section.get(key.split(".")[1], {}).get("dir") or "")
+    value = value.strip("'\"").split("${", 1)[0]
+    return (key, Path(value).expanduser()) if value else None
+
+
+def unwritable_output_dir(args: list[str]) -> str | None:
+    """A run or sweep folder that cannot be made or written (a read-only outputs/, sweep dir or run's parent):
+    Hydra's os.mkdir would end in a traceback. A completed run's own read-only folder is let through: its
+    re-run is still the no-op, and another config the refusal (immutable.log_file keeps Hydra's log out)."""
+    found = _output_dir(args)
+    if found is None:
+        return None
+    key, target = found
+    for folder in (target, *target.parents):
+        if folder.is_symlink() and not folder.exists():
+            return f"config {key}: {folder} is a symbolic link to {os.readlink(folder)}, which does not exist"
+        if not folder.exists():
+            continue
+        if os.access(folder, os.W_OK) or (folder == target and key == "hydra.run.dir"):
+            return None
+        read_only = os.statvfs(folder).f_flag & os.ST_RDONLY
+        why = "is on a read-only file system" if read_only else "is not writable by this user"
+        return f"config {key}: {folder} {why}, so {target} cannot be written; choose another {key}"
+    return None
+
+
 def cli() -> None:
     args = sys.argv[1:]
-    checks = (unparsable_secret, unknown_group_option, unknown_key_override, run_dir_under_a_file)
+    checks = (
+        unparsable_secret,
+        unknown_group_option,
+        unknown_key_override,
+        run_dir_under_a_file,
+        unwritable_output_dir,
+    )
     problem = next((found for check in checks if (found := check(args))), None)
     if problem:
         exit_with(UserError(problem))
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as err:  # a sweep's (a single run says more in main itself)
+        print(
+            f"error: sweep interrupted ({signals.signal_name(err)}); the runs it finished are kept in their run "
+            "directories (an Optuna study records the interrupted trial as FAIL)",
+            file=sys.stderr,
+        )
+        sys.exit(signals.exit_status(err))
 
 
 if __name__ == "__main__":
