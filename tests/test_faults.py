@@ -29,7 +29,6 @@ from sentiment_lora import data as data_lib
 from sentiment_lora import export as export_lib
 from sentiment_lora import predict as predict_lib
 from sentiment_lora.errors import UserError
-from sentiment_lora.outputs import neutralised
 from sentiment_lora.train import cli
 
 from .conftest import REPO, TINY_FAST, write_reviews
@@ -210,6 +209,8 @@ FORMULAS = ['=HYPERLINK("http://evil.example/x","click")', "+cmd|' /C calc'!A0",
 
 
 def test_formula_cells_are_neutralised_and_numbers_are_not():
+    from sentiment_lora.outputs import neutralised
+
     frame = pd.DataFrame({"text": [*FORMULAS, "a fine film"], "prob": [-0.5] * 6})
     out = neutralised(frame)
     assert list(out["text"]) == ["'" + text for text in FORMULAS] + ["a fine film"]
