@@ -375,8 +375,8 @@ def test_summarize_on_a_full_disk_is_one_line_and_leaves_no_partial_csv(run_dir,
 def test_a_read_only_completed_run_re_run_is_the_no_op_and_another_config_the_refusal(
     run_dir, tmp_path, capsys, monkeypatch
 ):
-    """os.access says the folder cannot be written, as for a read-only mount (root passes chmod): Hydra's log file
-    goes to os.devnull there instead of failing with "Unable to configure handler 'file'"."""
+    """os.access says the folder cannot be written, as for a read-only mount (root passes chmod): Hydra logs to the
+    console there instead of failing with "Unable to configure handler 'file'"."""
     copy = tmp_path / "RO"
     shutil.copytree(run_dir, copy)
     before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
