@@ -12,22 +12,27 @@ import math
 import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from sentiment_lora import encoders, labels
 from sentiment_lora.errors import UserError
+from sentiment_lora.methods.base import MethodConfig
+from sentiment_lora.methods.lora import TARGETS, LoraConfig  # noqa: F401  (TARGETS: read from here by tests)
+from sentiment_lora.schema import (  # noqa: F401  (names other modules import from here)
+    AT_LEAST_ONE,
+    CONF_DIR,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    SEED,
+    SHARE,
+    Range,
+)
+from sentiment_lora.schema import described as _help
 
-# The config groups live in conf/ beside the package (editable install): an absolute path works however the
-# code is started.
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-# Abstract LoRA targets. The architecture table (encoders.py) maps them onto each family's modules; a model config
-# may map them by hand instead (model.targets_map). qkv: q, k and v together (one fused Linear where a family has one).
-TARGETS = ("q", "k", "v", "qkv", "output", "ffn", "head")
 # Data file formats (data.format) and the validation metrics that may choose the epoch kept (trainer.select_on).
 FILE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 SELECT_ON = ("val_acc", "val_balanced_acc", "val_f1_minority", "val_loss")
@@ -35,51 +40,6 @@ SELECT_ON = ("val_acc", "val_balanced_acc", "val_f1_minority", "val_loss")
 METHODS = ("lora", "linear_probe", "bitfit", "ia3", "full")
 # What `main` can return to a sweeper, by name.
 OBJECTIVES = ("val_accuracy", "val_loss", "trainable_params")
-
-
-@dataclass(frozen=True)
-class Range:
-    """The allowed values of a numeric key: bounds inclusive unless open; NaN and infinities never pass."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def __str__(self) -> str:
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low}"
-        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
-
-
-AT_LEAST_ONE = Range(1)
-POSITIVE = Range(0, low_open=True)
-NON_NEGATIVE = Range(0)
-PROBABILITY = Range(0, 1, high_open=True)  # a dropout of 1 zeroes everything
-SHARE = Range(0, 1, low_open=True, high_open=True)
-SEED = Range(0, 2**32 - 1)  # numpy's and scikit-learn's random_state range
-
-
-def _help(
-    text: str, default: Any = MISSING, factory: Any = None, choices: tuple[str, ...] = (), within: Range | None = None
-) -> Any:
-    """A field with help text; `choices` are the allowed values and `within` the allowed range of a number (each
-    item of a list), the one table validation and help read."""
-    if choices:
-        text = f"{text} One of: {', '.join(choices)}."
-    if within is not None:
-        text = f"{text} Must be {within}."
-    metadata = {"help": text, "choices": choices, "within": within}
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -133,87 +93,6 @@ class ModelConfig:
         "encoder.layer, DistilBERT: transformer.layer, ModernBERT: layers). lora.top_layers, lora.layers and "
         "trainer.frozen_prefix count layers along it. Needed with model.targets_map for a type outside the table.",
         None,
-    )
-
-
-@dataclass
-class LoraConfig:
-    rank: int = _help(
-        "LoRA rank r, at most the width of each adapted layer; lora.budget, when set, chooses it instead.",
-        4,
-        within=AT_LEAST_ONE,
-    )
-    alpha: float = _help(
-        "LoRA alpha; the update is scaled by alpha / rank (alpha / sqrt(rank) under lora.scaling=rslora).",
-        16.0,
-        within=POSITIVE,
-    )
-    dropout: float = _help("Dropout on the input of each LoRA adapter.", 0.05, within=PROBABILITY)
-    targets: list[str] = _help(
-        "Abstract modules that get LoRA, from {q, k, v, qkv, output, ffn, head}; qkv is q, k and v together (the "
-        "one fused Linear of ModernBERT and DeBERTa v1, where q, k or v alone is refused). Without 'head' the "
-        "single-unit head is trained fully; with 'head' its weight stays frozen at its seeded init and LoRA adapts it.",
-        factory=lambda: ["q", "v"],
-        choices=TARGETS,
-    )
-    top_layers: int | None = _help(
-        "Put adapters only in the last N encoder layers; null adapts every layer. The layers below stay frozen, "
-        "which trainer.frozen_prefix=cache can compute once instead of every step. Excludes lora.layers.",
-        None,
-        within=AT_LEAST_ONE,
-    )
-    layers: list[int] | None = _help(
-        "Put adapters only in these encoder layers (0-based indices along model.layers_path, each once); null "
-        "adapts every layer. The layers below the lowest one stay frozen, as with lora.top_layers, which it excludes.",
-        None,
-        within=NON_NEGATIVE,
-    )
-    scaling: str = _help(
-        "How the update is scaled: 'standard' by alpha / rank, 'rslora' by alpha / sqrt(rank) (rank-stabilized "
-        "LoRA; PEFT's use_rslora).",
-        "standard",
-        choices=("standard", "rslora"),
-    )
-    dora: bool = _help(
-        "Weight-decomposed LoRA (DoRA; PEFT's use_dora): each adapted layer also trains a magnitude vector of its "
-        "output width, counted as params.by_group.dora_magnitude.",
-        False,
-    )
-    loraplus_lr_ratio: float | None = _help(
-        "LoRA+: the B matrices learn at this multiple of optimizer.lr, the A matrices and the head at optimizer.lr "
-        "(PEFT's create_loraplus_optimizer; DoRA magnitudes go with B there). null: one learning rate for all.",
-        None,
-        within=POSITIVE,
-    )
-    budget: int | None = _help(
-        "Target number of trainable parameters (LoRA + DoRA magnitudes + head): the run sets the rank whose count "
-        "is nearest (ties: the lower rank) and ignores lora.rank; metrics.json records it as lora.rank_used. A "
-        "budget whose nearest rank is below 1 or above the narrowest adapted layer's width is an error. null: "
-        "lora.rank.",
-        None,
-        within=AT_LEAST_ONE,
-    )
-
-
-@dataclass
-class MethodConfig:
-    name: str = _help(
-        "What trains beside the head: 'lora' (adapters from the lora group), 'linear_probe' (the head alone on the "
-        "frozen encoder's pooled vectors, computed once), 'bitfit' (the encoder's bias terms), 'ia3' (PEFT's IA3 "
-        "scaling vectors on k, v and the FFN's down projection) or 'full' (every encoder weight). The lora.* keys "
-        "are read by method=lora only and ignored by the others (docs/configuration.md#methods).",
-        "lora",
-        choices=METHODS,
-    )
-    lr: float | None = _help(
-        "This method's peak learning rate, in place of optimizer.lr; null: optimizer.lr. method=full sets 5e-5.",
-        None,
-        within=POSITIVE,
-    )
-    weight_decay: float | None = _help(
-        "This method's weight decay, in place of optimizer.weight_decay; null: optimizer.weight_decay.",
-        None,
-        within=NON_NEGATIVE,
     )
 
 
