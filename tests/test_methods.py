@@ -22,17 +22,11 @@ from sentiment_lora import prefix
 from sentiment_lora.errors import UserError
 from sentiment_lora.export_formats import FORMATS
 from sentiment_lora.loop import predict
-from sentiment_lora.model import (
-    SentimentClassifier,
-    attach_method,
-    build_classifier,
-    count_params,
-    load_tokenizer,
-    load_trained,
-)
+from sentiment_lora.model import SentimentClassifier, build_classifier, load_tokenizer
 from sentiment_lora.results import config_id
 from sentiment_lora.run import dry_run, train
 from sentiment_lora.train import cli
+from sentiment_lora.trained import attach_method, count_params, load_trained
 
 from .conftest import CONF, REPO, TINY_FAST, compose_config, write_reviews
 from .test_families import EXPECTED, FAMILIES, FUSED, tiny_config

@@ -50,7 +50,7 @@ def register(method_class: type[Method]) -> type[Method]:
     if not (is_dataclass(method_class.schema) and issubclass(method_class.schema, MethodConfig)):
         raise TypeError(f"method {name!r}: its schema must be a dataclass subclassing MethodConfig")
     _REGISTRY[name] = method_class()
-    node = method_class.schema(name=name, lr=method_class.default_lr, weight_decay=method_class.default_weight_decay)
+    node = _REGISTRY[name].config_node()
     store = ConfigStore.instance()
     store.store(group="method", name=f"base_{name}", node=node)
     if not _conf_has_yaml(name):
