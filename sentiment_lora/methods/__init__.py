@@ -89,7 +89,7 @@ def get(name: str, key: str = "method.name") -> Method:
     """The registered method `name`; an unknown one is one error line naming `key` and listing the choices."""
     _load_plugins()
     if name not in _REGISTRY:
-        raise UserError(f"config {key}: unknown method '{name}'; choose from {', '.join(_REGISTRY)}")
+        raise UserError(f"config {key}: unknown value '{name}'; choose from {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 
 
