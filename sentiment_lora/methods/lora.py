@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from omegaconf import OmegaConf
 
-from sentiment_lora import methods
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.base import ADAPTER_DIR, PeftMethod
+from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, PROBABILITY, described
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ def _validate_layers(lora: Any) -> None:
         raise UserError(f"config lora.layers: lists a layer twice: {list(lora.layers)}")
 
 
-@methods.register
+@register
 class Lora(PeftMethod):
     name = "lora"
     title = "LoRA"
