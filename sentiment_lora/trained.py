@@ -69,12 +69,12 @@ def save_trained(
     method = method or methods.get(methods.DEFAULT)
     staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".saving.", suffix=".tmp"))
     try:
-        if encoder_state is not None:
-            save_file(encoder_state, str(staging / ENCODER_FILE))
         method.save(wrapped, staging)
         head = classifier_of(wrapped).head
         head = head.base_layer if isinstance(head, peft.tuners.tuners_utils.BaseTunerLayer) else head
         save_file(plain_state(head), str(staging / HEAD_FILE))
+        if encoder_state is not None and not (staging / ENCODER_FILE).exists():  # full saved its trained encoder
+            save_file(encoder_state, str(staging / ENCODER_FILE))
         # safetensors (0.8) writes through a temporary file created 0o600 and renamed into place, and mkdtemp makes
         # a 0o700 folder (safetensors/safetensors#782): give every file the umask's mode, as results.atomic_target
         # does, before anything gets its final name.

@@ -339,7 +339,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(monkeypatch, ca
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
 
     with monkeypatch.context() as patch:
-        patch.setattr("sentiment_lora.model.save_file", disk_full)  # the head's weights, after the adapter's
+        patch.setattr("sentiment_lora.trained.save_file", disk_full)  # the head's weights, after the adapter's
         code, err = run_in_process(patch, capsys, tmp_path, args)
     assert code == 2 and err.splitlines() == [
         f"error: run directory {run_dir}: No space left on device while writing the run; nothing half-written was "
