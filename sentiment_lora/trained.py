@@ -19,7 +19,7 @@ from sentiment_lora import methods
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.base import ENCODER_FILE, HEAD_FILE, Method
 from sentiment_lora.model import SentimentClassifier, build_classifier, classifier_of, load_tokenizer, plain_state
-from sentiment_lora.results import METRICS_FILE, new_file_mode, read_metrics
+from sentiment_lora.rundir.record import METRICS_FILE, new_file_mode, read_metrics
 from sentiment_lora.runtime import DTYPES
 from sentiment_lora.sources import resolve_weights
 
@@ -83,7 +83,7 @@ def save_trained(
             os.chmod(path, (file_mode | (file_mode & 0o444) >> 2) if path.is_dir() else file_mode)
         for path in sorted(staging.iterdir()):
             target = run_dir / path.name
-            if target.is_dir():  # a retried run's leftovers (a completed run is never rewritten: immutable.py)
+            if target.is_dir():  # a retried run's leftovers (a completed run is never rewritten: rundir/claim.py)
                 shutil.rmtree(target)
             os.replace(path, target)
     finally:

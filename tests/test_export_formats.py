@@ -14,12 +14,12 @@ import pandas as pd
 import pytest
 import torch
 
-from sentiment_lora import data as data_lib
-from sentiment_lora import export as export_lib
 from sentiment_lora import predict as predict_lib
-from sentiment_lora.export_formats import FORMATS
+from sentiment_lora.data import pipeline as data_lib
+from sentiment_lora.export import cli as export_lib
+from sentiment_lora.export.formats import FORMATS
 from sentiment_lora.loop import predict
-from sentiment_lora.rundir import load_model, open_run
+from sentiment_lora.rundir.completed import load_model, open_run
 
 from .conftest import compose_config
 from .test_predict_export import call, docs_blocks, train_run

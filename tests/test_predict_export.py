@@ -16,13 +16,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sentiment_lora import data as data_lib
-from sentiment_lora import export as export_lib
 from sentiment_lora import predict as predict_lib
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
+from sentiment_lora.export import cli as export_lib
 from sentiment_lora.loop import predict
-from sentiment_lora.results import RUN_FORMAT
-from sentiment_lora.rundir import open_run
+from sentiment_lora.rundir.completed import open_run
+from sentiment_lora.rundir.record import RUN_FORMAT
 from sentiment_lora.train import cli
 from sentiment_lora.trained import load_trained
 

@@ -2,7 +2,7 @@
 folder that another library loads, without this package.
 
 The LoRA or IA3 adapter is merged into the encoder's weights (method=linear_probe, bitfit and full save the encoder
-as they left it), and the folder holds the classifier in one of three formats (export_formats.py): `transformers`
+as they left it), and the folder holds the classifier in one of three formats (export/formats.py): `transformers`
 (the default: config.json + model.safetensors, the head in head.safetensors), `sentence-transformers`
 (SentenceTransformer(folder).encode gives the probabilities) or `onnx` (model.onnx for onnxruntime). Every format
 adds classifier.json (pooling, max_length, truncation, threshold, method), the tokenizer, a model card (README.md,
@@ -27,10 +27,11 @@ import pandas as pd
 import torch
 
 from sentiment_lora import __version__, methods
-from sentiment_lora import data as data_lib
+from sentiment_lora.analysis.stats import bootstrap_interval, f1_at, roc_auc
 from sentiment_lora.credentials import masked_override
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError, exit_with
-from sentiment_lora.export_formats import (  # noqa: F401  (LOAD_SNIPPET: export's lines, as tests read them)
+from sentiment_lora.export.formats import (  # noqa: F401  (LOAD_SNIPPET: export's lines, as tests read them)
     CLASSIFIER_FILE,
     DEFAULT_FORMAT,
     FORMATS,
@@ -39,9 +40,8 @@ from sentiment_lora.export_formats import (  # noqa: F401  (LOAD_SNIPPET: export
     check_installed,
 )
 from sentiment_lora.loop import predict
-from sentiment_lora.results import PREDICTIONS_FILE, RUN_FORMAT, new_file_mode
-from sentiment_lora.rundir import Run, load_model, open_run, overrides_of, run_holding
-from sentiment_lora.stats import bootstrap_interval, f1_at, roc_auc
+from sentiment_lora.rundir.completed import Run, load_model, open_run, overrides_of, run_holding
+from sentiment_lora.rundir.record import PREDICTIONS_FILE, RUN_FORMAT, new_file_mode
 
 # classifier.json's mark of a folder this command wrote: --force replaces such a folder and nothing else.
 WRITTEN_BY = "sentiment_lora.export"
@@ -138,7 +138,7 @@ def _test_predictions(run: Run, n: int | None) -> tuple[np.ndarray, np.ndarray] 
 def metric_lines(run: Run) -> list[str]:
     """Test metrics of the selected epoch, with 95% intervals over reviews from test_predictions.csv: Wilson for
     the proportions (accuracy, precision, recall), a percentile bootstrap for F1 and ROC AUC."""
-    from sentiment_lora.summary import wilson_interval
+    from sentiment_lora.analysis.summary import wilson_interval
 
     test = run.metrics.get("test") or {}
     saved = _test_predictions(run, test.get("n"))

@@ -10,9 +10,9 @@ import pandas as pd
 from scipy.stats import binomtest
 
 from sentiment_lora import methods
+from sentiment_lora.analysis.ranking import pareto, usual_size
 from sentiment_lora.errors import UserError
-from sentiment_lora.ranking import pareto, usual_size
-from sentiment_lora.results import METRICS_FILE, read_metrics
+from sentiment_lora.rundir.record import METRICS_FILE, read_metrics
 
 COLUMNS = [
     "run", "trial", "state", "model", "method", "targets", "variant", "rank", "alpha", "trainable", "trainable_pct",
@@ -82,7 +82,7 @@ def method_of(metrics: dict, run_dir: Path) -> str | None:
         return recorded
     from omegaconf import OmegaConf
 
-    from sentiment_lora.ranking import run_config
+    from sentiment_lora.analysis.ranking import run_config
 
     cfg = run_config(Path(run_dir))
     configured = OmegaConf.select(cfg, "method.name", default=None) if cfg is not None else None
@@ -311,7 +311,7 @@ def majority_accuracy(runs: pd.DataFrame) -> float | None:
     """The accuracy of always answering the test set's most frequent label, from the first run (or reference)
     that recorded its test labels (metrics.json's test.majority_accuracy, else test_predictions.csv); None when
     none did."""
-    from sentiment_lora.ranking import correctness
+    from sentiment_lora.analysis.ranking import correctness
 
     recorded = runs["test_majority"].dropna() if "test_majority" in runs else pd.Series(dtype=float)
     if not recorded.empty:
