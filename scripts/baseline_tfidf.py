@@ -29,7 +29,8 @@ from sentiment_lora.config import CONF_DIR, register_configs, validate
 from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
 from sentiment_lora.metrics import classification_metrics
-from sentiment_lora.rundir.record import METRICS_FILE, write_json_atomic, write_predictions
+from sentiment_lora.rundir.files import write_json_atomic
+from sentiment_lora.rundir.record import METRICS_FILE, write_predictions
 
 
 def run(overrides: list[str], out_dir: Path) -> dict:

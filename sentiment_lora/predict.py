@@ -24,7 +24,7 @@ from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError, exit_with
 from sentiment_lora.loop import predict
 from sentiment_lora.rundir.completed import Run, load_model, open_run, run_holding, study_run_dir
-from sentiment_lora.rundir.record import atomic_target
+from sentiment_lora.rundir.files import atomic_target
 from sentiment_lora.runtime import pick_device
 
 PREFIX_CHARS = 60
@@ -196,7 +196,7 @@ def write(predictions: pd.DataFrame, out: Path | None) -> None:
 
 
 def accuracy_line(labels: np.ndarray, predictions: np.ndarray) -> str:
-    from sentiment_lora.analysis.summary import wilson_interval
+    from sentiment_lora.analysis.stats import wilson_interval
 
     correct, n = int((labels == predictions).sum()), len(labels)
     low, high = wilson_interval(correct, n)

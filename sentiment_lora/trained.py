@@ -19,7 +19,8 @@ from sentiment_lora import methods
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.base import ENCODER_FILE, HEAD_FILE, Method
 from sentiment_lora.model import SentimentClassifier, build_classifier, classifier_of, load_tokenizer, plain_state
-from sentiment_lora.rundir.record import METRICS_FILE, new_file_mode, read_metrics
+from sentiment_lora.rundir.files import new_file_mode
+from sentiment_lora.rundir.record import METRICS_FILE, read_metrics
 from sentiment_lora.runtime import DTYPES
 from sentiment_lora.sources import resolve_weights
 
@@ -76,7 +77,7 @@ def save_trained(
         if encoder_state is not None and not (staging / ENCODER_FILE).exists():  # full saved its trained encoder
             save_file(encoder_state, str(staging / ENCODER_FILE))
         # safetensors (0.8) writes through a temporary file created 0o600 and renamed into place, and mkdtemp makes
-        # a 0o700 folder (safetensors/safetensors#782): give every file the umask's mode, as results.atomic_target
+        # a 0o700 folder (safetensors/safetensors#782): give every file the umask's mode, as files.atomic_target
         # does, before anything gets its final name.
         file_mode = new_file_mode()
         for path in staging.rglob("*"):

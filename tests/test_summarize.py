@@ -12,7 +12,7 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from sentiment_lora.analysis.summary import wilson_interval
+from sentiment_lora.analysis.stats import wilson_interval
 
 from .conftest import REPO
 

@@ -7,10 +7,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
-from scipy.stats import binomtest
 
 from sentiment_lora import methods
 from sentiment_lora.analysis.ranking import pareto, usual_size
+from sentiment_lora.analysis.stats import wilson_interval
 from sentiment_lora.errors import UserError
 from sentiment_lora.rundir.record import METRICS_FILE, read_metrics
 
@@ -41,12 +41,6 @@ def find_runs(paths: Iterable[Path]) -> tuple[list[Path], list[str]]:
         if not found:
             notes.append(f"{path}: no run directories found")
     return runs, notes
-
-
-def wilson_interval(correct: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval for an accuracy of correct/n (sound for small n and accuracies near 1)."""
-    interval = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return interval.low, interval.high
 
 
 class Skipped(Exception):

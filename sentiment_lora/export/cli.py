@@ -41,7 +41,8 @@ from sentiment_lora.export.formats import (  # noqa: F401  (LOAD_SNIPPET: export
 )
 from sentiment_lora.loop import predict
 from sentiment_lora.rundir.completed import Run, load_model, open_run, overrides_of, run_holding
-from sentiment_lora.rundir.record import PREDICTIONS_FILE, RUN_FORMAT, new_file_mode
+from sentiment_lora.rundir.files import new_file_mode
+from sentiment_lora.rundir.record import PREDICTIONS_FILE, RUN_FORMAT
 
 # classifier.json's mark of a folder this command wrote: --force replaces such a folder and nothing else.
 WRITTEN_BY = "sentiment_lora.export"
@@ -138,7 +139,7 @@ def _test_predictions(run: Run, n: int | None) -> tuple[np.ndarray, np.ndarray] 
 def metric_lines(run: Run) -> list[str]:
     """Test metrics of the selected epoch, with 95% intervals over reviews from test_predictions.csv: Wilson for
     the proportions (accuracy, precision, recall), a percentile bootstrap for F1 and ROC AUC."""
-    from sentiment_lora.analysis.summary import wilson_interval
+    from sentiment_lora.analysis.stats import wilson_interval
 
     test = run.metrics.get("test") or {}
     saved = _test_predictions(run, test.get("n"))

@@ -20,7 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sentiment_lora.errors import UserError
-from sentiment_lora.rundir.record import atomic_target, config_digest
+from sentiment_lora.rundir.files import atomic_target
+from sentiment_lora.rundir.record import config_digest
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sentiment_lora import credentials
 from sentiment_lora.errors import UserError
 from sentiment_lora.rundir import record as results
+from sentiment_lora.rundir.files import atomic_target
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def _write_own_config(run_dir: Path, cfg) -> None:
     # digest is taken from the config itself, so a resume still compares what was run).
     overrides = [credentials.masked_override(item) for item in _command_overrides()]
     own = {"digest": results.config_digest(cfg), "overrides": overrides, "config": credentials.masked_values(plain)}
-    with results.atomic_target(Path(run_dir) / RUN_CONFIG_FILE) as tmp:
+    with atomic_target(Path(run_dir) / RUN_CONFIG_FILE) as tmp:
         tmp.write_text(HEADER + OmegaConf.to_yaml(OmegaConf.create(own)))
 
 

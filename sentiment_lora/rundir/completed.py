@@ -17,7 +17,8 @@ from sentiment_lora.config import structured
 from sentiment_lora.credentials import masked, redacted
 from sentiment_lora.errors import UserError
 from sentiment_lora.rundir.claim import RUN_CONFIG_FILE, SEED_DIR, read_own_config, seed_runs
-from sentiment_lora.rundir.record import METRICS_FILE, RUN_FORMAT, read_metrics, sha256_of
+from sentiment_lora.rundir.files import sha256_of
+from sentiment_lora.rundir.record import METRICS_FILE, RUN_FORMAT, read_metrics
 
 
 @dataclass
