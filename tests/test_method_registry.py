@@ -25,7 +25,7 @@ from sentiment_lora import predict as predict_lib
 from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
 from sentiment_lora.export import cli as export_lib
-from sentiment_lora.methods.base import Method, MethodConfig
+from sentiment_lora.methods.base import Method, MethodConfig, nearest_size
 from sentiment_lora.run import train
 from sentiment_lora.schema import AT_LEAST_ONE, described
 from sentiment_lora.train import cli
@@ -105,6 +105,20 @@ def test_get_names_the_choices_of_an_unknown_method():
     message = str(raised.value)
     assert message.startswith("config method.name: unknown value 'nope'; choose from ")
     assert all(name in message for name in methods.names()) and methods.names()[0] == methods.DEFAULT
+
+
+@pytest.mark.parametrize("budget,expected", [(5_006, 1), (10_005, 1), (15_005, 1), (15_006, 2), (24_990, 2),
+                                             (639_990, 64)])  # fmt: skip
+def test_nearest_size_picks_the_knob_whose_count_is_nearest(budget, expected):
+    # A count linear in the knob, as LoRA's rank: 10,000 per unit plus 5; ties go to the smaller knob.
+    assert nearest_size(lambda rank: 10_000 * rank + 5, budget, 1, 64, "method.budget") == expected
+
+
+@pytest.mark.parametrize("budget,line", [(4_000, "too small: the smallest size, 1, trains 10,005"),
+                                         (700_000, "too large: the largest size, 64, trains 640,005")])  # fmt: skip
+def test_nearest_size_refuses_a_budget_outside_the_knobs_range(budget, line):
+    with pytest.raises(UserError, match=f"config method.budget: {budget:,} is {line}"):
+        nearest_size(lambda rank: 10_000 * rank + 5, budget, 1, 64, "method.budget")
 
 
 def _string_literals(path):

@@ -41,6 +41,7 @@ peft, torch and sentiment_lora.model inside the hooks that use them (tests/test_
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -115,6 +116,7 @@ def nearest_size(count_at: Callable[[int], int], budget: int, low: int, high: in
 
     Bisection on the exact count, as each candidate is costly to count (a method may build adapters to count).
     """
+    count_at = functools.cache(count_at)
     smallest, largest = count_at(low), count_at(high)
     if budget < smallest - (count_at(low + 1) - smallest if high > low else 0) / 2:
         raise UserError(f"config {key}: {budget:,} is too small: the smallest size, {low}, trains {smallest:,}")
