@@ -11,13 +11,13 @@ import difflib
 import math
 import re
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from sentiment_lora import encoders, labels
+from sentiment_lora import encoders, labels, methods
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.base import MethodConfig
 from sentiment_lora.methods.lora import TARGETS, LoraConfig  # noqa: F401  (TARGETS: read from here by tests)
@@ -36,8 +36,6 @@ from sentiment_lora.schema import described as _help
 # Data file formats (data.format) and the validation metrics that may choose the epoch kept (trainer.select_on).
 FILE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 SELECT_ON = ("val_acc", "val_balanced_acc", "val_f1_minority", "val_loss")
-# Fine-tuning methods (conf/method/): what trains besides the head. model.py attach_method builds each.
-METHODS = ("lora", "linear_probe", "bitfit", "ia3", "full")
 # What `main` can return to a sweeper, by name.
 OBJECTIVES = ("val_accuracy", "val_loss", "trainable_params")
 
@@ -435,18 +433,6 @@ def _validate_data_layout(data: Any, dry_run: bool) -> None:
     labels.resolve(data.label_map)  # a bad map is one line now, not after the data is read
 
 
-def _validate_lora_layers(lora: Any) -> None:
-    """Layer choices that need no model; an index past the encoder's last layer is refused where it is built."""
-    if lora.layers is None:
-        return
-    if lora.top_layers is not None:
-        _fail("lora.layers", "excludes lora.top_layers: set one of them, the other null")
-    if not lora.layers:
-        _fail("lora.layers", "is empty; list at least one layer index, or null for every layer")
-    if len(set(lora.layers)) != len(lora.layers):
-        _fail("lora.layers", f"lists a layer twice: {list(lora.layers)}")
-
-
 def _section(node: Any, name: str) -> Any:
     """The dataclass that the field `name` of dataclass `node` holds (Optional unwrapped), or None: a leaf, or a
     free-form dict such as model.arch or model.targets_map, which takes any key."""
@@ -457,9 +443,22 @@ def _section(node: Any, name: str) -> Any:
     return None
 
 
-def unknown_key(key: str) -> str | None:
+def method_schema(name: str | None) -> Any:
+    """The schema of the `method` section: the named method's (methods/), or for an unknown or unnamed method
+    (a sweep over methods) a dataclass of every registered method's keys, so no key a method reads is refused."""
+    if name in methods.names():
+        return methods.get(name).schema
+    merged = {item.name: item for method in methods.all_methods() for item in fields(method.schema)}
+    return make_dataclass("AnyMethodConfig", [(item.name, item.type, item) for item in merged.values()])
+
+
+def _child(node: Any, name: str, method: str | None) -> Any:
+    return method_schema(method) if node is Config and name == "method" else _section(node, name)
+
+
+def unknown_key(key: str, method: str | None = None) -> str | None:
     """The problem with a dotted key that the schema has no place for, or None when it has (a key inside a
-    free-form dict included). `hydra.*` is Hydra's own and not checked here."""
+    free-form dict included); method.* keys against `method`'s schema. `hydra.*` is Hydra's own, not checked."""
     node, parts = Config, key.split(".")
     for depth, part in enumerate(parts):
         names = [item.name for item in fields(node)]
@@ -471,13 +470,13 @@ def unknown_key(key: str) -> str | None:
             else:
                 hint = f"{where or 'the top level'} has {', '.join(names)}"
             return f"unknown key (not in the schema, sentiment_lora/config.py); {hint}"
-        node = _section(node, part)
+        node = _child(node, part, method)
         if node is None:
             return None
     return None
 
 
-def _added_keys(tree: dict, node: Any = Config, prefix: str = "") -> list[str]:
+def _added_keys(tree: dict, node: Any = Config, prefix: str = "", method: str | None = None) -> list[str]:
     """Dotted keys of a composed config (a plain container) that the schema does not have: a `+key=value`
     override adds one past Hydra's struct check, and the run would silently ignore it."""
     found = []
@@ -488,29 +487,36 @@ def _added_keys(tree: dict, node: Any = Config, prefix: str = "") -> list[str]:
         if key not in names:
             found.append(f"{prefix}{key}")
             continue
-        section = _section(node, key)
+        section = _child(node, key, method)
         if section is not None and isinstance(value, dict):
-            found.extend(_added_keys(value, section, f"{prefix}{key}."))
+            found.extend(_added_keys(value, section, f"{prefix}{key}.", method))
     return found
 
 
 def _validate_keys(cfg: Any) -> None:
     tree = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
-    for key in _added_keys(tree):
-        _fail(key, unknown_key(key) or "unknown key")
+    method = (tree.get("method") or {}).get("name")
+    for key in _added_keys(tree, method=method):
+        _fail(key, unknown_key(key, method) or "unknown key")
 
 
 def validate(cfg: Any) -> None:
     """Semantic checks a dataclass type cannot express; one line per problem, naming the key. Checks that need the
     model (lora.rank against layer widths, trainer.max_length against positions) run where it is built."""
+    methods.get(cfg.method.name)  # an unknown method: one line listing the registered ones
     _validate_keys(cfg)
-    for key, allowed in CHOICES.items():
+    method_fields = [(f"method.{key}", item) for key, item in _fields_with("choices", methods.of(cfg).schema)]
+    for key, allowed in {**CHOICES, **{key: item.metadata["choices"] for key, item in method_fields}}.items():
         value = _get(cfg, key)
         noun = {"lora.targets": "target", "objectives": "objective"}.get(key, "value")
         for item in [value] if isinstance(value, str) else list(value):
             if item not in allowed:
                 _fail(key, f"unknown {noun} '{item}'; choose from {', '.join(allowed)}")
-    for key, (within, nullable) in RANGES.items():
+    method_ranges = {
+        f"method.{key}": (item.metadata["within"], "None" in str(item.type))
+        for key, item in _fields_with("within", methods.of(cfg).schema)
+    }
+    for key, (within, nullable) in {**RANGES, **method_ranges}.items():
         value = _get(cfg, key)
         if value is None:
             continue
@@ -523,15 +529,7 @@ def validate(cfg: Any) -> None:
         _fail("optimizer.betas", f"needs two numbers, got {list(cfg.optimizer.betas)}")
     if not DEVICE.fullmatch(cfg.trainer.device):
         _fail("trainer.device", f"unknown device '{cfg.trainer.device}'; choose from auto, cpu, cuda, cuda:N")
-    if not cfg.lora.targets:
-        _fail("lora.targets", "is empty; name at least one of " + ", ".join(TARGETS))
-    if len(set(cfg.lora.targets)) != len(cfg.lora.targets):
-        _fail("lora.targets", f"lists a target twice: {list(cfg.lora.targets)}")
-    hand_map = cfg.model.targets_map  # empty: the architecture table maps every target (checked on the model)
-    for target in cfg.lora.targets:
-        if hand_map and target not in ("head", "qkv") and target not in hand_map:
-            _fail("model.targets_map", f"model '{cfg.model.name}' does not map target '{target}'")
-    _validate_lora_layers(cfg.lora)
+    methods.get(cfg.method.name).validate(cfg)  # the method's own keys (LoRA's lora.*)
     if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)):
         _fail("seeds", f"needs distinct seeds, got {list(cfg.seeds)}")
     _validate_data_layout(cfg.data, cfg.dry_run)
@@ -545,3 +543,12 @@ def validate(cfg: Any) -> None:
             f"must be >= {2 * per_class} or null, got {cfg.data.n_samples}: a review of each class in every split "
             f"takes {per_class} per class at val_fraction={val_fraction:g}, test_fraction={test_fraction:g}",
         )
+
+
+def structured(method: str | None = None) -> DictConfig:
+    """The schema as an OmegaConf config, its `method` section typed and filled by `method`'s own schema (a run's
+    saved config is merged onto it: predict, export)."""
+    schema = OmegaConf.structured(Config)
+    if method is None:
+        return schema
+    return OmegaConf.merge(schema, {"method": OmegaConf.structured(methods.get(method).config_node())})

@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 
-from sentiment_lora import __version__
+from sentiment_lora import __version__, methods
 from sentiment_lora import data as data_lib
 from sentiment_lora.credentials import masked_override
 from sentiment_lora.errors import UserError, exit_with
@@ -40,7 +39,6 @@ from sentiment_lora.export_formats import (  # noqa: F401  (LOAD_SNIPPET: export
     check_installed,
 )
 from sentiment_lora.loop import predict
-from sentiment_lora.model import PEFT_METHODS
 from sentiment_lora.results import PREDICTIONS_FILE, RUN_FORMAT, new_file_mode
 from sentiment_lora.rundir import Run, load_model, open_run, overrides_of, run_holding
 from sentiment_lora.stats import bootstrap_interval, f1_at, roc_auc
@@ -114,57 +112,14 @@ def base_model_lines(cfg) -> list[str]:
     ]
 
 
-# The model card's name and one line for each method: what was trained.
-METHOD_TITLES = {"lora": "LoRA", "ia3": "IA3", "linear_probe": "linear probe", "bitfit": "BitFit",
-                 "full": "full fine-tuning"}  # fmt: skip
-METHOD_TRAINED = {
-    "ia3": "IA3 scaling vectors on k, v and the FFN's down projection (PEFT IA3Config), merged into the encoder's "
-    "weights (PEFT merge_and_unload), and the head",
-    "linear_probe": "the head alone, on the frozen encoder's pooled vectors; the encoder is the base model's",
-    "bitfit": "the encoder's bias terms and the head; the encoder here holds the trained biases",
-    "full": "every encoder weight and the head; the encoder here is the whole fine-tuned encoder",
-}
+def method_of(run: Run) -> methods.Method:
+    return methods.get(run.cfg.method.name)
 
 
-def method_lines(run: Run) -> list[str]:
-    """The card's section on the fine-tuning method: LoRA's keys and PEFT config, or what the method trained."""
-    method = run.cfg.method.name
-    if method == "lora":
-        return lora_lines(run)
-    lr = (run.metrics.get("optimizer") or {}).get("lr")
-    lines = [f"- method `{method}` (sentiment-lora `method={method}`): trained {METHOD_TRAINED[method]}"]
-    if lr is not None:
-        lines.append(f"- learning rate {_value(lr)}")
-    return lines
-
-
-def lora_lines(run: Run) -> list[str]:
-    lines = ["| key | value |", "| --- | --- |"]
-    for key, value in OmegaConf.to_container(run.cfg.lora, resolve=True).items():
-        shown = ", ".join(map(str, value)) if isinstance(value, list) else _value(value)
-        lines.append(f"| lora.{key} | {shown} |")
-    try:
-        peft_cfg = json.loads((run.dir / "adapter" / "adapter_config.json").read_text())
-    except (OSError, ValueError):
-        peft_cfg = {}
-    for key in ("r", "lora_alpha", "lora_dropout", "use_dora", "use_rslora", "peft_version"):
-        if key in peft_cfg:
-            lines.append(f"| PEFT {key} | {_value(peft_cfg[key])} |")
-    if "target_modules" in peft_cfg:
-        pattern = str(peft_cfg["target_modules"]).replace("|", "\\|")  # a bare | would end the table cell
-        lines.append(f"| PEFT target_modules | `{pattern}` |")
-    return lines
-
-
-def merged_what(method: str) -> str:
-    if method in PEFT_METHODS:
-        return f"the {METHOD_TITLES[method]} adapter is merged into the encoder's weights (PEFT merge_and_unload)"
-    return f"no adapter: the run's own encoder ({METHOD_TITLES[method]}) is saved whole"
-
-
-def encoder_note(method: str) -> str:
-    return {"lora": ", LoRA merged", "ia3": ", IA3 merged", "full": ", fine-tuned",
-            "bitfit": ", with the trained biases"}.get(method, "")  # fmt: skip
+def merged_what(method: methods.Method) -> str:
+    if method.has_adapter:
+        return f"the {method.title} adapter is merged into the encoder's weights (PEFT merge_and_unload)"
+    return f"no adapter: the run's own encoder ({method.title}) is saved whole"
 
 
 def method_lr(cfg) -> float:
@@ -224,7 +179,7 @@ def metric_lines(run: Run) -> list[str]:
 # The Hub ids of the data sources that are Hub datasets: the card's `datasets`.
 HUB_DATASETS = {"imdb": "stanfordnlp/imdb"}
 CARD_METRICS = ("accuracy", "f1", "precision", "recall", "roc_auc")
-CARD_TAGS = ("sentiment-lora", "peft", "lora", "text-classification", "sentiment-analysis")
+CARD_TAGS = ("sentiment-lora", "peft", "text-classification", "sentiment-analysis")  # and the method's name
 
 
 def base_model_id(cfg) -> str | None:
@@ -265,7 +220,7 @@ def card_data(run: Run, export_format: ExportFormat, out_name: str):
         base_model=base_model_id(cfg),
         library_name=export_format.library_name,
         pipeline_tag="text-classification",
-        tags=list(dict.fromkeys([*CARD_TAGS, *export_format.tags])),
+        tags=list(dict.fromkeys([*CARD_TAGS, cfg.method.name, *export_format.tags])),
         datasets=[dataset] if dataset else None,
         metrics=[name for name in CARD_METRICS if test.get(name) is not None] or None,
         eval_results=results or None,
@@ -285,13 +240,13 @@ def model_card(
 
 
 def card_text(run: Run, out_name: str, merge_diff: float, with_adapter: bool, export_format: ExportFormat) -> str:
-    cfg, metrics = run.cfg, run.metrics
+    cfg, metrics, method = run.cfg, run.metrics, method_of(run)
     params = metrics.get("params") or {}
     data = metrics.get("data") or {}
     command = train_command(run)
     truncation = cfg.data.truncation
     lines = [
-        f"# {cfg.model.name} + {METHOD_TITLES[cfg.method.name]} sentiment classifier",
+        f"# {cfg.model.name} + {method.title} sentiment classifier",
         "",
         f"Binary sentiment classifier exported by sentiment-lora {__version__} from the run `{run.dir.resolve()}`. "
         f"It gives the probability that a review is positive (label 1); the run predicts positive at "
@@ -300,12 +255,12 @@ def card_text(run: Run, out_name: str, merge_diff: float, with_adapter: bool, ex
         "## Base model",
         "",
         *base_model_lines(cfg),
-        f"- {merged_what(cfg.method.name)}; on {len(PROBE_REVIEWS)} probe reviews the exported folder "
+        f"- {merged_what(method)}; on {len(PROBE_REVIEWS)} probe reviews the exported folder "
         f"({export_format.name}) scores as the run's own model within {merge_diff:.1e} (fp32)",
         "",
-        f"## Method: {METHOD_TITLES[cfg.method.name]}",
+        f"## Method: {method.title}",
         "",
-        *method_lines(run),
+        *method.card_lines(cfg, run.dir, run.metrics),
         "",
         "## Parameters",
         "",
@@ -340,7 +295,7 @@ def card_text(run: Run, out_name: str, merge_diff: float, with_adapter: bool, ex
         "",
         f"Export format `{export_format.name}`.",
         "",
-        *(line.format(merged=encoder_note(cfg.method.name)) for line in export_format.files),
+        *(line.format(merged=method.export_note) for line in export_format.files),
     ]
     if with_adapter:
         lines.append(
@@ -416,7 +371,7 @@ def write_export(
         shutil.copytree(run.dir / "adapter", folder / "adapter")
         shutil.copy2(run.dir / "head.safetensors", folder / "adapter" / "head.safetensors")
     # LoRA and IA3 merge into the encoder's weights; the other methods' classifier is saved as it is.
-    merged = trained.model.merge_and_unload() if cfg.method.name in PEFT_METHODS else trained.model
+    merged = methods.get(cfg.method.name).merged(trained.model)
     merged = merged.eval()
     spec = classifier_spec(run, export_format.name)
     export_format.write(merged, trained.tokenizer, folder, spec)
@@ -480,10 +435,14 @@ def export(
     chosen = FORMATS[export_format]
     check_installed(chosen)
     run = open_run(run_dir)
-    if with_adapter and run.cfg.method.name not in PEFT_METHODS:
+    method = method_of(run)
+    if method.merge_refusal:
+        raise UserError(f"export: run {run.dir} trained with method={method.name}, which {method.merge_refusal}")
+    if with_adapter and not method.has_adapter:
+        with_adapters = ", ".join(item.name for item in methods.all_methods() if item.has_adapter)
         raise UserError(
-            f"--adapter: run {run.dir} trained with method={run.cfg.method.name}, which has no adapter (only lora "
-            "and ia3 do); export without --adapter"
+            f"--adapter: run {run.dir} trained with method={method.name}, which has no adapter (only "
+            f"{with_adapters} have one); export without --adapter"
         )
     check_out_dir(out_dir, run, force)
     trained = load_model(run)  # a damaged run is refused before any folder is made

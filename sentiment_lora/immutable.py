@@ -182,8 +182,11 @@ def claim(cfg, run_dir: Path) -> float | tuple[float, ...] | None:
         if checkpoint_digest(run_dir / CHECKPOINT_FILE) != results.config_digest(cfg):
             raise _refuse(run_dir, what, "", resumable)
     if record is not None and record.get("status") == "dry_run":
-        rank = (record.get("lora") or {}).get("rank_used")  # null lora section: a method other than LoRA
-        print(results.counts_line(cfg, rank, record["params"]))  # as the dry run printed it
+        from sentiment_lora import methods
+
+        method = methods.of(cfg)
+        facts = record.get(method.record_section)
+        print(method.counts_line(cfg, record["params"], facts if isinstance(facts, dict) else None))  # as printed
         return math.nan
     if record is not None and record.get("status") in ("complete", "pruned"):
         value = results.objectives_of(record, cfg.objectives)

@@ -38,10 +38,17 @@ def _plain(value: Any) -> Any:
 
 
 def identifiers(cfg) -> dict[str, Any]:
-    """What a results table needs to say which run this was. `lora` is null for a method other than LoRA (its keys
-    are not read then); `optimizer` holds the learning rate and weight decay the run trained with (method.lr and
-    method.weight_decay where the method sets them)."""
-    lora_method = cfg.method.name == "lora"
+    """What a results table needs to say which run this was. The method's own keys are in its section (LoRA's
+    `lora`, null for another method, as before methods existed; methods.base.Method.config_record); `optimizer`
+    holds the learning rate and weight decay the run trained with (method.lr and method.weight_decay where the
+    method sets them)."""
+    from sentiment_lora import methods
+
+    method = methods.of(cfg)
+    sections = {methods.get(methods.DEFAULT).record_section: None}
+    own = method.config_record(cfg)
+    if own is not None or method.record_section in sections:
+        sections[method.record_section] = own
     return {
         "method": cfg.method.name,
         "model": {
@@ -51,20 +58,7 @@ def identifiers(cfg) -> dict[str, Any]:
             "path": cfg.model.path,
             "pooling": cfg.model.pooling,
         },
-        "lora": {
-            "rank": cfg.lora.rank,
-            "alpha": cfg.lora.alpha,
-            "dropout": cfg.lora.dropout,
-            "targets": list(cfg.lora.targets),
-            "top_layers": cfg.lora.top_layers,
-            "layers": None if cfg.lora.layers is None else list(cfg.lora.layers),
-            "scaling": cfg.lora.scaling,
-            "dora": cfg.lora.dora,
-            "loraplus_lr_ratio": cfg.lora.loraplus_lr_ratio,
-            "budget": cfg.lora.budget,
-        }
-        if lora_method
-        else None,
+        **sections,
         "optimizer": {
             "name": cfg.optimizer.name,
             "lr": cfg.optimizer.lr if cfg.method.lr is None else cfg.method.lr,
@@ -86,7 +80,7 @@ def identifiers(cfg) -> dict[str, Any]:
         "speed": {
             "length_grouping": cfg.trainer.length_grouping,
             # A linear probe always caches its pooled vectors, whatever trainer.frozen_prefix says.
-            "frozen_prefix": "cache" if cfg.method.name == "linear_probe" else cfg.trainer.frozen_prefix,
+            "frozen_prefix": "cache" if method.caches_whole_encoder else cfg.trainer.frozen_prefix,
             "attention_dropout": cfg.model.attention_dropout,
         },
         "trial": {"id": cfg.trial.id, "number": cfg.trial.number},
@@ -105,18 +99,17 @@ def config_digest(cfg, ignore: tuple[str, ...] = ()) -> str:
     """A short hash of everything in the config that can change a run's numbers (and of nothing in `ignore`)."""
     from omegaconf import OmegaConf
 
+    from sentiment_lora import methods
+
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
-    method = plain.get("method") or {"name": "lora"}
-    if method == {"name": "lora", "lr": None, "weight_decay": None}:
-        plain.pop("method")  # the default method: a LoRA run keeps the digest it had before methods existed
-    elif method["name"] != "lora":
-        plain.pop("lora", None)  # not read by the other methods: runs that differ only in lora.* are one config
-        if method["name"] == "linear_probe":
-            plain["trainer"].pop("frozen_prefix", None)  # a probe always caches its pooled vectors
-    if (plain.get("lora") or {}).get("budget") is not None:
-        plain["lora"].pop("rank", None)  # the budget chooses the rank: a lora.rank beside it changes nothing
-    for key in (*NOT_RESULTS, *ignore):
+    section = plain.get("method") or {"name": methods.DEFAULT}
+    method = methods.get(section["name"])
+    if section == {"name": methods.DEFAULT, "lr": None, "weight_decay": None}:
+        plain.pop("method")  # the default method: a run of it keeps the digest it had before methods existed
+    # Keys the method does not read (another method's section, a probe's frozen_prefix, a rank its budget sets):
+    # runs that differ only in them are one configuration.
+    for key in (*NOT_RESULTS, *method.unread_keys(cfg), *ignore):
         *parents, last = key.split(".")
         node = plain
         for parent in parents:
@@ -139,32 +132,9 @@ def objectives_of(record: dict[str, Any], names) -> float | tuple[float, ...]:
     return returned[0] if len(returned) == 1 else tuple(returned)
 
 
-# How a dry run names each method's trainable groups, head last (params.by_group keys).
-METHOD_GROUPS = {
-    "linear_probe": (),
-    "bitfit": (("encoder", "encoder biases"),),
-    "ia3": (("ia3", "ia3"),),
-    "full": (("encoder", "encoder"),),
-}
-
-
-def counts_line(cfg, rank: int | None, params: dict[str, Any]) -> str:
-    """What a dry run prints: the configured architecture's exact parameter counts."""
-    groups = params["by_group"]
-    method = cfg.method.name
-    if method != "lora":
-        parts = [f"{label} {groups.get(key, 0):,}" for key, label in (*METHOD_GROUPS[method], ("head", "head"))]
-        return (
-            f"{cfg.model.name} {method}: trainable {params['trainable']:,} of {params['total']:,} "
-            f"({params['trainable_pct']:.3f}%) = {' + '.join(parts)}"
-        )
-    budget = "" if cfg.lora.budget is None else f" (budget {cfg.lora.budget:,})"
-    dora = f" + dora_magnitude {groups['dora_magnitude']:,}" if groups["dora_magnitude"] else ""
-    return (
-        f"{cfg.model.name} lora r={rank}{budget} targets={list(cfg.lora.targets)}: "
-        f"trainable {params['trainable']:,} of {params['total']:,} ({params['trainable_pct']:.3f}%) "
-        f"= lora {groups['lora']:,}{dora} + head {groups['head']:,}"
-    )
+def facts_fields(method, facts: dict | None) -> dict[str, Any]:
+    """write_record's fields for what only the built model knows (method.run_facts), in the method's section."""
+    return {} if facts is None else {method.record_section: facts}
 
 
 def write_record(run_dir: Path, status: str, cfg, **fields: Any) -> None:

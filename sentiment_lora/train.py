@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sentiment_lora import immutable, trial
+from sentiment_lora import immutable, methods, trial
 from sentiment_lora.config import CONF_DIR, register_configs, unknown_key
 from sentiment_lora.errors import UserError, exit_with
 from sentiment_lora.run import train_seeds
@@ -133,7 +133,10 @@ def unknown_group_option(args: list[str]) -> str | None:
             values = list(override.sweep_string_iterator())
         else:
             values = [override.get_value_element_as_str()]
-        choices = sorted(path.stem for path in group.glob("*.yaml"))
+        choices = {path.stem for path in group.glob("*.yaml")}
+        if override.key_or_group == "method":  # a method registered from outside the package has no YAML here
+            choices |= set(methods.names())
+        choices = sorted(choices)
         for option in values:
             if option not in choices and option != "null":
                 return f"unknown {override.key_or_group} '{option}'; choose from {', '.join(choices)}"
@@ -146,7 +149,9 @@ def unknown_key_override(args: list[str]) -> str | None:
     `+lora.rnk=8` (what Hydra's own message for `lora.rnk=8` suggests) would otherwise add a key that no code
     reads: the run trains at rank 4. config.validate refuses such keys in the composed config too; this check
     comes first, so that nothing is written (Hydra writes .hydra/ before the run starts)."""
-    for override in _parsed(args):
+    parsed = _parsed(args)
+    chosen = [o.get_value_element_as_str() for o in parsed if o.key_or_group == "method" and not o.is_sweep_override()]
+    for override in parsed:
         key = override.key_or_group
         # Config groups (model=tiny, lora/targets=qv, recipe@_global_=seed, hparams_search=...) and Hydra's own
         # keys are Hydra's to check.
@@ -154,7 +159,7 @@ def unknown_key_override(args: list[str]) -> str | None:
             continue
         if key == "hydra" or key.startswith("hydra."):
             continue
-        problem = unknown_key(key)
+        problem = unknown_key(key, chosen[-1] if chosen else None)
         if problem:
             return f"config {key}: {problem}"
     return None

@@ -18,10 +18,10 @@ from transformers import AutoConfig, AutoModel
 from sentiment_lora import data as data_lib
 from sentiment_lora.errors import UserError
 from sentiment_lora.loop import TrainingDiverged, evaluate
-from sentiment_lora.model import load_trained
 from sentiment_lora.run import train
 from sentiment_lora.runtime import DTYPES, pick_dtype
 from sentiment_lora.train import cli
+from sentiment_lora.trained import load_trained
 
 from .conftest import FORCED_AUTO_BF16, TINY_FAST, compose_config, run_cli, write_reviews
 

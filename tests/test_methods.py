@@ -17,22 +17,16 @@ from transformers import AutoConfig, AutoModel
 
 from sentiment_lora import data as data_lib
 from sentiment_lora import export as export_lib
+from sentiment_lora import methods, prefix
 from sentiment_lora import predict as predict_lib
-from sentiment_lora import prefix
 from sentiment_lora.errors import UserError
 from sentiment_lora.export_formats import FORMATS
 from sentiment_lora.loop import predict
-from sentiment_lora.model import (
-    SentimentClassifier,
-    attach_method,
-    build_classifier,
-    count_params,
-    load_tokenizer,
-    load_trained,
-)
+from sentiment_lora.model import SentimentClassifier, build_classifier, load_tokenizer
 from sentiment_lora.results import config_id
 from sentiment_lora.run import dry_run, train
 from sentiment_lora.train import cli
+from sentiment_lora.trained import attach_method, count_params, load_trained
 
 from .conftest import CONF, REPO, TINY_FAST, compose_config, write_reviews
 from .test_families import EXPECTED, FAMILIES, FUSED, tiny_config
@@ -319,7 +313,7 @@ def test_export_loads_with_plain_transformers_and_scores_as_the_run(method_runs,
         for name, value in load_file(str(run_dir / "encoder.safetensors")).items():
             torch.testing.assert_close(plain.state_dict()[name], value, rtol=0, atol=0)
     card = ModelCard.load(folder / "README.md").text.lstrip()
-    title = export_lib.METHOD_TITLES[method]
+    title = methods.get(method).title
     assert card.startswith(f"# tiny + {title} sentiment classifier") and f"## Method: {title}" in card
     assert json.loads((folder / "classifier.json").read_text())["method"] == method
 

@@ -21,10 +21,10 @@ from sentiment_lora import export as export_lib
 from sentiment_lora import predict as predict_lib
 from sentiment_lora.errors import UserError
 from sentiment_lora.loop import predict
-from sentiment_lora.model import load_trained
 from sentiment_lora.results import RUN_FORMAT
 from sentiment_lora.rundir import open_run
 from sentiment_lora.train import cli
+from sentiment_lora.trained import load_trained
 
 from .conftest import REPO, TINY_FAST, compose_config, write_reviews
 

@@ -50,7 +50,7 @@ def register(method_class: type[Method]) -> type[Method]:
     if not (is_dataclass(method_class.schema) and issubclass(method_class.schema, MethodConfig)):
         raise TypeError(f"method {name!r}: its schema must be a dataclass subclassing MethodConfig")
     _REGISTRY[name] = method_class()
-    node = method_class.schema(name=name, lr=method_class.default_lr, weight_decay=method_class.default_weight_decay)
+    node = _REGISTRY[name].config_node()
     store = ConfigStore.instance()
     store.store(group="method", name=f"base_{name}", node=node)
     if not _conf_has_yaml(name):
@@ -89,7 +89,7 @@ def get(name: str, key: str = "method.name") -> Method:
     """The registered method `name`; an unknown one is one error line naming `key` and listing the choices."""
     _load_plugins()
     if name not in _REGISTRY:
-        raise UserError(f"config {key}: unknown method '{name}'; choose from {', '.join(_REGISTRY)}")
+        raise UserError(f"config {key}: unknown value '{name}'; choose from {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
 
 

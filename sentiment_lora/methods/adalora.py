@@ -11,16 +11,16 @@ classifier has not (the loop computes the loss): it does not apply here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
-
-import peft
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, ClassVar
 
 from sentiment_lora import methods
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod
 from sentiment_lora.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, PROBABILITY, described
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 @dataclass
@@ -74,6 +74,8 @@ class Adalora(AdapterMethod):
         return range(1, min(min(layer.in_features, layer.out_features) for layer in adapted.values()) + 1)
 
     def build_config(self, method_cfg, target_modules, size, total_steps, adapted):
+        import peft
+
         target = method_cfg.target_rank if method_cfg.get("budget") is None else max(1, 2 * size // 3)
         # A dry run has no data, so no step count: any count past the warm-up and final phases builds the same.
         steps = total_steps or method_cfg.tinit + method_cfg.tfinal + 1
@@ -101,6 +103,8 @@ class Adalora(AdapterMethod):
 
     def state_tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """The allocator's importance averages, and the rank pattern once fixed: what a resumed run must carry."""
+        import torch
+
         allocator = _allocator(model)
         tensors = {f"exp_avg_ipt/{name}": value for name, value in allocator.exp_avg_ipt.items()}
         tensors |= {f"exp_avg_unc/{name}": value for name, value in allocator.exp_avg_unc.items()}

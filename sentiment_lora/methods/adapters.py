@@ -13,17 +13,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-import peft
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.base import BudgetConfig, PeftMethod
-from sentiment_lora.methods.targets import check_targets, target_pattern, targets_and_map
-from sentiment_lora.model import SentimentClassifier
 from sentiment_lora.schema import described
+
+if TYPE_CHECKING:  # the registry is read without torch (methods/base.py)
+    import peft
+    from torch import nn
+
+    from sentiment_lora.model import SentimentClassifier
 
 # The abstract targets a weight adapter may take; the head trains whole beside every method here.
 ADAPTER_TARGETS = ("q", "k", "v", "qkv", "output", "ffn")
@@ -50,15 +50,11 @@ def shapes_of(adapted: dict[str, nn.Linear]) -> Counter[Shape]:
     return Counter((layer.in_features, layer.out_features, layer.bias is not None) for layer in adapted.values())
 
 
-class _Probe(nn.Module):
-    """One Linear of a given shape: PEFT wraps it alone to count what it trains on such a layer."""
+def _probe(shape: Shape) -> nn.Module:
+    """One Linear of a given shape, as `layer` of a module: PEFT wraps it alone to count what it trains there."""
+    from torch import nn
 
-    def __init__(self, shape: Shape):
-        super().__init__()
-        self.layer = nn.Linear(shape[0], shape[1], bias=shape[2])
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.layer(inputs)
+    return nn.ModuleDict({"layer": nn.Linear(shape[0], shape[1], bias=shape[2])})
 
 
 def divisors(width: int) -> list[int]:
@@ -112,6 +108,8 @@ class AdapterMethod(PeftMethod):
     # ---- shared ----
     def adapted(self, classifier: SentimentClassifier, cfg) -> tuple[str, dict[str, nn.Linear]]:
         """(PEFT's target_modules regex, the adapted Linears by name) from method.targets through the family table."""
+        from sentiment_lora.methods.targets import check_targets, target_pattern, targets_and_map
+
         try:
             targets, mapped, only_layers = targets_and_map(classifier, cfg.method, cfg.model.targets_map)
             adapted = check_targets(classifier, mapped, targets, only_layers)
@@ -133,10 +131,12 @@ class AdapterMethod(PeftMethod):
 
     def count_at(self, adapted: dict[str, nn.Linear], method_cfg, size: int, total_steps) -> int:
         """Trainable adapter parameters at knob value `size`, counted on PEFT's own layers, one per shape."""
+        import peft
+
         total = 0
         for shape, times in shapes_of(adapted).items():
             config = self.build_config(method_cfg, "layer", size, total_steps, adapted)
-            probe = peft.get_peft_model(_Probe(shape), config)
+            probe = peft.get_peft_model(_probe(shape), config)
             total += times * sum(p.numel() for p in probe.parameters() if p.requires_grad)
         return total
 

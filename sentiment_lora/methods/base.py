@@ -33,9 +33,12 @@ What a method declares, and who asks:
 - config_record(cfg), run_facts(model, cfg), record_section: what metrics.json records of the method (its keys;
   facts known once the model is built, e.g. the rank a budget chose); table_columns(section): how summarize fills
   a row's variant/rank/alpha/targets; point_label and marker: its points on the plots; counts_line: the dry
-  run's line; card_lines: the model card's lines.
+  run's line; card_lines: the model card's lines; is_ceiling: the learning curve's gaps are to it.
 - validate(cfg): checks of its keys that need no model; optimizer(model, cfg, optimizer_cfg): its optimizer.
 - unread_keys(cfg): config keys this method does not read, so runs differing only there are one configuration.
+
+Keep a method module light: summarize, curve and ranking read the registry and must start without torch, so import
+peft, torch and sentiment_lora.model inside the hooks that use them (tests/test_method_registry.py checks).
 """
 
 from __future__ import annotations
@@ -43,18 +46,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import peft
-import torch
 from omegaconf import OmegaConf
-from safetensors.torch import load_file, save_file
-from torch import nn
 
 from sentiment_lora.errors import UserError
-from sentiment_lora.model import SentimentClassifier, classifier_of, frozen_depth, plain_state
-from sentiment_lora.runtime import make_optimizer
 from sentiment_lora.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, described
+
+if TYPE_CHECKING:  # the registry is read by summarize and curve, which must start without torch
+    import peft
+    import torch
+    from torch import nn
+
+    from sentiment_lora.model import SentimentClassifier
 
 # What a method keeps of its training in a run directory, beside head.safetensors (and encoder.safetensors, the
 # random init of a random-init model, which every method keeps).
@@ -147,6 +151,11 @@ class Method:
     cache_refusal: ClassVar[str | None] = None  # why trainer.frozen_prefix=eval/cache cannot run under it
     budget_key: ClassVar[str | None] = None  # the key method.budget-like requests are read from ("method.budget")
     marker: ClassVar[str] = "X"  # its matplotlib marker on the accuracy-against-parameters plots
+    is_ceiling: ClassVar[bool] = False  # the learning curve measures every series' gap to it (vs_<name>_*)
+
+    def config_node(self) -> MethodConfig:
+        """The method section with this method's defaults: Hydra's method/base_<name> node."""
+        return self.schema(name=self.name, lr=self.default_lr, weight_decay=self.default_weight_decay)
 
     # ---- building ----
     def attach(self, classifier: SentimentClassifier, cfg, total_steps: int | None = None) -> nn.Module:
@@ -159,10 +168,14 @@ class Method:
 
     def frozen_depth(self, classifier: SentimentClassifier) -> int | None:
         """How many leading encoder layers hold nothing trainable (None: the embeddings train)."""
+        from sentiment_lora.model import frozen_depth
+
         return frozen_depth(classifier)
 
     def optimizer(self, model: nn.Module, cfg, optimizer_cfg) -> torch.optim.Optimizer:
         """The optimizer over the trainable parameters; optimizer_cfg: cfg.optimizer with method.lr/weight_decay."""
+        from sentiment_lora.runtime import make_optimizer
+
         return make_optimizer(model, optimizer_cfg)
 
     def on_step(self, model: nn.Module, step: int, total_steps: int) -> None:
@@ -252,6 +265,10 @@ class Method:
 
     def save(self, model: nn.Module, folder: Path) -> None:
         """Write what `saves` names into `folder` (the staging folder; the head is saved by the caller)."""
+        from safetensors.torch import save_file
+
+        from sentiment_lora.model import classifier_of, plain_state
+
         if self.saves == SAVES_ADAPTER:
             model.save_pretrained(str(folder / ADAPTER_DIR), safe_serialization=True)
         elif self.saves == SAVES_ENCODER:
@@ -261,6 +278,9 @@ class Method:
 
     def reload(self, classifier: SentimentClassifier, run_dir: Path) -> nn.Module:
         """The trained model from a run directory, onto `classifier` (its encoder's base weights and head loaded)."""
+        import peft
+        from safetensors.torch import load_file
+
         if self.saves == SAVES_ADAPTER:
             return peft.PeftModel.from_pretrained(classifier, str(run_dir / ADAPTER_DIR))
         if self.saves == SAVES_ENCODER_TENSORS:
@@ -274,6 +294,8 @@ class Method:
         """The model with the method folded into plain encoder weights (export); the model itself if in place."""
         if self.merge_refusal:
             raise UserError(f"export: method={self.name} cannot be merged into the encoder: {self.merge_refusal}")
+        import peft
+
         return model.merge_and_unload() if isinstance(model, peft.PeftModel) else model
 
     # ---- populations ----
@@ -293,6 +315,10 @@ class PeftMethod(Method):
         raise NotImplementedError
 
     def attach(self, classifier: SentimentClassifier, cfg, total_steps: int | None = None) -> nn.Module:
+        import peft
+
+        from sentiment_lora.model import classifier_of
+
         wrapped = peft.get_peft_model(classifier, self.peft_config(classifier, cfg, total_steps))
         for parameter in classifier_of(wrapped).head.parameters():
             parameter.requires_grad_(True)
@@ -308,5 +334,7 @@ class PeftMethod(Method):
 
 def trained_encoder_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The encoder parameters a method trained in place (bitfit's biases), by name."""
+    from sentiment_lora.model import classifier_of
+
     encoder = classifier_of(model).encoder
     return {name: p.detach().contiguous().cpu().clone() for name, p in encoder.named_parameters() if p.requires_grad}

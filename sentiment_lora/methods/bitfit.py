@@ -3,13 +3,16 @@ weight matrix frozen. A family without biases (ModernBERT, NomicBERT by default)
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from sentiment_lora import methods
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.base import SAVES_ENCODER_TENSORS, Method
-from sentiment_lora.methods.inplace import is_bias, train_only, used_encoder_parameters
-from sentiment_lora.model import SentimentClassifier
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from sentiment_lora.model import SentimentClassifier
 
 
 @methods.register
@@ -23,6 +26,8 @@ class BitFit(Method):
     marker = "^"
 
     def attach(self, classifier: SentimentClassifier, cfg, total_steps: int | None = None) -> nn.Module:
+        from sentiment_lora.methods.inplace import is_bias, train_only, used_encoder_parameters
+
         biases = {name for name in used_encoder_parameters(classifier) if is_bias(name)}
         if not biases:
             raise UserError(

@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import peft
-
 from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, common_divisors
 from sentiment_lora.schema import AT_LEAST_ONE, described
@@ -51,4 +49,6 @@ class C3a(AdapterMethod):
         return max(size for size in common_divisors(_widths(adapted)) if size <= PEFT_BLOCK_SIZE)
 
     def build_config(self, method_cfg, target_modules, size, total_steps, adapted):
+        import peft
+
         return peft.C3AConfig(block_size=size, target_modules=target_modules)

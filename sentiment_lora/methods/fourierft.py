@@ -7,8 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import peft
-
 from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod
 from sentiment_lora.schema import AT_LEAST_ONE, POSITIVE, described
@@ -44,6 +42,8 @@ class Fourierft(AdapterMethod):
         return range(1, min(layer.in_features * layer.out_features for layer in adapted.values()) + 1)
 
     def build_config(self, method_cfg, target_modules, size, total_steps, adapted):
+        import peft
+
         return peft.FourierFTConfig(
             n_frequency=size,
             scaling=method_cfg.scaling,

@@ -3,12 +3,15 @@ own, lower learning rate (hparams_search=full_lr chooses it on validation from 2
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from sentiment_lora import methods
 from sentiment_lora.methods.base import SAVES_ENCODER, Method
-from sentiment_lora.methods.inplace import train_only, used_encoder_parameters
-from sentiment_lora.model import SentimentClassifier
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from sentiment_lora.model import SentimentClassifier
 
 
 @methods.register
@@ -21,6 +24,9 @@ class Full(Method):
     default_weight_decay = 0.01
     export_note = ", fine-tuned"
     marker = "P"
+    is_ceiling = True
 
     def attach(self, classifier: SentimentClassifier, cfg, total_steps: int | None = None) -> nn.Module:
+        from sentiment_lora.methods.inplace import train_only, used_encoder_parameters
+
         return train_only(classifier, used_encoder_parameters(classifier))

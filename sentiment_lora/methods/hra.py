@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import peft
-
 from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod
 from sentiment_lora.schema import AT_LEAST_ONE, described
@@ -42,4 +40,6 @@ class Hra(AdapterMethod):
         return range(1, min(layer.in_features for layer in adapted.values()) + 1)
 
     def build_config(self, method_cfg, target_modules, size, total_steps, adapted):
+        import peft
+
         return peft.HRAConfig(r=size, apply_GS=method_cfg.orthogonalize, target_modules=target_modules)

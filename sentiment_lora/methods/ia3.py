@@ -4,14 +4,16 @@ table (encoders.ia3_modules). model.targets_map (LoRA's hand map) is not read.""
 
 from __future__ import annotations
 
-from typing import ClassVar
-
-import peft
+from typing import TYPE_CHECKING, ClassVar
 
 from sentiment_lora import encoders, methods
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.base import PeftMethod
-from sentiment_lora.model import SentimentClassifier
+
+if TYPE_CHECKING:
+    import peft
+
+    from sentiment_lora.model import SentimentClassifier
 
 
 @methods.register
@@ -33,6 +35,8 @@ class IA3(PeftMethod):
                 f"'{classifier.model_type}' (supported: {encoders.supported()}); use the default method with "
                 "model.targets_map"
             )
+        import peft
+
         targets, feedforward = encoders.ia3_modules(classifier.family)
 
         def pattern(patterns: list[str]) -> str:

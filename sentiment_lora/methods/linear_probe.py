@@ -3,12 +3,15 @@ computed once per review without dropout (the frozen-prefix cache, whatever trai
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from sentiment_lora import methods
 from sentiment_lora.methods.base import SAVES_HEAD, Method
-from sentiment_lora.methods.inplace import train_only
-from sentiment_lora.model import SentimentClassifier
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from sentiment_lora.model import SentimentClassifier
 
 
 @methods.register
@@ -21,4 +24,6 @@ class LinearProbe(Method):
     marker = "s"
 
     def attach(self, classifier: SentimentClassifier, cfg, total_steps: int | None = None) -> nn.Module:
+        from sentiment_lora.methods.inplace import train_only
+
         return train_only(classifier, set())

@@ -6,18 +6,22 @@ one) and swaps the copy in when merged. It has no size knob, so no method.budget
 from __future__ import annotations
 
 import re
-from typing import ClassVar
-
-import peft
-from torch import nn
+from typing import TYPE_CHECKING, ClassVar
 
 from sentiment_lora import methods
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.base import PeftMethod
-from sentiment_lora.model import SentimentClassifier
+
+if TYPE_CHECKING:
+    import peft
+    from torch import nn
+
+    from sentiment_lora.model import SentimentClassifier
 
 
 def is_layer_norm(module: nn.Module) -> bool:
+    from torch import nn
+
     # DeBERTa v1 has its own LayerNorm class (DebertaLayerNorm), not a subclass of torch's.
     return isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("LayerNorm")
 
@@ -38,6 +42,8 @@ class LnTuning(PeftMethod):
     marker = "s"
 
     def peft_config(self, classifier: SentimentClassifier, cfg, total_steps: int | None) -> peft.PeftConfig:
+        import peft
+
         names = layer_norms(classifier)
         if not names:
             raise UserError(

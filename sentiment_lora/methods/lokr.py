@@ -7,8 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import peft
-
 from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod
 from sentiment_lora.schema import AT_LEAST_ONE, POSITIVE, PROBABILITY, described
@@ -39,6 +37,8 @@ class Lokr(AdapterMethod):
         return range(1, min(min(layer.in_features, layer.out_features) for layer in adapted.values()) + 1)
 
     def build_config(self, method_cfg, target_modules, size, total_steps, adapted):
+        import peft
+
         return peft.LoKrConfig(
             r=size, alpha=method_cfg.alpha, rank_dropout=method_cfg.rank_dropout, target_modules=target_modules
         )

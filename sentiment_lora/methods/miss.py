@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import peft
-
 from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod
 from sentiment_lora.schema import AT_LEAST_ONE, PROBABILITY, described
@@ -39,4 +37,6 @@ class Miss(AdapterMethod):
         return range(1, min(layer.in_features for layer in adapted.values()) + 1)
 
     def build_config(self, method_cfg, target_modules, size, total_steps, adapted):
+        import peft
+
         return peft.MissConfig(r=size, miss_dropout=method_cfg.dropout, target_modules=target_modules)

@@ -7,8 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import peft
-
 from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, common_divisors
 from sentiment_lora.schema import AT_LEAST_ONE, PROBABILITY, described
@@ -46,6 +44,8 @@ class Oft(AdapterMethod):
         return [size for size in common_divisors([layer.in_features for layer in adapted.values()]) if size > 1]
 
     def build_config(self, method_cfg, target_modules, size, total_steps, adapted):
+        import peft
+
         return peft.OFTConfig(
             r=0,
             oft_block_size=size,

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import peft
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from sentiment_lora import encoders, methods
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.base import ADAPTER_DIR, SAVES_ADAPTER, BudgetConfig, Method
-from sentiment_lora.model import SentimentClassifier, classifier_of
 from sentiment_lora.schema import AT_LEAST_ONE, described
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from sentiment_lora.model import SentimentClassifier
 
 
 @dataclass
@@ -71,6 +72,8 @@ class PromptTuning(Method):
         return tokens
 
     def attach(self, classifier: SentimentClassifier, cfg, total_steps: int | None = None) -> nn.Module:
+        import peft
+
         tokens = self.virtual_tokens(classifier, cfg)
         config = classifier.encoder.config
         positions = encoders.usable_positions(classifier.family, config)
@@ -96,13 +99,19 @@ class PromptTuning(Method):
         return "prompt" if "prompt_encoder" in name else None
 
     def save(self, model: nn.Module, folder: Path) -> None:
+        from sentiment_lora.model import classifier_of
+
         classifier_of(model).encoder.save_pretrained(str(folder / ADAPTER_DIR), safe_serialization=True)
 
     def reload(self, classifier: SentimentClassifier, run_dir: Path) -> nn.Module:
+        import peft
+
         classifier.encoder = peft.PeftModel.from_pretrained(classifier.encoder, str(Path(run_dir) / ADAPTER_DIR))
         return classifier
 
     def run_facts(self, model: nn.Module, cfg) -> dict[str, Any]:
+        from sentiment_lora.model import classifier_of
+
         return {"virtual_tokens_used": classifier_of(model).encoder.peft_config["default"].num_virtual_tokens}
 
     def counts_line(self, cfg, params: dict[str, Any], facts: dict | None) -> str:

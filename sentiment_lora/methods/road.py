@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import peft
-
 from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, common_divisors
 from sentiment_lora.schema import AT_LEAST_ONE, described
@@ -45,6 +43,8 @@ class Road(AdapterMethod):
         return list(VARIANTS)
 
     def build_config(self, method_cfg, target_modules, size, total_steps, adapted):
+        import peft
+
         outputs = [layer.out_features for layer in adapted.values()]
         group_size = method_cfg.group_size
         if group_size is None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import peft
-
 from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod
 from sentiment_lora.schema import AT_LEAST_ONE, POSITIVE, PROBABILITY, described
@@ -49,6 +47,8 @@ class Vera(AdapterMethod):
         return range(1, MAX_RANK + 1)
 
     def build_config(self, method_cfg, target_modules, size, total_steps, adapted):
+        import peft
+
         return peft.VeraConfig(
             r=size,
             d_initial=method_cfg.d_initial,

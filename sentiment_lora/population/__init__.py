@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from sentiment_lora import immutable, tracking, trial
+from sentiment_lora import immutable, methods, tracking, trial
 from sentiment_lora.config import validate
 from sentiment_lora.population.logs import member_context
 from sentiment_lora.population.stacked import frozen_names
@@ -39,11 +39,7 @@ def why_alone(cfg) -> str | None:
         return "dry_run counts parameters only"
     if cfg.get("seeds"):
         return "seeds= trains several seeds one after another in one job"
-    if cfg.method.name != "lora":
-        return f"method={cfg.method.name}: a population trains LoRA members only"
-    if cfg.lora.get("dora"):
-        return "lora.dora=true: DoRA's weight normalisation is not in the population's stacked layers"
-    return None
+    return methods.of(cfg).population_refusal(cfg)
 
 
 def join_key(run: Run) -> tuple:
