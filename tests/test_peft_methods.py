@@ -165,7 +165,7 @@ def test_a_budget_chooses_the_knob_whose_formula_count_is_nearest(method, budget
         ("c3a", "method.block_size=3", "config method.block_size: C3A on bert: 3 does not fit"),
         ("miss", "method.rank=64", "config method.rank: MiSS on bert: 64 does not fit the adapted layers .*1 to 32"),
         ("hra", "method.rank=33", "config method.rank: HRA on bert: 33 does not fit .*1 to 32"),
-        ("road", "method.group_size=6", "config method: RoAd cannot adapt this bert encoder: .*divisible by group_size"),
+        ("road", "method.group_size=6", "config method: RoAd cannot adapt this bert encoder: .*by group_size"),
         ("adalora", "method.target_rank=20", "config method.target_rank: 20 exceeds method.init_rank 12"),
         ("prompt_tuning", "method.virtual_tokens=490", "config method.virtual_tokens: 490 virtual tokens and "
                                                        "trainer.max_length 32 exceed the 512 positions"),
@@ -226,7 +226,7 @@ def test_prompt_tuning_refuses_the_cache_and_the_merge():
     assert "virtual tokens change the sequence" in method.cache_refusal
     model = method.attach(tiny_classifier("bert"), method_cfg("prompt_tuning"), 40)
     assert method.frozen_depth(model) is None  # nothing below the virtual tokens is frozen
-    with pytest.raises(UserError, match="cannot be merged into the encoder: its virtual tokens are inputs"):
+    with pytest.raises(UserError, match="cannot be merged into the encoder: prepends trained virtual tokens"):
         method.merged(model)
 
 
@@ -253,3 +253,22 @@ def test_pissa_and_olora_start_the_adapted_model_at_the_base_models_function(ini
     query = wrapped.base_model.model.encoder.encoder.layer[0].attention.self.query
     assert not torch.allclose(query.base_layer.weight, before.encoder.encoder.layer[0].attention.self.query.weight)
     assert wrapped.peft_config["default"].init_lora_weights == init
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_dry_run_prints_and_records_the_exact_counts(tmp_path, capsys, method):
+    import json
+
+    from sentiment_lora.run import dry_run
+
+    dry_run(method_cfg(method, "bert", "dry_run=true"), tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    params = metrics["params"]
+    expected = expected_groups(method, "bert", DEFAULT_KNOB[method])
+    assert {key: value for key, value in params["by_group"].items() if value} == expected
+    printed = capsys.readouterr().out
+    assert f"trainable {params['trainable']:,} of {params['total']:,}" in printed
+    assert f"tiny {method}" in printed and printed.rstrip().endswith("head 33")
+    knob = PER_LINEAR[method][1] if method in PER_LINEAR else "virtual_tokens" if method == "prompt_tuning" else None
+    if knob:  # the size used, as the dry run chose it
+        assert f"{knob}={DEFAULT_KNOB[method]}" in printed

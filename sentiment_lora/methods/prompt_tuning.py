@@ -7,7 +7,7 @@ over the review's own tokens only (SentimentClassifier.features drops the virtua
 real ones attended to), so mean pooling keeps its mask and cls pooling still reads [CLS]. The virtual tokens take
 positions: trainer.max_length + n must fit the encoder's. They change the sequence every layer sees, so no frozen
 prefix can be cached (trainer.frozen_prefix=live), and they are inputs, not weights: nothing merges into the
-encoder, so export writes the adapter (--adapter) and refuses the merged formats.
+encoder, so export refuses every format (sentiment_lora.predict scores with them).
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ class PromptTuning(Method):
     default_lr = 1e-2  # prompt embeddings train at far larger rates than weights (the paper: 0.3 with Adafactor)
     groups = ("prompt",)
     saves = SAVES_ADAPTER
+    # Read after "which" by export and after "cannot be merged into the encoder:" by merged().
     merge_refusal = (
-        "its virtual tokens are inputs the encoder reads, not weights; export --adapter writes them with the head"
+        "prepends trained virtual tokens (inputs, not weights) that no plain encoder takes; score with "
+        "sentiment_lora.predict on the run directory"
     )
     cache_refusal = "prompt tuning's virtual tokens change the sequence every layer sees, so nothing below is frozen"
     budget_key = "method.budget"
