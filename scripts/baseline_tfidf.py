@@ -25,11 +25,12 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 
-from sentiment_lora import data as data_lib
 from sentiment_lora.config import CONF_DIR, register_configs, validate
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
 from sentiment_lora.metrics import classification_metrics
-from sentiment_lora.results import METRICS_FILE, write_json_atomic, write_predictions
+from sentiment_lora.rundir.files import write_json_atomic
+from sentiment_lora.rundir.record import METRICS_FILE, write_predictions
 
 
 def run(overrides: list[str], out_dir: Path) -> dict:

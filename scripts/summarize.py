@@ -33,11 +33,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from sentiment_lora.credentials import masked, redacted
-from sentiment_lora.curve import curve_markdown, learning_curve, plot_curve
-from sentiment_lora.errors import UserError
-from sentiment_lora.ranking import effects, rank
-from sentiment_lora.summary import (
+from sentiment_lora.analysis.curve import curve_markdown, learning_curve, plot_curve
+from sentiment_lora.analysis.ranking import effects, rank
+from sentiment_lora.analysis.summary import (
     at_one_size,
     build_table,
     configurations_markdown,
@@ -47,6 +45,8 @@ from sentiment_lora.summary import (
     runs_as_configurations,
     to_markdown,
 )
+from sentiment_lora.credentials import masked, redacted
+from sentiment_lora.errors import UserError
 
 
 def check_storage(storage: str) -> None:

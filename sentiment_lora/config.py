@@ -17,7 +17,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from sentiment_lora import encoders, labels, methods
+from sentiment_lora import encoders, methods
+from sentiment_lora.data import labels as labels
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.base import MethodConfig
 from sentiment_lora.methods.lora import TARGETS, LoraConfig  # noqa: F401  (TARGETS: read from here by tests)

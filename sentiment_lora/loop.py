@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sentiment_lora import data as data_lib
-from sentiment_lora.checkpoint import Checkpoint
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
 from sentiment_lora.metrics import classification_metrics
+from sentiment_lora.rundir.checkpoint import Checkpoint
 from sentiment_lora.runtime import autocast
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from sentiment_lora import data as data_lib
 from sentiment_lora import memo, methods
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
 from sentiment_lora.loop import bar_disabled
 from sentiment_lora.model import SentimentClassifier, check_frozen_prefix, frozen_modules

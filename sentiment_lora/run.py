@@ -3,7 +3,7 @@
 Every configuration and every sweep trial runs `train`. It returns what `cfg.objectives` names (the selected
 epoch's validation accuracy by default), the value a sweeper optimizes. Side concerns live elsewhere: where
 weights and data come from (sources.py), the per-process memo (memo.py), the frozen-prefix modes (prefix.py),
-the epoch loop (loop.py), the record (results.py), the sweep's pruning hook (trial.py), the loggers (tracking.py).
+the epoch loop (loop.py), the record (rundir/record.py), the sweep's pruning hook (trial.py), the loggers (tracking.py).
 """
 
 from __future__ import annotations
@@ -19,13 +19,15 @@ import numpy as np
 import torch
 from omegaconf import open_dict
 
-from sentiment_lora import data as data_lib
-from sentiment_lora import immutable, methods, prefix, results, tracking
-from sentiment_lora.checkpoint import Checkpoint
+from sentiment_lora import methods, prefix, tracking
 from sentiment_lora.config import validate
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.loop import EpochHook, Fitted, evaluate, fit
 from sentiment_lora.metrics import imbalance_warning
 from sentiment_lora.model import build_classifier, load_tokenizer, plain_state
+from sentiment_lora.rundir import claim as immutable
+from sentiment_lora.rundir import record as results
+from sentiment_lora.rundir.checkpoint import Checkpoint
 from sentiment_lora.runtime import make_scheduler, pick_device, pick_dtype, precision_name
 from sentiment_lora.sources import resolve_weights
 from sentiment_lora.trained import count_params, save_trained
@@ -173,7 +175,7 @@ def train_seeds(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float 
 
     Only the first seed reports to the epoch hook: a sweep's pruner judges the trial by it. A run directory that
     already holds this configuration's finished run returns what it recorded; another configuration's is refused
-    (immutable.py).
+    (rundir/claim.py).
     """
     validate(cfg)
     if (recorded := immutable.claim(cfg, run_dir)) is not None:

@@ -19,10 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sentiment_lora import immutable, methods, trial
+from sentiment_lora import methods, trial
 from sentiment_lora.config import CONF_DIR, register_configs, unknown_key
 from sentiment_lora.errors import UserError, exit_with
 from sentiment_lora.run import train_seeds
+from sentiment_lora.rundir import claim as immutable
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -49,7 +50,7 @@ def _as_user_error(err: Exception, run_dir: Path) -> Exception:
 
 def _interrupted(cfg, run_dir: Path) -> str:
     """Ctrl-C's one line: the epoch the run stopped in and how to resume it."""
-    from sentiment_lora.checkpoint import CHECKPOINT_FILE, read_checkpoint
+    from sentiment_lora.rundir.checkpoint import CHECKPOINT_FILE, read_checkpoint
 
     found = sorted(run_dir.glob(f"**/{CHECKPOINT_FILE}"))
     if not found:

@@ -19,7 +19,8 @@ from sentiment_lora import methods
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.base import ENCODER_FILE, HEAD_FILE, Method
 from sentiment_lora.model import SentimentClassifier, build_classifier, classifier_of, load_tokenizer, plain_state
-from sentiment_lora.results import METRICS_FILE, new_file_mode, read_metrics
+from sentiment_lora.rundir.files import new_file_mode
+from sentiment_lora.rundir.record import METRICS_FILE, read_metrics
 from sentiment_lora.runtime import DTYPES
 from sentiment_lora.sources import resolve_weights
 
@@ -69,21 +70,21 @@ def save_trained(
     method = method or methods.get(methods.DEFAULT)
     staging = Path(tempfile.mkdtemp(dir=run_dir, prefix=".saving.", suffix=".tmp"))
     try:
-        if encoder_state is not None:
-            save_file(encoder_state, str(staging / ENCODER_FILE))
         method.save(wrapped, staging)
         head = classifier_of(wrapped).head
         head = head.base_layer if isinstance(head, peft.tuners.tuners_utils.BaseTunerLayer) else head
         save_file(plain_state(head), str(staging / HEAD_FILE))
+        if encoder_state is not None and not (staging / ENCODER_FILE).exists():  # full saved its trained encoder
+            save_file(encoder_state, str(staging / ENCODER_FILE))
         # safetensors (0.8) writes through a temporary file created 0o600 and renamed into place, and mkdtemp makes
-        # a 0o700 folder (safetensors/safetensors#782): give every file the umask's mode, as results.atomic_target
+        # a 0o700 folder (safetensors/safetensors#782): give every file the umask's mode, as files.atomic_target
         # does, before anything gets its final name.
         file_mode = new_file_mode()
         for path in staging.rglob("*"):
             os.chmod(path, (file_mode | (file_mode & 0o444) >> 2) if path.is_dir() else file_mode)
         for path in sorted(staging.iterdir()):
             target = run_dir / path.name
-            if target.is_dir():  # a retried run's leftovers (a completed run is never rewritten: immutable.py)
+            if target.is_dir():  # a retried run's leftovers (a completed run is never rewritten: rundir/claim.py)
                 shutil.rmtree(target)
             os.replace(path, target)
     finally:

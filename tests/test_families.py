@@ -385,10 +385,10 @@ def test_a_saved_folder_trains_predicts_and_exports_with_model_auto(tmp_path, ca
     import numpy as np
     import pandas as pd
 
-    from sentiment_lora import data as data_lib
-    from sentiment_lora import export as export_lib
     from sentiment_lora import predict as predict_lib
-    from sentiment_lora.export_formats import FORMATS
+    from sentiment_lora.data import pipeline as data_lib
+    from sentiment_lora.export import cli as export_lib
+    from sentiment_lora.export.formats import FORMATS
     from sentiment_lora.loop import predict
     from sentiment_lora.trained import load_trained
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from sentiment_lora import immutable
 from sentiment_lora import run as run_lib
-from sentiment_lora.immutable import RunExists
-from sentiment_lora.rundir import open_run
+from sentiment_lora.rundir import claim as immutable
+from sentiment_lora.rundir.claim import RunExists
+from sentiment_lora.rundir.completed import open_run
 from sentiment_lora.train import cli
 
 from .conftest import TINY_FAST, compose_config, write_reviews

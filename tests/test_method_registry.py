@@ -20,11 +20,11 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from torch import nn
 
-from sentiment_lora import data as data_lib
-from sentiment_lora import export as export_lib
 from sentiment_lora import methods
 from sentiment_lora import predict as predict_lib
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
+from sentiment_lora.export import cli as export_lib
 from sentiment_lora.methods.base import Method, MethodConfig
 from sentiment_lora.run import train
 from sentiment_lora.schema import AT_LEAST_ONE, described

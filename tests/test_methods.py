@@ -16,16 +16,16 @@ from huggingface_hub import ModelCard
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModel
 
-from sentiment_lora import data as data_lib
-from sentiment_lora import export as export_lib
 from sentiment_lora import methods, prefix
 from sentiment_lora import predict as predict_lib
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
-from sentiment_lora.export_formats import FORMATS
+from sentiment_lora.export import cli as export_lib
+from sentiment_lora.export.formats import FORMATS
 from sentiment_lora.loop import predict
 from sentiment_lora.model import SentimentClassifier, build_classifier, load_tokenizer
-from sentiment_lora.results import config_id
 from sentiment_lora.run import dry_run, train
+from sentiment_lora.rundir.record import config_id
 from sentiment_lora.train import cli
 from sentiment_lora.trained import attach_method, count_params, load_trained
 

@@ -16,13 +16,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sentiment_lora import data as data_lib
-from sentiment_lora import export as export_lib
 from sentiment_lora import predict as predict_lib
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
+from sentiment_lora.export import card as card_lib
+from sentiment_lora.export import cli as export_lib
 from sentiment_lora.loop import predict
-from sentiment_lora.results import RUN_FORMAT
-from sentiment_lora.rundir import open_run
+from sentiment_lora.rundir.completed import open_run
+from sentiment_lora.rundir.record import RUN_FORMAT
 from sentiment_lora.train import cli
 from sentiment_lora.trained import load_trained
 
@@ -402,7 +403,7 @@ def test_predict_and_export_read_the_runs_own_config_not_what_a_later_command_le
     (hydra / "overrides.yaml").write_text("- trainer.max_length=4\n- data.path=missing.csv\n")
     run = open_run(run_dir)
     assert run.cfg.trainer.max_length == 32
-    assert export_lib.train_command(run) == "python -m sentiment_lora.train " + " ".join(
+    assert card_lib.train_command(run) == "python -m sentiment_lora.train " + " ".join(
         OmegaConf.load(run_dir / "run.yaml").overrides
     )
     code, _, err = call(export_lib.main, [run_dir, tmp_path / "out"], capsys)
@@ -428,7 +429,7 @@ def test_export_refuses_a_damaged_file_and_a_run_without_run_yaml_or_hashes_stil
     flip_a_byte("head.safetensors")(older)  # nothing to check it against
     run = open_run(older)
     assert run.own is None and run.cfg.trainer.max_length == 32
-    assert export_lib.train_command(run).startswith("python -m sentiment_lora.train model=tiny")
+    assert card_lib.train_command(run).startswith("python -m sentiment_lora.train model=tiny")
 
 
 def test_export_force_never_deletes_the_run_its_siblings_or_a_folder_holding_runs(runs, tmp_path, capsys):

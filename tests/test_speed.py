@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sentiment_lora import data as data_lib
 from sentiment_lora import memo, prefix, runtime
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.lora_adapters import attach_lora
 from sentiment_lora.methods.targets import matched_modules

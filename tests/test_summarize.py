@@ -12,7 +12,7 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from sentiment_lora.summary import wilson_interval
+from sentiment_lora.analysis.stats import wilson_interval
 
 from .conftest import REPO
 
@@ -103,8 +103,8 @@ def test_baseline_row_uses_the_same_split(tmp_path):
     assert done.returncode == 0, done.stderr
     metrics = json.loads((tmp_path / "base" / "metrics.json").read_text())
     assert metrics["status"] == "reference" and metrics["split_sizes"] == {"train": 48, "val": 6, "test": 6}
-    from sentiment_lora import data as data_lib
     from sentiment_lora.config import DataConfig
+    from sentiment_lora.data import pipeline as data_lib
 
     splits = data_lib.load_splits(DataConfig(name="csv", source="csv", path=str(csv_path)))
     assert metrics["data_fingerprint"] == data_lib.fingerprint(splits)

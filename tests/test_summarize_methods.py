@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from sentiment_lora.results import config_id
-from sentiment_lora.summary import build_table, draw_axis, point_label, row_of
+from sentiment_lora.analysis.summary import build_table, draw_axis, point_label, row_of
+from sentiment_lora.rundir.record import config_id
 
 from .test_summarize import summarize_here
 
@@ -103,7 +103,7 @@ FORTY = [  # (method, targets, rank, trainable, val accuracy, test reviews right
 
 
 def test_forty_methods_on_one_log_axis_label_only_the_pareto_front(tmp_path):
-    from sentiment_lora.ranking import rank
+    from sentiment_lora.analysis.ranking import rank
 
     assert len(FORTY) == 40
     for index, (method, targets, rank_, trainable, val, correct) in enumerate(FORTY):
@@ -145,7 +145,7 @@ def test_the_majority_line_comes_from_the_test_labels_or_the_log_says_why_not(tm
     write_run(tmp_path / "sweep", "b", method="full")
     frame = pd.read_csv(run / "test_predictions.csv")
     frame.assign(label=imbalanced).to_csv(run / "test_predictions.csv", index=False)
-    from sentiment_lora.summary import majority_accuracy
+    from sentiment_lora.analysis.summary import majority_accuracy
 
     runs, _ = build_table([tmp_path / "sweep"])
     assert majority_accuracy(runs.sort_values("run")) == pytest.approx(0.7)
@@ -216,7 +216,7 @@ def test_a_learning_curve_per_method_with_gaps_to_full_and_tfidf(tmp_path, capsy
 
 
 def test_the_curve_plot_draws_one_line_per_method_against_log_n_train(tmp_path):
-    from sentiment_lora.curve import draw_curve, learning_curve
+    from sentiment_lora.analysis.curve import draw_curve, learning_curve
 
     learning_runs(tmp_path / "curve")
     runs, _ = build_table([tmp_path / "curve"])

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from sentiment_lora import methods
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod
+from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, PROBABILITY, described
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def _allocator(model: nn.Module):
     return model.base_model.rankallocator
 
 
-@methods.register
+@register
 class Adalora(AdapterMethod):
     name = "adalora"
     title = "AdaLoRA"

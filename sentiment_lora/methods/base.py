@@ -1,6 +1,6 @@
 """The interface of a fine-tuning method: everything the harness asks about one (docs/adding-a-method.md).
 
-A method is a subclass of `Method` with its class attributes set, registered with `@methods.register`
+A method is a subclass of `Method` with its class attributes set, registered with `@register`
 (sentiment_lora/methods/__init__.py), plus conf/method/<name>.yaml. The harness never names a method: run, loop,
 records, predict, export, summarize, curve, ranking, prefix and population call these hooks on
 `methods.of(cfg)` (or `methods.get(name)`). Every hook has a default that fits "encoder frozen, some tensors
@@ -242,9 +242,9 @@ class Method:
 
     def unread_keys(self, cfg) -> tuple[str, ...]:
         """Config keys that cannot change this method's run: the digest leaves them out."""
-        from sentiment_lora import methods
+        from sentiment_lora.methods.registry import all_methods  # the registry imports this module
 
-        others = {method.config_section for method in methods.all_methods() if method is not self}
+        others = {method.config_section for method in all_methods() if method is not self}
         unread = tuple(sorted(section for section in others if section and section != self.config_section))
         return (*unread, "trainer.frozen_prefix") if self.caches_whole_encoder else unread
 
@@ -301,7 +301,7 @@ class Method:
     # ---- populations ----
     def population_refusal(self, cfg) -> str | None:
         """None if trials of this method may share one encoder pass in a population, else why not."""
-        return f"method={self.name}: the population's stacked layers hold low-rank adapters only"
+        return f"method={self.name}: a population trains LoRA members only"
 
 
 class PeftMethod(Method):

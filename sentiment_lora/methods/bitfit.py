@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sentiment_lora import methods
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.base import SAVES_ENCODER_TENSORS, Method
+from sentiment_lora.methods.registry import register
 
 if TYPE_CHECKING:
     from torch import nn
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from sentiment_lora.model import SentimentClassifier
 
 
-@methods.register
+@register
 class BitFit(Method):
     name = "bitfit"
     title = "BitFit"

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, common_divisors
+from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, PROBABILITY, described
 
 
@@ -29,7 +29,7 @@ class BoftConfig(AdapterConfig):
     dropout: float = described("Multiplicative dropout of whole blocks (PEFT's boft_dropout).", 0.0, within=PROBABILITY)
 
 
-@methods.register
+@register
 class Boft(AdapterMethod):
     name = "boft"
     title = "BOFT"

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, common_divisors
+from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, described
 
 PEFT_BLOCK_SIZE = 256
@@ -29,7 +29,7 @@ def _widths(adapted) -> list[int]:
     return [width for layer in adapted.values() for width in (layer.in_features, layer.out_features)]
 
 
-@methods.register
+@register
 class C3a(AdapterMethod):
     name = "c3a"
     title = "C3A"

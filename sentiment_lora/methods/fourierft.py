@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod
+from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, POSITIVE, described
 
 
@@ -23,7 +23,7 @@ class FourierftConfig(AdapterConfig):
     frequency_seed: int = described("Seed of the coefficients' positions (PEFT's random_loc_seed).", 777)
 
 
-@methods.register
+@register
 class Fourierft(AdapterMethod):
     name = "fourierft"
     title = "FourierFT"

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod
+from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, described
 
 
@@ -23,7 +23,7 @@ class HraConfig(AdapterConfig):
     )
 
 
-@methods.register
+@register
 class Hra(AdapterMethod):
     name = "hra"
     title = "HRA"

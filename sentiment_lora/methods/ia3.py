@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from sentiment_lora import encoders, methods
+from sentiment_lora import encoders
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.base import PeftMethod
+from sentiment_lora.methods.registry import register
 
 if TYPE_CHECKING:
     import peft
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from sentiment_lora.model import SentimentClassifier
 
 
-@methods.register
+@register
 class IA3(PeftMethod):
     name = "ia3"
     title = "IA3"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from sentiment_lora import methods
 from sentiment_lora.methods.base import SAVES_HEAD, Method
+from sentiment_lora.methods.registry import register
 
 if TYPE_CHECKING:
     from torch import nn
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from sentiment_lora.model import SentimentClassifier
 
 
-@methods.register
+@register
 class LinearProbe(Method):
     name = "linear_probe"
     title = "linear probe"

@@ -8,9 +8,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, ClassVar
 
-from sentiment_lora import methods
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.base import PeftMethod
+from sentiment_lora.methods.registry import register
 
 if TYPE_CHECKING:
     import peft
@@ -31,7 +31,7 @@ def layer_norms(classifier: SentimentClassifier) -> list[str]:
     return [f"encoder.{name}" for name, module in classifier.encoder.named_modules() if name and is_layer_norm(module)]
 
 
-@methods.register
+@register
 class LnTuning(PeftMethod):
     name = "ln_tuning"
     title = "LN tuning"

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod
+from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, POSITIVE, PROBABILITY, described
 
 
@@ -20,7 +20,7 @@ class LohaConfig(AdapterConfig):
     rank_dropout: float = described("Dropout on the update's rank dimension while training.", 0.0, within=PROBABILITY)
 
 
-@methods.register
+@register
 class Loha(AdapterMethod):
     name = "loha"
     title = "LoHa"

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from omegaconf import OmegaConf
 
-from sentiment_lora import methods
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.base import ADAPTER_DIR, PeftMethod
+from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, PROBABILITY, described
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ def init_weights(init: str) -> bool | str:
     return LORA_INIT_WEIGHTS[init]
 
 
-@methods.register
+@register
 class Lora(PeftMethod):
     name = "lora"
     title = "LoRA"

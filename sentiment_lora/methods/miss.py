@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod
+from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, PROBABILITY, described
 
 
@@ -21,7 +21,7 @@ class MissConfig(AdapterConfig):
     dropout: float = described("Dropout on the input of each MiSS adapter.", 0.0, within=PROBABILITY)
 
 
-@methods.register
+@register
 class Miss(AdapterMethod):
     name = "miss"
     title = "MiSS"

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, common_divisors
+from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, PROBABILITY, described
 
 
@@ -26,7 +26,7 @@ class OftConfig(AdapterConfig):
     )
 
 
-@methods.register
+@register
 class Oft(AdapterMethod):
     name = "oft"
     title = "OFT"

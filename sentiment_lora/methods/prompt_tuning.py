@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sentiment_lora import encoders, methods
+from sentiment_lora import encoders
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.base import ADAPTER_DIR, SAVES_ADAPTER, BudgetConfig, Method
+from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, described
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def embedding_width(classifier: SentimentClassifier) -> int:
     return classifier.encoder.get_input_embeddings().embedding_dim
 
 
-@methods.register
+@register
 class PromptTuning(Method):
     name = "prompt_tuning"
     title = "prompt tuning"

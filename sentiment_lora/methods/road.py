@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, common_divisors
+from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, described
 
 VARIANTS = ("road_1", "road_2", "road_4")  # in order of size
@@ -27,7 +27,7 @@ class RoadConfig(AdapterConfig):
     )
 
 
-@methods.register
+@register
 class Road(AdapterMethod):
     name = "road"
     title = "RoAd"

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sentiment_lora import methods
 from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod
+from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, POSITIVE, PROBABILITY, described
 
 # The largest rank a budget may choose: the frozen A and B grow with it (r x (in + out) floats, not trained).
@@ -27,7 +27,7 @@ class VeraConfig(AdapterConfig):
     projection_seed: int = described("Seed of the frozen shared projections (PEFT's projection_prng_key).", 0)
 
 
-@methods.register
+@register
 class Vera(AdapterMethod):
     name = "vera"
     title = "VeRA"

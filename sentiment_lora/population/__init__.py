@@ -24,11 +24,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from sentiment_lora import immutable, methods, tracking, trial
+from sentiment_lora import methods, tracking, trial
 from sentiment_lora.config import validate
 from sentiment_lora.population.logs import member_context
 from sentiment_lora.population.stacked import frozen_names
 from sentiment_lora.run import Run, finish, fit_alone, set_up, train_seeds
+from sentiment_lora.rundir import claim as immutable
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 
 from sentiment_lora import methods
 from sentiment_lora.errors import UserError
-from sentiment_lora.results import atomic_target, config_digest
+from sentiment_lora.rundir.files import atomic_target
+from sentiment_lora.rundir.record import config_digest
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from sentiment_lora import methods
-from sentiment_lora.results import PREDICTIONS_FILE
-from sentiment_lora.stats import compare, holm, seed_summary
+from sentiment_lora.analysis.stats import compare, holm, seed_summary
+from sentiment_lora.rundir.record import PREDICTIONS_FILE
 
 ALPHA = 0.05
 
@@ -184,7 +184,7 @@ def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
     from omegaconf import OmegaConf
 
     from sentiment_lora.config import Config
-    from sentiment_lora.results import config_digest
+    from sentiment_lora.rundir.record import config_digest
 
     def text(value) -> str:
         value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value

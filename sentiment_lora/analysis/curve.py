@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 
 from sentiment_lora import methods
-from sentiment_lora.ranking import correctness, run_config
-from sentiment_lora.results import PREDICTIONS_FILE, config_digest
-from sentiment_lora.stats import compare, holm, seed_summary
-from sentiment_lora.summary import method_marker, method_order, point_label
+from sentiment_lora.analysis.ranking import correctness, run_config
+from sentiment_lora.analysis.stats import compare, holm, seed_summary
+from sentiment_lora.analysis.summary import method_marker, method_order, point_label
+from sentiment_lora.rundir.record import PREDICTIONS_FILE, config_digest
 
 REFERENCE = "tfidf"  # the method column of reference rows on the curve
 

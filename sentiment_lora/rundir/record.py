@@ -6,10 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from sentiment_lora import __version__
+from sentiment_lora.rundir.files import atomic_target, sha256_of, write_json_atomic
 
 METRICS_FILE = "metrics.json"
 # The layout of a run directory and its metrics.json, recorded in every metrics.json as `run_format` (with the
@@ -148,50 +145,6 @@ def write_record(run_dir: Path, status: str, cfg, **fields: Any) -> None:
     write_json_atomic(Path(run_dir) / METRICS_FILE, record)
 
 
-def _jsonable(value: Any) -> Any:
-    # JSON has no NaN; null is what readers of metrics.json get for an undefined metric.
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value
-
-
-def new_file_mode() -> int:
-    """The mode open() gives a new file: 0o666 less the process umask (0o644 under umask 022)."""
-    # The umask can only be read by setting it; set it straight back.
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-@contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
-    """A temporary path in the same folder to write `path` to; renamed onto it when the block succeeds, removed
-    when it fails: readers never see half a file."""
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    # mkstemp creates the file 0o600, which the rename would carry over: give it an ordinary file's mode, before
-    # it is written (readers of a run in progress) and after (a writer like safetensors' replaces it with its own
-    # 0o600 file). One rule for every file of a run: the mode open() gives under the umask.
-    os.chmod(tmp, new_file_mode())
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_target(path) as tmp, open(tmp, "w") as out:
-        json.dump(_jsonable(payload), out, indent=2, allow_nan=False)
-        out.write("\n")
-
-
 def read_metrics(run_dir: Path) -> dict[str, Any]:
     return json.loads((Path(run_dir) / METRICS_FILE).read_text())
 
@@ -208,14 +161,6 @@ HASHED_FILES = (
     "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "head.safetensors", "encoder.safetensors",
     "encoder_trained.safetensors", PREDICTIONS_FILE,
 )  # fmt: skip
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def artefact_hashes(run_dir: Path) -> dict[str, str]:

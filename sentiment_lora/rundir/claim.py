@@ -23,13 +23,15 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sentiment_lora import credentials, results
+from sentiment_lora import credentials
 from sentiment_lora.errors import UserError
+from sentiment_lora.rundir import record as results
+from sentiment_lora.rundir.files import atomic_target
 
 log = logging.getLogger(__name__)
 
 RUN_CONFIG_FILE = "run.yaml"
-CHECKPOINT_FILE = "checkpoint.safetensors"  # checkpoint.py's (which imports torch): named here too
+CHECKPOINT_FILE = "checkpoint.safetensors"  # rundir/checkpoint.py's (which imports torch): named here too
 SEED_DIR = re.compile(r"seed_(\d+)")
 HEADER = (
     "# This run's own config, written by sentiment-lora when the run started and never rewritten: predict, export\n"
@@ -100,7 +102,7 @@ def _write_own_config(run_dir: Path, cfg) -> None:
     # digest is taken from the config itself, so a resume still compares what was run).
     overrides = [credentials.masked_override(item) for item in _command_overrides()]
     own = {"digest": results.config_digest(cfg), "overrides": overrides, "config": credentials.masked_values(plain)}
-    with results.atomic_target(Path(run_dir) / RUN_CONFIG_FILE) as tmp:
+    with atomic_target(Path(run_dir) / RUN_CONFIG_FILE) as tmp:
         tmp.write_text(HEADER + OmegaConf.to_yaml(OmegaConf.create(own)))
 
 
@@ -177,7 +179,7 @@ def claim(cfg, run_dir: Path) -> float | tuple[float, ...] | None:
         if (record.get("config_id"), record.get("seed")) != (results.config_id(cfg), cfg.trainer.seed):
             raise _refuse(run_dir, what, "", resumable)
     elif (run_dir / CHECKPOINT_FILE).exists():
-        from sentiment_lora.checkpoint import checkpoint_digest  # torch and safetensors: only when there is one
+        from sentiment_lora.rundir.checkpoint import checkpoint_digest  # torch and safetensors: only when there is one
 
         if checkpoint_digest(run_dir / CHECKPOINT_FILE) != results.config_digest(cfg):
             raise _refuse(run_dir, what, "", resumable)

@@ -7,12 +7,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
-from scipy.stats import binomtest
 
 from sentiment_lora import methods
+from sentiment_lora.analysis.ranking import pareto, usual_size
+from sentiment_lora.analysis.stats import wilson_interval
 from sentiment_lora.errors import UserError
-from sentiment_lora.ranking import pareto, usual_size
-from sentiment_lora.results import METRICS_FILE, read_metrics
+from sentiment_lora.rundir.record import METRICS_FILE, read_metrics
 
 COLUMNS = [
     "run", "trial", "state", "model", "method", "targets", "variant", "rank", "alpha", "trainable", "trainable_pct",
@@ -41,12 +41,6 @@ def find_runs(paths: Iterable[Path]) -> tuple[list[Path], list[str]]:
         if not found:
             notes.append(f"{path}: no run directories found")
     return runs, notes
-
-
-def wilson_interval(correct: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval for an accuracy of correct/n (sound for small n and accuracies near 1)."""
-    interval = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return interval.low, interval.high
 
 
 class Skipped(Exception):
@@ -82,7 +76,7 @@ def method_of(metrics: dict, run_dir: Path) -> str | None:
         return recorded
     from omegaconf import OmegaConf
 
-    from sentiment_lora.ranking import run_config
+    from sentiment_lora.analysis.ranking import run_config
 
     cfg = run_config(Path(run_dir))
     configured = OmegaConf.select(cfg, "method.name", default=None) if cfg is not None else None
@@ -311,7 +305,7 @@ def majority_accuracy(runs: pd.DataFrame) -> float | None:
     """The accuracy of always answering the test set's most frequent label, from the first run (or reference)
     that recorded its test labels (metrics.json's test.majority_accuracy, else test_predictions.csv); None when
     none did."""
-    from sentiment_lora.ranking import correctness
+    from sentiment_lora.analysis.ranking import correctness
 
     recorded = runs["test_majority"].dropna() if "test_majority" in runs else pd.Series(dtype=float)
     if not recorded.empty:

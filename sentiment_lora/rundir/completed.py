@@ -16,8 +16,9 @@ from sentiment_lora import __version__, methods
 from sentiment_lora.config import structured
 from sentiment_lora.credentials import masked, redacted
 from sentiment_lora.errors import UserError
-from sentiment_lora.immutable import RUN_CONFIG_FILE, SEED_DIR, read_own_config, seed_runs
-from sentiment_lora.results import METRICS_FILE, RUN_FORMAT, read_metrics, sha256_of
+from sentiment_lora.rundir.claim import RUN_CONFIG_FILE, SEED_DIR, read_own_config, seed_runs
+from sentiment_lora.rundir.files import sha256_of
+from sentiment_lora.rundir.record import METRICS_FILE, RUN_FORMAT, read_metrics
 
 
 @dataclass
