@@ -139,7 +139,9 @@ class SentimentClassifier(nn.Module):
         """The pooled vector the head reads (a population of trials computes it once for all its members)."""
         if prefix is None:
             hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            pooled = self.pool(hidden, attention_mask)
+            # Prompt tuning's encoder puts virtual tokens before the review's: pool the review's own tokens (which
+            # attended to them), so the mask still fits and [CLS] is still read as the cls token.
+            pooled = self.pool(hidden[:, hidden.shape[1] - input_ids.shape[1] :], attention_mask)
         elif prefix.dim() == 2:
             pooled = prefix
         else:
