@@ -103,6 +103,7 @@ def open_run(run_dir: str | Path) -> Run:
     hydra_dir, seed = run_dir / ".hydra", None
     if not hydra_dir.is_dir() and seed_match and (run_dir.parent / ".hydra").is_dir():
         hydra_dir, seed = run_dir.parent / ".hydra", int(seed_match.group(1))
+    check_hashes(run_dir, metrics)  # run.yaml's first (runs before it was hashed record none, and still open)
     own = read_own_config(run_dir)  # its own config, written with the run; a seed_<n> run has its own too
     cfg = _load_config(hydra_dir / "config.yaml", None if own is not None else seed, own, run_dir / RUN_CONFIG_FILE)
     missing = [name for name in MODEL_FILES[cfg.method.name] if not (run_dir / name).is_file()]
@@ -112,7 +113,6 @@ def open_run(run_dir: str | Path) -> Run:
         )
     if cfg.model.source == "random" and not cfg.model.path and not (run_dir / "encoder.safetensors").is_file():
         raise UserError(f"run directory {run_dir}: no encoder.safetensors, which a random-init model is saved in")
-    check_hashes(run_dir, metrics)
     return Run(run_dir, cfg, metrics, hydra_dir, own)
 
 
