@@ -16,7 +16,7 @@ from sentiment_lora import __version__
 from sentiment_lora.config import Config
 from sentiment_lora.credentials import masked, redacted
 from sentiment_lora.errors import UserError
-from sentiment_lora.immutable import RUN_CONFIG_FILE, SEED_DIR, read_own_config, seed_runs
+from sentiment_lora.immutable import RUN_CONFIG_FILE, SEED_DIR, holds_run, read_own_config, seed_runs
 from sentiment_lora.results import METRICS_FILE, RUN_FORMAT, read_metrics, sha256_of
 
 # What load_trained reads besides metrics.json, by method (encoder.safetensors too, for random-init models).
@@ -149,6 +149,7 @@ def study_run_dir(storage: str, study_name: str, trial_number: int | None = None
     """
     import optuna
 
+    check_readable_storage(storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     shown = masked(storage)  # the URL as messages show it: never its password
     try:
@@ -212,10 +213,25 @@ def load_model(run: Run):
 
 def run_holding(path: Path, run: Run | None = None) -> Path | None:
     """The run directory that `path` is in (or is), if any: `run`'s own (its seeds' parent included), or any folder
-    with a run's metrics.json. A file written there could replace one of the run's files. Symlinks resolved."""
+    that holds a run (immutable.holds_run: a metrics.json, a checkpoint, seed_<n>/ runs). A file written there
+    could replace one of the run's files. Symlinks resolved."""
     resolved = Path(path).expanduser().resolve()
     own = {run.dir.resolve(), run.hydra_dir.parent.resolve()} if run is not None else set()
     for folder in (resolved, *resolved.parents):
-        if folder in own or (folder / METRICS_FILE).is_file():
+        if folder in own or holds_run(folder):
             return folder
     return None
+
+
+def check_readable_storage(storage: str) -> None:
+    """Reading a study must not write: Optuna creates a missing SQLite file (with empty tables) when it opens one."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(storage)
+    except ArgumentError:
+        raise UserError(f"--storage: not a database URL: {masked(storage)}") from None
+    in_memory = url.database in (None, "", ":memory:") or url.query.get("uri") == "true"
+    if url.get_backend_name() == "sqlite" and not in_memory and not Path(url.database).is_file():
+        raise UserError(f"--storage {masked(storage)}: no SQLite file {url.database}")

@@ -533,3 +533,11 @@ def test_predict_reads_labels_with_the_runs_label_map_and_scores_the_rows_it_dro
     pd.DataFrame([{"text": "fine", "stars": 7}]).to_json(bad, orient="records", lines=True)
     with pytest.raises(UserError, match=r"bad.jsonl: column 'stars', data row 1: label 7 is not in data.label_map"):
         predict_lib.read_file(bad, "text", None, data, strip_html=True)
+
+
+def test_predict_from_a_study_in_a_missing_sqlite_file_creates_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["--storage", "sqlite:///nothere.db", "--study", "lora_optuna"]
+    code, out, err = call(predict_lib.main, args, capsys, "fine\n", monkeypatch)
+    assert code == 2 and not out and err.strip() == "error: --storage sqlite:///nothere.db: no SQLite file nothere.db"
+    assert list(tmp_path.iterdir()) == []  # Optuna would have made an empty database
