@@ -19,9 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sentiment_lora import methods, trial
+from sentiment_lora import locks, methods, trial
 from sentiment_lora.config import CONF_DIR, register_configs, unknown_key
-from sentiment_lora.errors import UserError, exit_with
+from sentiment_lora.errors import USER_ERROR_EXIT, UserError, exit_with
 from sentiment_lora.run import train_seeds
 from sentiment_lora.rundir import claim as immutable
 
@@ -70,11 +70,32 @@ def _interrupted(cfg, run_dir: Path) -> str:
     )
 
 
+def _stop_logging_into(run_dir: Path) -> None:
+    """Detach the log file Hydra opened in a refused job's run directory: that run is not this job's, and what
+    this process logs next (a sweeper's summary of the job) must not land in it."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir.resolve():
+            root.removeHandler(handler)
+            handler.close()
+
+
+def _refused_in_sweep(cfg, run_dir: Path, err: Exception) -> None:
+    """A sweep job refused before it wrote a byte (another process's point, another configuration's run, a damaged
+    checkpoint): one `error:` line. A grid stops there with status 2, as a single run would, rather than end in
+    Hydra's traceback; an Optuna trial raises on, and the study records it as FAIL and goes on."""
+    _stop_logging_into(run_dir)
+    print(f"error: {err}", file=sys.stderr)
+    if cfg.trial.id is None:
+        sys.exit(USER_ERROR_EXIT)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | tuple[float, ...]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        locks.acquire(run_dir)  # taken already while Hydra chose hydra.output_subdir (immutable.hydra_subdir)
         return train_seeds(cfg, run_dir, on_epoch=trial.reporter_for(cfg, run_dir))
     except KeyboardInterrupt:
         if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -86,11 +107,17 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
             err = _as_user_error(err, run_dir)
             if not isinstance(err, UserError):
                 raise
-            _remove_if_only_hydra_files(run_dir)
+            if locks.holds(run_dir):  # another process's run in progress is not this command's to clean up
+                _remove_if_only_hydra_files(run_dir)
             exit_with(err)
+        if immutable.is_refusal(err):
+            _refused_in_sweep(cfg, run_dir, err)
+            raise
         # In a sweep, the sweeper records the error and goes on; the run directory says what happened.
         trial.record_failure(cfg, run_dir, err)
         raise
+    finally:
+        locks.release(run_dir)
 
 
 def _overrides(args: list[str]) -> list[str] | None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from sentiment_lora import methods, tracking, trial
+from sentiment_lora import locks, methods, tracking, trial
 from sentiment_lora.config import validate
 from sentiment_lora.population.logs import member_context
 from sentiment_lora.population.stacked import frozen_names
@@ -99,6 +99,7 @@ def train_together(jobs: list[tuple], max_eval_rows: int | None = None) -> list:
         with job.context():
             try:
                 job.run_dir.mkdir(parents=True, exist_ok=True)  # Hydra's launchers make it; a caller may not
+                locks.acquire(job.run_dir)  # as a single job's (Hydra's resolver took it already): one writer
                 validate(job.cfg)
                 reason = why_alone(job.cfg)
                 if reason:
@@ -134,6 +135,8 @@ def train_together(jobs: list[tuple], max_eval_rows: int | None = None) -> list:
             _alone(group[0])
         else:
             _together(group, max_eval_rows)
+    for job in pending:
+        locks.release(job.run_dir)
     return [job.outcome for job in pending]
 
 

@@ -160,6 +160,7 @@ def write_predictions(run_dir: Path, labels: np.ndarray, probs: np.ndarray) -> N
 HASHED_FILES = (
     "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "head.safetensors", "encoder.safetensors",
     "encoder_trained.safetensors", PREDICTIONS_FILE,
+    "run.yaml",  # immutable.RUN_CONFIG_FILE: predict and export build the model from it (lora.rank, targets, ...)
 )  # fmt: skip
 
 
