@@ -20,7 +20,7 @@ import torch
 from omegaconf import open_dict
 
 from sentiment_lora import data as data_lib
-from sentiment_lora import immutable, prefix, results, tracking
+from sentiment_lora import fastpath, immutable, prefix, results, tracking
 from sentiment_lora.checkpoint import Checkpoint
 from sentiment_lora.config import validate
 from sentiment_lora.loop import EpochHook, Fitted, evaluate, fit
@@ -113,6 +113,7 @@ def set_up(cfg, run_dir: Path) -> Run:
     log.info("method %s: trainable %s of %s parameters %s", cfg.method.name, f"{params['trainable']:,}",
              f"{params['total']:,}", params["by_group"])  # fmt: skip
     frozen = prefix.prepare(cfg, classifier, encoded, weights, tokenizer, device, dtype)
+    fastpath.prepare_for_steps(model, classifier.encoder, dtype)  # cheap dropout masks, frozen weights in dtype
 
     batches = data_lib.loader(frozen.rows["train"], tokenizer, trainer.batch_size, trainer.seed,
                               trainer.length_grouping)  # fmt: skip
