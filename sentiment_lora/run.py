@@ -34,7 +34,14 @@ from sentiment_lora.model import (
     plain_state,
     save_trained,
 )
-from sentiment_lora.runtime import make_optimizer, make_scheduler, pick_device, pick_dtype, precision_name
+from sentiment_lora.runtime import (
+    make_optimizer,
+    make_scheduler,
+    pick_device,
+    pick_dtype,
+    precision_name,
+    precision_reason,
+)
 from sentiment_lora.sources import resolve_weights
 
 log = logging.getLogger(__name__)
@@ -158,6 +165,7 @@ def finish(run: Run, fitted: Fitted, on_epoch: EpochHook | None = None, tested=N
         eval_fingerprint=data_lib.fingerprint(run.splits, ("val", "test")),
         split_sizes={name: len(split_rows) for name, split_rows in run.encoded.items()}, params=run.params,
         **fitted.record(), test=test, device=str(run.device), precision=precision_name(run.dtype),
+        precision_reason=precision_reason(trainer.precision, run.device),
         prefix_cache_s=run.frozen.seconds, time_s=time.perf_counter() - run.started, warnings=warnings,
     )  # fmt: skip
     run.checkpoint.finish()
