@@ -114,9 +114,11 @@ def test_the_flops_benchmark_counts_a_step(tmp_path):
          "--threads", "1"],
         tmp_path,
     )  # fmt: skip
-    measures = {row[0]: row[1] for row in table_rows(output)}
-    assert float(measures["FLOPs per training step (counted)"].split()[0]) >= 0
-    assert "achieved / peak" in measures
+    rows = table_rows(output)
+    assert [(row[0], row[1]) for row in rows] == [("fp32", "plain"), ("fp32", "fast"), ("bf16", "plain"),
+                                                  ("bf16", "fast")]  # fmt: skip
+    assert all(float(row[2]) > 0 and row[6].endswith("%") for row in rows)
+    assert "GFLOP per step (counted)" in output and "profile, bf16 fast" in output and "load average" in output
 
 
 @pytest.mark.slow
