@@ -19,6 +19,7 @@ from torch.nn import functional
 
 from sentiment_lora import fastpath
 from sentiment_lora.model import SentimentClassifier, build_classifier, classifier_of
+from sentiment_lora.population.memory import frozen_tensors, share_frozen
 
 
 @dataclass
@@ -105,6 +106,8 @@ def shared_encoder(first, members: list, device) -> tuple[SentimentClassifier, R
         shared = build_classifier(first.cfg.model, first.weights)
     shared.requires_grad_(False)
     shared.cached_depth = first.classifier.cached_depth
+    fastpath.prepare_for_steps(shared, shared.encoder, first.dtype)
+    share_frozen(shared, frozen_tensors(first.classifier))  # the members' one copy, not a fifth
     rows = Rows()
     adapted: dict[str, list] = defaultdict(lambda: [None] * len(members))
     for index, classifier in enumerate(members):
@@ -116,7 +119,6 @@ def shared_encoder(first, members: list, device) -> tuple[SentimentClassifier, R
         parent = shared.get_submodule(parent_name) if parent_name else shared
         wrapper = StackedLoRALinear(getattr(parent, child), adapters, rows)
         setattr(parent, child, wrapper)
-    fastpath.prepare_for_steps(shared, shared.encoder, first.dtype)
     return shared.to(device), rows
 
 
