@@ -162,5 +162,6 @@ def test_the_population_benchmark_runs_the_batch_both_ways(tmp_path):
     )  # fmt: skip
     rows = table_rows(output)
     assert [row[0] for row in rows] == ["basic", "population"]
-    assert all(row[2] == "2 (2)" for row in rows)
+    assert all(row[2] == "2" and row[3] == "2 (2)" for row in rows)  # two turns each, ABBA
+    assert "load average" in output
     assert float(rows[1][-1]) == 0.0  # fp32, dropout off: the population's members are their single runs
