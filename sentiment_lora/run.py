@@ -146,7 +146,9 @@ def finish(run: Run, fitted: Fitted, on_epoch: EpochHook | None = None, tested=N
         raise on_epoch.stopped()
 
     # ---- test once, with the selected epoch's weights ----
+    test_started = time.perf_counter()
     test, test_labels, test_probs = tested if tested is not None else run.evaluate("test")
+    test_time = None if tested is not None else time.perf_counter() - test_started  # a population's is shared
     log.info("selected epoch %d (%s): val acc %.4f | test acc %.4f f1 %.4f auc %.4f | majority %.4f balanced acc "
              "%.4f f1 minority %.4f", fitted.best["epoch"], trainer.select_on, fitted.best["accuracy"],
              test["accuracy"], test["f1"], test["roc_auc"], test["majority_accuracy"], test["balanced_accuracy"],
@@ -166,7 +168,8 @@ def finish(run: Run, fitted: Fitted, on_epoch: EpochHook | None = None, tested=N
         split_sizes={name: len(split_rows) for name, split_rows in run.encoded.items()}, params=run.params,
         **fitted.record(), test=test, device=str(run.device), precision=precision_name(run.dtype),
         precision_reason=precision_reason(trainer.precision, run.device),
-        prefix_cache_s=run.frozen.seconds, time_s=time.perf_counter() - run.started, warnings=warnings,
+        prefix_cache_s=run.frozen.seconds, test_time_s=test_time, time_s=time.perf_counter() - run.started,
+        warnings=warnings,
     )  # fmt: skip
     run.checkpoint.finish()
     return results.objectives_of({"val": fitted.best, "params": run.params}, cfg.objectives)
