@@ -104,6 +104,7 @@ def test_the_sweep_benchmark_runs_both_paths(tmp_path):
     rows = table_rows(output)
     assert [row[0] for row in rows] == ["plain", "fast"]
     assert all(int(row[3]) + int(row[4]) + int(row[5]) == 2 for row in rows)  # complete + pruned + failed
+    assert "same parameters trial for trial: yes (2 trials)" in output
 
 
 @pytest.mark.slow
