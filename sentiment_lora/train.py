@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sentiment_lora import immutable, trial
+from sentiment_lora import choose_model, immutable, trial
 from sentiment_lora.config import CONF_DIR, register_configs, unknown_key
 from sentiment_lora.errors import UserError, exit_with
 from sentiment_lora.run import train_seeds
@@ -179,6 +179,10 @@ def cli() -> None:
     problem = unknown_group_option(args) or unknown_key_override(args) or run_dir_under_a_file(args)
     if problem:
         exit_with(UserError(problem))
+    try:  # no model= given: the default chooses one from the data, as if the command had named it
+        sys.argv += choose_model.chosen_overrides(args, _overrides(args))
+    except UserError as err:
+        exit_with(err)
     main()
 
 
