@@ -13,7 +13,6 @@ its first config (each swept key at its first value), and every trial trains tha
 
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -22,8 +21,6 @@ import numpy as np
 from sentiment_lora import data as data_lib
 from sentiment_lora import sources
 from sentiment_lora.errors import UserError
-
-log = logging.getLogger(__name__)
 
 # Flags with which the command prints something and trains nothing: no data is read for them.
 NO_RUN_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
@@ -123,7 +120,7 @@ def _tflops(value: float) -> str:
 
 
 def choice_line(choice: Choice | dict) -> str:
-    """The run's log line: e.g. `model mpnet: 31 TFLOP of 150 (minilm would be 8); model=minilm for the smaller
+    """The run's log line: e.g. `model mpnet: 27 TFLOP of 130 (minilm would be 4.8); model=minilm for the smaller
     one`."""
     choice = Choice(**choice) if isinstance(choice, dict) else choice
     names = list(choice.estimates)
@@ -179,7 +176,10 @@ def available(choice: Choice, candidates: dict) -> Choice:
             print(f"model {choice.chosen}: {err}", file=sys.stderr)
             reason = "could not be downloaded"
     names = list(candidates)
-    fallback = next(name for name in names[names.index(choice.chosen) + 1 :] if candidates[name].model.source != "pypi")
+    rest = [name for name in names[names.index(choice.chosen) + 1 :] if candidates[name].model.source != "pypi"]
+    if not rest:
+        raise UserError(f"model {choice.chosen} {reason}, and model.choose_from names no other model to fall back on")
+    fallback = rest[0]
     print(f"model {fallback}: {choice.chosen} would fit the budget but {reason}; training {fallback} instead",
           file=sys.stderr)  # fmt: skip
     return Choice(fallback, choice.budget_tflops, choice.estimates, choice.sweep,
@@ -213,7 +213,7 @@ def candidate_configs(args: list[str], overrides: list[str] | None) -> tuple[obj
     register_configs()  # the schema, which a command line registers on import
     if overrides is None or any(arg.split("=")[0] in NO_RUN_FLAGS for arg in args):
         return None
-    sweep = any(arg in MULTIRUN_FLAGS for arg in args)
+    sweep = any(arg in MULTIRUN_FLAGS for arg in args) or "hydra.mode=MULTIRUN" in overrides
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR)):
             first = _first_values(overrides) if sweep else overrides
