@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from sentiment_lora import fastpath, methods, prefix, tracking
+from sentiment_lora.choose_model import choice_line
 from sentiment_lora.config import validate
 from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.loop import EpochHook, Fitted, evaluate, fit
@@ -102,6 +103,8 @@ def set_up(cfg, run_dir: Path) -> Run:
     device = pick_device(trainer.device)
     dtype = pick_dtype(trainer.precision, device)
     log.info("run dir %s | device %s | precision %s", run_dir, device, precision_name(dtype))
+    if cfg.model.choice:  # no model= was given: what the default chose and why (choose_model.py)
+        log.info("%s", choice_line(OmegaConf.to_container(cfg.model.choice)))
 
     # ---- data: sample, strip HTML, stratified split, tokenize (weights resolved first: fail fast) ----
     weights = resolve_weights(cfg.model)

@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sentiment_lora import credentials, locks, methods, signals, trial
+from sentiment_lora import choose_model, credentials, locks, methods, signals, trial
 from sentiment_lora.config import CONF_DIR, register_configs, unknown_key
 from sentiment_lora.errors import USER_ERROR_EXIT, UserError, exit_with
 from sentiment_lora.outputs import disk_problem
@@ -283,6 +283,10 @@ def cli() -> None:
     problem = next((found for check in checks if (found := check(args))), None)
     if problem:
         exit_with(UserError(problem))
+    try:  # no model= given: the default chooses one from the data, as if the command had named it
+        sys.argv += choose_model.chosen_overrides(args, _overrides(args))
+    except UserError as err:
+        exit_with(err)
     try:
         main()
     except KeyboardInterrupt as err:  # a sweep's (a single run says more in main itself)

@@ -157,7 +157,7 @@ BAD_CSVS = {
         *[(["data=csv", f"data.path={name}.csv"], message) for name, (_, message) in BAD_CSVS.items()],
         (["lora.targets=[q,attn]"], "unknown target 'attn'"),
         (["lora.rank=0"], "lora.rank: must be >= 1"),
-        (["model=bert-large"], "unknown model 'bert-large'; choose from auto, distilbert, minilm, mpnet, tiny"),
+        (["model=bert-large"], "unknown model 'bert-large'; choose from auto, choose, distilbert, minilm, mpnet, tiny"),
         (["lora/targets=qz"], "unknown lora/targets 'qz'"),
         (["trainer.device=tpu"], "unknown device 'tpu'"),
         (["trainer.num_threads=-1"], "trainer.num_threads: must be >= 1 or null, got -1"),
