@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sentiment_lora.results import atomic_target
+from sentiment_lora.rundir.files import atomic_target
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 # The errors of a disk, not of the program: full (ENOSPC, EDQUOT), read-only (EROFS), not ours (EACCES, EPERM).

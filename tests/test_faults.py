@@ -25,10 +25,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sentiment_lora import credentials
-from sentiment_lora import data as data_lib
-from sentiment_lora import export as export_lib
 from sentiment_lora import predict as predict_lib
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
+from sentiment_lora.export import cli as export_cli
 from sentiment_lora.train import cli
 
 from .conftest import REPO, TINY_FAST, write_reviews
@@ -356,8 +356,8 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_no_folder(run_dir, tmp_pat
     def full(*args, **kwargs):
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(export_lib, "write_export", full)
-    code, _, err = call(export_lib.main, [run_dir, tmp_path / "E"], capsys)
+    monkeypatch.setattr(export_cli, "write_export", full)
+    code, _, err = call(export_cli.main, [run_dir, tmp_path / "E"], capsys)
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"error: no space left on device while writing {tmp_path / 'E'} (")
     assert list(tmp_path.iterdir()) == []
@@ -473,7 +473,7 @@ def error_lines(err: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_sigterm_and_sighup_mid_training_say_in_one_line_how_to_resume(tmp_path, signum):
-    from sentiment_lora.checkpoint import CHECKPOINT_FILE
+    from sentiment_lora.rundir.checkpoint import CHECKPOINT_FILE
 
     write_reviews(tmp_path / "reviews.csv", n=200)
     run_dir = tmp_path / "R"

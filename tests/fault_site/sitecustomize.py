@@ -15,10 +15,10 @@ from pathlib import Path
 FAULT = os.environ.get("SLORA_TEST_FAULT")
 
 if FAULT:
-    import sentiment_lora.checkpoint
+    import sentiment_lora.rundir.checkpoint
 
     action, run_name, at_epoch = FAULT.split(":")
-    save = sentiment_lora.checkpoint.Checkpoint.save
+    save = sentiment_lora.rundir.checkpoint.Checkpoint.save
 
     def save_then_fault(self, epoch, *args, **kwargs):
         save(self, epoch, *args, **kwargs)
@@ -34,7 +34,7 @@ if FAULT:
         (run_dir / "paused").write_text(f"{job}\n")  # the id squeue and sacct show, as scancel takes it
         time.sleep(600)
 
-    sentiment_lora.checkpoint.Checkpoint.save = save_then_fault
+    sentiment_lora.rundir.checkpoint.Checkpoint.save = save_then_fault
 
 # SLORA_TEST_SLOW="<module>:<function>:<marker file>": the function writes the marker, then sleeps 600 s before it
 # runs, so a test can signal the process at a known point (tests/test_faults.py: SIGTERM inside an export). The
