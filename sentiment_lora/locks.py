@@ -81,8 +81,13 @@ def acquire(folder: Path, what: str = "run directory") -> None:
             break
         os.close(handle)
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    os.ftruncate(handle, 0)
-    os.write(handle, json.dumps({"pid": os.getpid(), "started": started, "folder": str(key)}).encode())
+    try:
+        os.ftruncate(handle, 0)
+        os.write(handle, json.dumps({"pid": os.getpid(), "started": started, "folder": str(key)}).encode())
+    except OSError:  # a full disk: leave no lock file behind (the caller reports the disk in one line)
+        path.unlink(missing_ok=True)
+        os.close(handle)
+        raise
     _held[key] = handle
 
 

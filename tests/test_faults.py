@@ -465,6 +465,9 @@ def stopped(command: list[str], cwd: Path, signum: int, wait_for: Path, slow: st
     return proc.returncode, err
 
 
+AT_ENCODE = "sentiment_lora.data.pipeline:encode"  # reached by training, predict and export alike
+
+
 def error_lines(err: str) -> list[str]:
     assert "Traceback" not in err, err
     return [line for line in err.splitlines() if line.startswith("error:")]
@@ -497,7 +500,7 @@ def test_a_stop_signal_during_export_is_one_line_and_leaves_no_temporary_folder(
     out = tmp_path / "exports" / "E"
     out.parent.mkdir()
     command = [sys.executable, "-m", "sentiment_lora.export", str(run_dir), str(out)]
-    code, err = stopped(command, tmp_path, signum, tmp_path / "reached", slow="sentiment_lora.data:encode")
+    code, err = stopped(command, tmp_path, signum, tmp_path / "reached", slow=AT_ENCODE)
     name = signal.Signals(signum).name
     assert code == 128 + signum and error_lines(err) == [
         f"error: export interrupted ({name}); nothing was written: {out} was left as it was"
@@ -509,7 +512,7 @@ def test_a_stop_signal_during_export_is_one_line_and_leaves_no_temporary_folder(
 def test_ctrl_c_during_predict_is_one_line(run_dir, tmp_path):
     write_reviews(tmp_path / "r.csv", n=10)
     command = [sys.executable, "-m", "sentiment_lora.predict", str(run_dir), "--csv", "r.csv", "--out", "s.csv"]
-    code, err = stopped(command, tmp_path, signal.SIGINT, tmp_path / "reached", slow="sentiment_lora.data:encode")
+    code, err = stopped(command, tmp_path, signal.SIGINT, tmp_path / "reached", slow=AT_ENCODE)
     assert code == 130 and error_lines(err) == ["error: predict interrupted (SIGINT); nothing was written to s.csv"], (
         err
     )
@@ -521,7 +524,7 @@ def test_ctrl_c_during_an_optuna_sweep_is_one_line(tmp_path):
     write_reviews(tmp_path / "reviews.csv", n=40)
     command = [sys.executable, "-m", "sentiment_lora.train", "-m", "hparams_search=lora_optuna", *TINY_FAST,
                "data=csv", "data.path=reviews.csv", "hydra.sweeper.n_trials=3", "hydra.sweep.dir=S"]  # fmt: skip
-    code, err = stopped(command, tmp_path, signal.SIGINT, tmp_path / "reached", slow="sentiment_lora.data:encode")
+    code, err = stopped(command, tmp_path, signal.SIGINT, tmp_path / "reached", slow=AT_ENCODE)
     assert code == 130 and error_lines(err) == [
         "error: sweep interrupted (SIGINT); the runs it finished are kept in their run directories (an Optuna study "
         "records the interrupted trial as FAIL)"
