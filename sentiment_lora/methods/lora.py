@@ -212,6 +212,8 @@ class Lora(PeftMethod):
         )
 
     def card_lines(self, cfg, run_dir: Path, metrics: dict) -> list[str]:
+        from sentiment_lora.export.card import card_value as _shown  # the card imports the registry
+
         lines = ["| key | value |", "| --- | --- |"]
         for key, value in OmegaConf.to_container(cfg.lora, resolve=True).items():
             shown = ", ".join(map(str, value)) if isinstance(value, list) else _shown(value)
@@ -232,9 +234,3 @@ class Lora(PeftMethod):
         if cfg.lora.get("dora"):
             return "lora.dora=true: DoRA's weight normalisation is not in the population's stacked layers"
         return None
-
-
-def _shown(value) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return "null" if value is None else str(value)
