@@ -85,8 +85,8 @@ class MethodConfig:
         "lora",
     )
     lr: float | None = described(
-        "This method's peak learning rate, in place of optimizer.lr; null: optimizer.lr. Each method's YAML sets "
-        "its documented default.",
+        "This method's peak learning rate, in place of optimizer.lr; null: optimizer.lr. Its default is the "
+        "method's own (Method.default_lr; method=full: 5e-5).",
         None,
         within=POSITIVE,
     )
@@ -205,9 +205,8 @@ class Method:
 
     def config_record(self, cfg) -> dict[str, Any] | None:
         """The method's keys as metrics.json records them under `record_section` (None: nothing to record)."""
-        own = {key: value for key, value in OmegaConf.to_container(cfg.method, resolve=True).items()}
-        own = {key: value for key, value in own.items() if key not in BASE_KEYS}
-        return own or None
+        keys = OmegaConf.to_container(cfg.method, resolve=True).items()
+        return {key: value for key, value in keys if key not in BASE_KEYS} or None
 
     def run_facts(self, model: nn.Module, cfg) -> dict[str, Any] | None:
         """What only the built model knows, added to record_section (LoRA: the rank its budget chose)."""
