@@ -14,6 +14,7 @@ from sentiment_lora import __version__, methods
 from sentiment_lora.analysis.stats import bootstrap_interval, f1_at, roc_auc
 from sentiment_lora.credentials import masked_override
 from sentiment_lora.export.formats import DEFAULT_FORMAT, FORMATS, ExportFormat
+from sentiment_lora.methods.base import method_lr
 from sentiment_lora.rundir.completed import Run, overrides_of
 from sentiment_lora.rundir.record import PREDICTIONS_FILE
 
@@ -67,10 +68,6 @@ def merged_what(method: methods.Method) -> str:
     if method.has_adapter:
         return f"the {method.title} adapter is merged into the encoder's weights (PEFT merge_and_unload)"
     return f"no adapter: the run's own encoder ({method.title}) is saved whole"
-
-
-def method_lr(cfg) -> float:
-    return cfg.optimizer.lr if cfg.method.lr is None else cfg.method.lr
 
 
 def _test_predictions(run: Run, n: int | None) -> tuple[np.ndarray, np.ndarray] | None:

@@ -95,6 +95,19 @@ class MethodConfig:
         None,
         within=NON_NEGATIVE,
     )
+    lr_scale: float = described(
+        "Multiplies this method's learning rate (method.lr, else optimizer.lr): a grid of it is a grid around each "
+        "method's own default (hparams_search=method_comparison sweeps 0.3, 1, 3).",
+        1.0,
+        within=POSITIVE,
+    )
+
+
+def method_lr(cfg) -> float:
+    """The peak learning rate a run trains at: method.lr (else optimizer.lr) times method.lr_scale."""
+    method = cfg.get("method") or {}  # a config written before methods existed has no method group
+    lr = cfg.optimizer.lr if method.get("lr") is None else method.get("lr")
+    return lr * method.get("lr_scale", 1.0)
 
 
 @dataclass
