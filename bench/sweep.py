@@ -77,7 +77,7 @@ def run_sweep(path: str, trials: int, data: list[str], out: Path) -> dict:
 
 def trial_params(record: dict) -> tuple:
     """What the sampler chose for a trial, from its metrics.json."""
-    lora = record["lora"]
+    lora = record[methods.get(methods.DEFAULT).record_section]
     lr = round(record["optimizer"]["lr"], 9)
     return lora["rank"], lora["alpha"], "+".join(lora["targets"]), lora["top_layers"], lr
 
