@@ -54,6 +54,8 @@ def identifiers(cfg) -> dict[str, Any]:
             "pretrained": cfg.model.pretrained,
             "path": cfg.model.path,
             "pooling": cfg.model.pooling,
+            # What the default's choice weighed (choose_model.py); null when the model was named.
+            "choice": _plain(cfg.model.get("choice")) or None,
         },
         **sections,
         "optimizer": {

@@ -34,8 +34,8 @@ if HOLD:
 
         sentiment_lora.rundir.checkpoint.Checkpoint.save = save_then_hold
     elif where == "export":
-        # The export's write_export encodes the probe reviews first, through the data pipeline's module attribute
-        # (looked up at call time, so this patch reaches it however the export module was started).
+        # write_export encodes the probe reviews first, through the data pipeline's module attribute: patched here,
+        # it holds whichever module runs the export.
         import sentiment_lora.data.pipeline
 
         encode = sentiment_lora.data.pipeline.encode
