@@ -25,7 +25,9 @@ What a method declares, and who asks:
 - population_refusal(cfg): None if a population of trials may stack it, else the reason.
 - caches_whole_encoder, cache_refusal, frozen_depth(classifier): the frozen-prefix rule (a probe caches the whole
   encoder; a method whose virtual tokens change the sequence cannot use the cache at all).
-- on_step(model, step, total_steps): an optional per-optimizer-step hook (AdaLoRA's update_and_allocate).
+- on_step(model, step, total_steps): an optional per-optimizer-step hook (AdaLoRA's update_and_allocate), called
+  before the gradients are cleared; state_tensors / restore_state: what such a hook keeps besides the trainable
+  parameters, carried by the checkpoint so a resumed run goes on as an uninterrupted one.
 - budget(cfg), budget_key: the parameter budget asked for (None: the method's own size knob); `nearest_size`
   finds the knob whose exact count is nearest to it.
 - config_record(cfg), run_facts(model, cfg), record_section: what metrics.json records of the method (its keys;
@@ -180,6 +182,14 @@ class Method:
 
     def on_step(self, model: nn.Module, step: int, total_steps: int) -> None:
         """Called after each optimizer step (global step, from 1); AdaLoRA's rank allocation goes here."""
+
+    def state_tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """State the method keeps outside the trainable parameters that a resumed run needs (the checkpoint
+        carries it): AdaLoRA's importance averages. Default: none."""
+        return {}
+
+    def restore_state(self, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+        """Put back what `state_tensors` gave (from a checkpoint)."""
 
     @property
     def has_step_hook(self) -> bool:

@@ -25,6 +25,17 @@ if TYPE_CHECKING:
 # Abstract LoRA targets. The architecture table (encoders.py) maps them onto each family's modules; a model config
 # may map them by hand instead (model.targets_map). qkv: q, k and v together (one fused Linear where a family has one).
 TARGETS = ("q", "k", "v", "qkv", "output", "ffn", "head")
+# lora.init -> PEFT's init_lora_weights; the inits PEFT has that cannot run here, and why.
+LORA_INIT_WEIGHTS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+REFUSED_INITS = {
+    "loftq": "LoftQ initialises against a quantised base model (bitsandbytes, a CUDA GPU), which this harness does "
+    "not load",
+    "eva": "EVA initialises from activations of passes over training data before training (PEFT "
+    "initialize_lora_eva_weights), which runs have no step for",
+    "corda": "CorDA initialises from covariance of passes over training data before training (PEFT "
+    "preprocess_corda), which runs have no step for",
+}
+LORA_INITS = (*LORA_INIT_WEIGHTS, *REFUSED_INITS)
 
 
 @dataclass
@@ -76,6 +87,14 @@ class LoraConfig:
         None,
         within=POSITIVE,
     )
+    init: str = described(
+        "How the adapters start (PEFT's init_lora_weights): 'default' (A Kaiming-uniform, B zero), 'gaussian' (A "
+        "normal with std 1/rank), 'pissa' (A and B from the weight's top-rank SVD, the base keeping the residual) "
+        "or 'olora' (from its QR decomposition). 'loftq', 'eva' and 'corda' are refused: LoftQ quantises the base "
+        "(bitsandbytes, a GPU), EVA and CorDA need passes over data before training.",
+        "default",
+        choices=LORA_INITS,
+    )
     budget: int | None = described(
         "Target number of trainable parameters (LoRA + DoRA magnitudes + head): the run sets the rank whose count "
         "is nearest (ties: the lower rank) and ignores lora.rank; metrics.json records it as lora.rank_used. A "
@@ -105,6 +124,8 @@ def variant_of(section: dict) -> str:
         parts.append("rsLoRA")
     if section.get("dora"):
         parts.append("DoRA")
+    if section.get("init") not in (None, "default"):
+        parts.append({"pissa": "PiSSA", "olora": "OLoRA"}.get(section["init"], section["init"]))
     if section.get("loraplus_lr_ratio"):
         parts.append(f"LoRA+ x{section['loraplus_lr_ratio']:g}")
     if section.get("layers") is not None:
@@ -126,6 +147,13 @@ def _validate_layers(lora: Any) -> None:
         raise UserError("config lora.layers: is empty; list at least one layer index, or null for every layer")
     if len(set(lora.layers)) != len(lora.layers):
         raise UserError(f"config lora.layers: lists a layer twice: {list(lora.layers)}")
+
+
+def init_weights(init: str) -> bool | str:
+    """PEFT's init_lora_weights for lora.init; an init that cannot run here is one line with the reason."""
+    if init in REFUSED_INITS:
+        raise UserError(f"config lora.init: '{init}' cannot run here: {REFUSED_INITS[init]}")
+    return LORA_INIT_WEIGHTS[init]
 
 
 @register
@@ -156,6 +184,7 @@ class Lora(PeftMethod):
             if hand_map and target not in ("head", "qkv") and target not in hand_map:
                 raise UserError(f"config model.targets_map: model '{cfg.model.name}' does not map target '{target}'")
         _validate_layers(cfg.lora)
+        init_weights(cfg.lora.get("init", "default"))  # a refused init is one line before anything is written
 
     def optimizer(self, model: nn.Module, cfg, optimizer_cfg):
         # LoRA+: the B matrices at a multiple of the learning rate (PEFT's create_loraplus_optimizer).
@@ -176,6 +205,7 @@ class Lora(PeftMethod):
             "dora": lora.dora,
             "loraplus_lr_ratio": lora.loraplus_lr_ratio,
             "budget": lora.budget,
+            "init": lora.get("init", "default"),
         }
 
     def run_facts(self, model: nn.Module, cfg) -> dict[str, Any]:
@@ -185,7 +215,10 @@ class Lora(PeftMethod):
 
     def unread_keys(self, cfg) -> tuple[str, ...]:
         # The budget chooses the rank: a lora.rank beside it changes nothing.
-        return (*super().unread_keys(cfg), *(("lora.rank",) if cfg.lora.get("budget") is not None else ()))
+        # lora.init=default is LoRA as it ran before the key existed: left out, so those runs keep their id.
+        unread = ("lora.rank",) if cfg.lora.get("budget") is not None else ()
+        default_init = ("lora.init",) if cfg.lora.get("init", "default") == "default" else ()
+        return (*super().unread_keys(cfg), *unread, *default_init)
 
     def table_columns(self, section: dict) -> dict[str, Any]:
         return {"variant": variant_of(section), "rank": rank_used(section), "alpha": section.get("alpha"),
@@ -233,4 +266,6 @@ class Lora(PeftMethod):
     def population_refusal(self, cfg) -> str | None:
         if cfg.lora.get("dora"):
             return "lora.dora=true: DoRA's weight normalisation is not in the population's stacked layers"
+        if cfg.lora.get("init", "default") in ("pissa", "olora"):
+            return f"lora.init={cfg.lora.init}: it rewrites each trial's base weights, which the population shares"
         return None

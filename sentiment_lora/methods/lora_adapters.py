@@ -66,6 +66,8 @@ def attach_lora(
     would inflate the total parameter count and the saved adapter. With lora.budget the rank is chosen here;
     `adapter_rank` reads back the one used.
     """
+    from sentiment_lora.methods.lora import init_weights  # lora.py imports this module when a run attaches LoRA
+
     targets, targets_map, only_layers = targets_and_map(model, lora_cfg, targets_map)
     adapted = check_targets(model, targets_map, targets, only_layers)
     dora = bool(lora_cfg.get("dora", False))
@@ -83,6 +85,7 @@ def attach_lora(
         bias="none",
         use_rslora=lora_cfg.get("scaling", "standard") == "rslora",
         use_dora=dora,
+        init_lora_weights=init_weights(lora_cfg.get("init", "default")),
     )
     wrapped = peft.get_peft_model(model, config)
     if "head" not in targets:
