@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sentiment_lora.choose_model import estimate_tflops, split_lengths  # noqa: E402
-from sentiment_lora.immutable import RUN_CONFIG_FILE  # noqa: E402
+from sentiment_lora.rundir.claim import RUN_CONFIG_FILE  # noqa: E402
 
 
 def main() -> None:

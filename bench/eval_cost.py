@@ -20,10 +20,11 @@ from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sentiment_lora import data as data_lib  # noqa: E402
 from sentiment_lora.config import CONF_DIR, register_configs  # noqa: E402
+from sentiment_lora.data import pipeline as data_lib  # noqa: E402
 from sentiment_lora.loop import evaluate  # noqa: E402
-from sentiment_lora.model import attach_lora, build_classifier, load_tokenizer  # noqa: E402
+from sentiment_lora.methods.lora_adapters import attach_lora  # noqa: E402
+from sentiment_lora.model import build_classifier, load_tokenizer  # noqa: E402
 from sentiment_lora.runtime import pick_device, pick_dtype, precision_name  # noqa: E402
 from sentiment_lora.sources import resolve_weights  # noqa: E402
 

@@ -30,7 +30,8 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sentiment_lora.config import CONF_DIR, register_configs  # noqa: E402
-from sentiment_lora.model import attach_lora, build_classifier  # noqa: E402
+from sentiment_lora.methods.lora_adapters import attach_lora  # noqa: E402
+from sentiment_lora.model import build_classifier  # noqa: E402
 from sentiment_lora.sources import resolve_weights  # noqa: E402
 
 register_configs()

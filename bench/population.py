@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sentiment_lora.results import METRICS_FILE, read_metrics
+from sentiment_lora.rundir.record import METRICS_FILE, read_metrics
 
 
 def run_sweep(launcher: str, args: list[str], out: Path) -> dict:

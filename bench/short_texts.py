@@ -20,7 +20,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sentiment_lora.data import strip_html  # noqa: E402
+from sentiment_lora.data.pipeline import strip_html  # noqa: E402
 from sentiment_lora.sources import imdb_csv  # noqa: E402
 
 # A sentence ends at . ! or ? followed by white space; good enough for a benchmark set (no library in the

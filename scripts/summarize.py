@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Turn runs into a results table: markdown on stdout, CSV and PNG beside the first input.
+"""Turn runs into a results table: markdown on stdout, CSV and PNG in the first input (a sweep directory) or
+beside it (a run directory, which is never written into).
 
     python scripts/summarize.py outputs/multirun/2026-11-26_10-00-00
     python scripts/summarize.py outputs/multirun/a outputs/multirun/b outputs/baselines/tfidf
@@ -33,11 +34,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from sentiment_lora.credentials import masked, redacted
-from sentiment_lora.curve import curve_markdown, learning_curve, plot_curve
-from sentiment_lora.errors import UserError
-from sentiment_lora.ranking import effects, rank
-from sentiment_lora.summary import (
+from sentiment_lora.analysis.curve import curve_markdown, learning_curve, plot_curve
+from sentiment_lora.analysis.ranking import effects, rank
+from sentiment_lora.analysis.summary import (
     at_one_size,
     build_table,
     configurations_markdown,
@@ -47,20 +46,9 @@ from sentiment_lora.summary import (
     runs_as_configurations,
     to_markdown,
 )
-
-
-def check_storage(storage: str) -> None:
-    """Reading a study must not write: Optuna creates a missing SQLite file (with empty tables) when it opens one."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        url = make_url(storage)
-    except ArgumentError:
-        raise UserError(f"--storage: not a database URL: {masked(storage)}") from None
-    in_memory = url.database in (None, "", ":memory:") or url.query.get("uri") == "true"
-    if url.get_backend_name() == "sqlite" and not in_memory and not Path(url.database).is_file():
-        raise UserError(f"--storage {storage}: no SQLite file {url.database}")
+from sentiment_lora.credentials import masked, redacted
+from sentiment_lora.errors import UserError
+from sentiment_lora.rundir.completed import check_readable_storage, run_holding
 
 
 def load_study(storage: str, study_name: str):
@@ -80,7 +68,7 @@ def load_study(storage: str, study_name: str):
 
 def study_run_dirs(storage: str, study_name: str) -> list[Path]:
     """Run directories linked to the study's trials (each trial records its run_dir)."""
-    check_storage(storage)
+    check_readable_storage(storage)
     study = load_study(storage, study_name)
     dirs = [Path(t.user_attrs["run_dir"]) for t in study.get_trials(deepcopy=False) if "run_dir" in t.user_attrs]
     missing = len(study.trials) - len(dirs)
@@ -107,6 +95,19 @@ def importances(storage: str, study_name: str):
     return pd.Series(found, name="importance").rename_axis("parameter")
 
 
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(table CSV, plot PNG): the other outputs go beside them. By default beside the first input (in a sweep
+    directory, or next to a run directory), never inside a run: a completed run is never rewritten."""
+    for flag, path in (("--csv", args.csv), ("--plot", args.plot), ("--curve", args.curve)):
+        if path is not None and (holder := run_holding(path)) is not None:
+            raise UserError(f"{flag} {path}: is inside the run directory {holder}, which is never rewritten; write "
+                            "it elsewhere")  # fmt: skip
+    out_dir = args.paths[0] if args.paths and args.paths[0].is_dir() else Path("outputs")
+    while (holder := run_holding(out_dir)) is not None:
+        out_dir = holder.parent
+    return args.csv or out_dir / "summary.csv", args.plot or out_dir / "summary.png"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="*", type=Path, help="sweep or run directories (searched recursively)")
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        csv_path, png_path = output_paths(args)
         paths = list(args.paths)
         if args.storage or args.study:
             if not (args.storage and args.study):
@@ -142,8 +144,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    out_dir = args.paths[0] if args.paths and args.paths[0].is_dir() else Path("outputs")
-    csv_path, png_path = args.csv or out_dir / "summary.csv", args.plot or out_dir / "summary.png"
     for folder in {csv_path.parent, png_path.parent}:  # --csv elsewhere leaves the plot in outputs/
         folder.mkdir(parents=True, exist_ok=True)
     table.to_csv(csv_path, index=False)

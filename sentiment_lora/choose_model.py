@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from sentiment_lora import data as data_lib
 from sentiment_lora import sources
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
 
 # Flags with which the command prints something and trains nothing: no data is read for them.
@@ -57,7 +57,7 @@ def layer_flops(lengths: np.ndarray, shape: Shape) -> float:
 
 def frozen_layers(cfg, n_layers: int) -> int:
     """Leading layers with nothing to train: computed without a backward pass (once, under frozen_prefix=cache)."""
-    from sentiment_lora.model import adapted_layers
+    from sentiment_lora.methods.targets import adapted_layers
 
     if cfg.method.name == "linear_probe" or (cfg.method.name == "lora" and list(cfg.lora.targets) == ["head"]):
         return n_layers

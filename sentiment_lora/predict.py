@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sentiment_lora import data as data_lib
-from sentiment_lora import labels as labels_lib
 from sentiment_lora.config import DEVICE
+from sentiment_lora.data import labels as labels_lib
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError, exit_with
 from sentiment_lora.loop import predict
-from sentiment_lora.results import atomic_target
-from sentiment_lora.rundir import Run, load_model, open_run, run_holding, study_run_dir
+from sentiment_lora.rundir.completed import Run, load_model, open_run, run_holding, study_run_dir
+from sentiment_lora.rundir.files import atomic_target
 from sentiment_lora.runtime import pick_device
 
 PREFIX_CHARS = 60
@@ -196,7 +196,7 @@ def write(predictions: pd.DataFrame, out: Path | None) -> None:
 
 
 def accuracy_line(labels: np.ndarray, predictions: np.ndarray) -> str:
-    from sentiment_lora.summary import wilson_interval
+    from sentiment_lora.analysis.stats import wilson_interval
 
     correct, n = int((labels == predictions).sum()), len(labels)
     low, high = wilson_interval(correct, n)

@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from sentiment_lora.errors import UserError
-from sentiment_lora.results import sha256_of
+from sentiment_lora.rundir.files import sha256_of
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,10 @@ from typing import Any, Protocol
 
 from omegaconf import OmegaConf
 
-from sentiment_lora import credentials, results
+from sentiment_lora import credentials
 from sentiment_lora.config import validate
 from sentiment_lora.errors import UserError
+from sentiment_lora.rundir import record as results
 
 log = logging.getLogger(__name__)
 

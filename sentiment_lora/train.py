@@ -19,10 +19,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from sentiment_lora import choose_model, immutable, trial
+from sentiment_lora import choose_model, locks, methods, trial
 from sentiment_lora.config import CONF_DIR, register_configs, unknown_key
-from sentiment_lora.errors import UserError, exit_with
+from sentiment_lora.errors import USER_ERROR_EXIT, UserError, exit_with
 from sentiment_lora.run import train_seeds
+from sentiment_lora.rundir import claim as immutable
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -49,7 +50,7 @@ def _as_user_error(err: Exception, run_dir: Path) -> Exception:
 
 def _interrupted(cfg, run_dir: Path) -> str:
     """Ctrl-C's one line: the epoch the run stopped in and how to resume it."""
-    from sentiment_lora.checkpoint import CHECKPOINT_FILE, read_checkpoint
+    from sentiment_lora.rundir.checkpoint import CHECKPOINT_FILE, read_checkpoint
 
     found = sorted(run_dir.glob(f"**/{CHECKPOINT_FILE}"))
     if not found:
@@ -69,11 +70,32 @@ def _interrupted(cfg, run_dir: Path) -> str:
     )
 
 
+def _stop_logging_into(run_dir: Path) -> None:
+    """Detach the log file Hydra opened in a refused job's run directory: that run is not this job's, and what
+    this process logs next (a sweeper's summary of the job) must not land in it."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).parent == run_dir.resolve():
+            root.removeHandler(handler)
+            handler.close()
+
+
+def _refused_in_sweep(cfg, run_dir: Path, err: Exception) -> None:
+    """A sweep job refused before it wrote a byte (another process's point, another configuration's run, a damaged
+    checkpoint): one `error:` line. A grid stops there with status 2, as a single run would, rather than end in
+    Hydra's traceback; an Optuna trial raises on, and the study records it as FAIL and goes on."""
+    _stop_logging_into(run_dir)
+    print(f"error: {err}", file=sys.stderr)
+    if cfg.trial.id is None:
+        sys.exit(USER_ERROR_EXIT)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | tuple[float, ...]:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
+        locks.acquire(run_dir)  # taken already while Hydra chose hydra.output_subdir (immutable.hydra_subdir)
         return train_seeds(cfg, run_dir, on_epoch=trial.reporter_for(cfg, run_dir))
     except KeyboardInterrupt:
         if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -85,11 +107,17 @@ def main(cfg: DictConfig) -> float | tuple[float, ...]:
             err = _as_user_error(err, run_dir)
             if not isinstance(err, UserError):
                 raise
-            _remove_if_only_hydra_files(run_dir)
+            if locks.holds(run_dir):  # another process's run in progress is not this command's to clean up
+                _remove_if_only_hydra_files(run_dir)
             exit_with(err)
+        if immutable.is_refusal(err):
+            _refused_in_sweep(cfg, run_dir, err)
+            raise
         # In a sweep, the sweeper records the error and goes on; the run directory says what happened.
         trial.record_failure(cfg, run_dir, err)
         raise
+    finally:
+        locks.release(run_dir)
 
 
 def _overrides(args: list[str]) -> list[str] | None:
@@ -133,7 +161,10 @@ def unknown_group_option(args: list[str]) -> str | None:
             values = list(override.sweep_string_iterator())
         else:
             values = [override.get_value_element_as_str()]
-        choices = sorted(path.stem for path in group.glob("*.yaml"))
+        choices = {path.stem for path in group.glob("*.yaml")}
+        if override.key_or_group == "method":  # a method registered from outside the package has no YAML here
+            choices |= set(methods.names())
+        choices = sorted(choices)
         for option in values:
             if option not in choices and option != "null":
                 return f"unknown {override.key_or_group} '{option}'; choose from {', '.join(choices)}"
@@ -146,7 +177,9 @@ def unknown_key_override(args: list[str]) -> str | None:
     `+lora.rnk=8` (what Hydra's own message for `lora.rnk=8` suggests) would otherwise add a key that no code
     reads: the run trains at rank 4. config.validate refuses such keys in the composed config too; this check
     comes first, so that nothing is written (Hydra writes .hydra/ before the run starts)."""
-    for override in _parsed(args):
+    parsed = _parsed(args)
+    chosen = [o.get_value_element_as_str() for o in parsed if o.key_or_group == "method" and not o.is_sweep_override()]
+    for override in parsed:
         key = override.key_or_group
         # Config groups (model=tiny, lora/targets=qv, recipe@_global_=seed, hparams_search=...) and Hydra's own
         # keys are Hydra's to check.
@@ -154,7 +187,7 @@ def unknown_key_override(args: list[str]) -> str | None:
             continue
         if key == "hydra" or key.startswith("hydra."):
             continue
-        problem = unknown_key(key)
+        problem = unknown_key(key, chosen[-1] if chosen else None)
         if problem:
             return f"config {key}: {problem}"
     return None

@@ -15,13 +15,13 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModel
 
-from sentiment_lora import data as data_lib
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
 from sentiment_lora.loop import TrainingDiverged, evaluate
-from sentiment_lora.model import load_trained
 from sentiment_lora.run import train
 from sentiment_lora.runtime import DTYPES, pick_dtype
 from sentiment_lora.train import cli
+from sentiment_lora.trained import load_trained
 
 from .conftest import FORCED_AUTO_BF16, TINY_FAST, compose_config, run_cli, write_reviews
 
@@ -275,7 +275,7 @@ def test_seeds_must_be_distinct(tmp_path, reviews_csv):
 
 
 def test_config_id_ignores_the_seed_and_what_cannot_change_numbers_but_not_the_rest():
-    from sentiment_lora.results import config_id
+    from sentiment_lora.rundir.record import config_id
 
     base = config_id(compose_config(["model=tiny"]))
     assert config_id(compose_config(["model=tiny", "trainer.seed=7", "trainer.progress=false"])) == base
@@ -327,7 +327,7 @@ def test_a_run_dir_under_a_regular_file_is_one_line(monkeypatch, capsys, tmp_pat
 def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(monkeypatch, capsys, tmp_path):
     import errno
 
-    from sentiment_lora.checkpoint import CHECKPOINT_FILE
+    from sentiment_lora.rundir.checkpoint import CHECKPOINT_FILE
 
     write_reviews(tmp_path / "reviews.csv", n=40)
     run_dir = tmp_path / "R"
@@ -339,7 +339,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(monkeypatch, ca
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
 
     with monkeypatch.context() as patch:
-        patch.setattr("sentiment_lora.model.save_file", disk_full)  # the head's weights, after the adapter's
+        patch.setattr("sentiment_lora.trained.save_file", disk_full)  # the head's weights, after the adapter's
         code, err = run_in_process(patch, capsys, tmp_path, args)
     assert code == 2 and err.splitlines() == [
         f"error: run directory {run_dir}: No space left on device while writing the run; nothing half-written was "

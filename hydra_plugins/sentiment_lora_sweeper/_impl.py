@@ -207,8 +207,10 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
         # Whatever the sweep needs before its first trial: a mistake here is the user's to fix, and no trial is
         # asked for (and failed) before it is fixed.
         self._make_sweep_dir()
+        # Before the study is created (a refused one must not be), and again once it is (a worker may just have).
+        self._check_sweep_dir_is_the_studys(self.study_name or "(new)", self._existing_trials())
         study = self._open_study(directions, make_pruner(self.pruner_config))  # the pruner the jobs use
-        self._check_sweep_dir_is_the_studys(study)
+        self._check_sweep_dir_is_the_studys(study.study_name, study.get_trials(deepcopy=False))
         names = list(self.config.get("objectives") or [])
         if len(names) == len(directions) and study.metric_names != names:
             study.set_metric_names(names)  # optuna-dashboard and Optuna's plots name the objectives with them
@@ -282,12 +284,26 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
         except OSError as err:
             raise UserError(f"config hydra.sweep.dir: cannot create {sweep_dir}: {err.strerror}") from err
 
-    def _check_sweep_dir_is_the_studys(self, study: optuna.Study) -> None:
+    def _existing_trials(self) -> list[optuna.trial.FrozenTrial]:
+        """The trials of the study if it exists already, read without creating it (nor a missing SQLite file);
+        none for a new study. A storage that cannot be opened is left to _open_study's one line."""
+        if not self.storage or not self.study_name:
+            return []  # in memory, or a generated name: a new study
+        if isinstance(self.storage, str) and self.storage.startswith("sqlite:///"):
+            path = Path(self.storage[len("sqlite:///") :].split("?", 1)[0])
+            if not path.is_file():
+                return []
+        try:
+            return optuna.load_study(study_name=self.study_name, storage=self._rdb_storage()).get_trials(deepcopy=False)
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError, ImportError, OSError):
+            return []
+
+    def _check_sweep_dir_is_the_studys(self, study_name: str, study_trials: list[optuna.trial.FrozenTrial]) -> None:
         """Trials write to <sweep dir>/trial_<number>/: refuse a study whose trials would overwrite another study's
         folders there (a new study numbers its trials from 0 again). A folder is this study's when the study has a
         trial of that number that does not record another run_dir; continuing a study keeps working."""
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+        trials = {trial.number: trial for trial in study_trials}
         foreign = []
         for folder in sweep_dir.glob("trial_*"):
             number = folder.name[len("trial_") :]
@@ -302,7 +318,7 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
             more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
             raise UserError(
                 f"config hydra.sweep.dir: {sweep_dir} holds trial folders of another study ({listed}{more}) that "
-                f"study '{study.study_name}' would overwrite; give this study its own hydra.sweep.dir, or continue the "
+                f"study '{study_name}' would overwrite; give this study its own hydra.sweep.dir, or continue the "
                 "other one with its hydra.sweeper.storage and study_name"
             )
 

@@ -14,10 +14,10 @@ from pathlib import Path
 FAULT = os.environ.get("SLORA_TEST_FAULT")
 
 if FAULT:
-    import sentiment_lora.checkpoint
+    import sentiment_lora.rundir.checkpoint
 
     action, run_name, at_epoch = FAULT.split(":")
-    save = sentiment_lora.checkpoint.Checkpoint.save
+    save = sentiment_lora.rundir.checkpoint.Checkpoint.save
 
     def save_then_fault(self, epoch, *args, **kwargs):
         save(self, epoch, *args, **kwargs)
@@ -33,7 +33,7 @@ if FAULT:
         (run_dir / "paused").write_text(f"{job}\n")  # the id squeue and sacct show, as scancel takes it
         time.sleep(600)
 
-    sentiment_lora.checkpoint.Checkpoint.save = save_then_fault
+    sentiment_lora.rundir.checkpoint.Checkpoint.save = save_then_fault
 
 # Only one sitecustomize is imported: run the bf16 one too when the suite simulates a CPU kind.
 if os.environ.get("SENTIMENT_LORA_TEST_AUTO_BF16") in ("0", "1"):

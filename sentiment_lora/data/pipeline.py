@@ -1,7 +1,7 @@
 """Reviews in, tokenized batches out: reading CSV, TSV, JSONL and Parquet files, validation, label maps, HTML
 stripping, duplicates, sampling, the stratified split, batches.
 
-Where the IMDB file comes from is sources.py's concern, a `datasets` dataset (data=hf) hf_data.py's."""
+Where the IMDB file comes from is sources.py's concern, a `datasets` dataset (data=hf) data/hf.py's."""
 
 from __future__ import annotations
 
@@ -28,12 +28,13 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from sentiment_lora import hf_data, memo
-from sentiment_lora import labels as labels_lib
+from sentiment_lora import memo
 from sentiment_lora.config import per_class_minimum
+from sentiment_lora.data import hf as hf_data
+from sentiment_lora.data import labels as labels_lib
+from sentiment_lora.data.splits import column_splits, disjoint, pool_splits, stratified_draw
 from sentiment_lora.errors import UserError
 from sentiment_lora.sources import imdb_csv
-from sentiment_lora.splits import column_splits, disjoint, pool_splits, stratified_draw
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +381,7 @@ def sample(frame: pd.DataFrame, n_samples: int | None, seed: int, balance: bool,
 
 
 def load_data(data_cfg) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
-    """The configured data: HTML-stripped, each review once, split (see splits.py for the three ways); and what
+    """The configured data: HTML-stripped, each review once, split (see data/splits.py for the three ways); and what
     metrics.json records of it (`n_samples`: the reviews used, `duplicates_dropped`, `train_dropped_as_in_eval`,
     `labels_dropped`: rows whose label data.label_map maps to null)."""
     columns = (data_cfg.text_column, data_cfg.label_column)
