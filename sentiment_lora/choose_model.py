@@ -56,7 +56,9 @@ def layer_flops(lengths: np.ndarray, shape: Shape) -> float:
 
 
 def frozen_layers(cfg, n_layers: int) -> int:
-    """Leading layers with nothing to train: computed without a backward pass (once, under frozen_prefix=cache)."""
+    """Leading layers with nothing to train: computed without a backward pass (once, under frozen_prefix=cache).
+    From the config alone, before any model is built: LoRA's top_layers or layers, the linear probe's whole
+    encoder; any other method counts every layer as trained (an upper bound for those that freeze some)."""
     from sentiment_lora.methods.targets import adapted_layers
 
     if cfg.method.name == "linear_probe" or (cfg.method.name == "lora" and list(cfg.lora.targets) == ["head"]):
