@@ -45,7 +45,7 @@ def main() -> None:
         prefix = prefix if cfg.trainer.frozen_prefix == "cache" else 0.0
         sizes = "/".join(str(len(lengths[name])) for name in ("train", "val", "test"))
         wall, prefix_s = metrics["time_s"], metrics.get("prefix_cache_s") or 0.0
-        print(f"| {run.name} | {cfg.model.name} | {sizes} | {cfg.trainer.epochs} | {tflops:.2f}, {prefix:.2f} | "
+        print(f"| {run.name} | {cfg.model.name} | {sizes} | {cfg.trainer.epochs} | {tflops:.3g}, {prefix:.3g} | "
               f"{wall:.0f}, {prefix_s:.0f} | {wall / tflops:.1f} | {metrics['test']['accuracy']:.3f} |")  # fmt: skip
 
 
