@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         size = args.n_train if args.n_train is not None else (given[-1] if given else None)
         size = None if str(size).lower() in ("null", "none") else size
         out = args.out or Path("outputs") / "baselines" / ("tfidf_default" if size is None else f"tfidf_n{size}")
+        for folder in (out, *out.parents):  # before the fit: mkdir would fail on a file after it, in a traceback
+            if folder.exists() and not folder.is_dir():
+                raise UserError(f"--out {out}: {folder} is a file, not a folder; choose another --out")
         metrics = run(overrides, out)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -33,6 +33,8 @@ from sentiment_lora.errors import UserError
 from sentiment_lora.tracking import check_tracking_uri
 from sentiment_lora.trial import make_pruner
 
+from . import repeats
+
 log = logging.getLogger(__name__)
 
 
@@ -226,6 +228,7 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
             self._fail_interrupted(study)
 
         launched = failed = 0
+        size = repeats.space_size(distributions)
         while True:
             with ExitStack() as heartbeats:
                 with storage_lock(self.storage, study.study_name):
@@ -239,6 +242,15 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
                     break
                 failed += self._run_batch(study, trials, distributions, fixed_params, fixed_overrides)
             launched += len(trials)
+            if repeats.exhausted(study, size):
+                log.warning(
+                    "search space exhausted: each of its %d configurations has a finished trial; the sweep stops "
+                    "(%d of hydra.sweeper.n_trials=%d trials in the study)",
+                    size,
+                    len(study.trials),
+                    self.n_trials,
+                )
+                break
             if failed / launched > self.max_failure_rate:
                 self._write_results(study, directions)
                 raise SweepFailed(
@@ -407,10 +419,12 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
     def _run_batch(self, study: optuna.Study, trials: list[optuna.Trial], *space: Any) -> int:
         """Launch the trials' jobs and record their outcomes; returns how many failed."""
         log.info("trials %s of %d", ", ".join(str(t.number) for t in trials), self.n_trials)
-        overrides = [
-            (*job, f"trial.id={trial._trial_id}", f"trial.number={trial.number}")
-            for trial, job in zip(trials, self._configure_trials(trials, *space), strict=True)
-        ]
+        jobs = self._configure_trials(trials, *space)
+        fresh = [(trial, job) for trial, job in zip(trials, jobs, strict=True) if not self._answered(study, trial)]
+        if not fresh:
+            return 0
+        trials = [trial for trial, _ in fresh]
+        overrides = [(*job, f"trial.id={trial._trial_id}", f"trial.number={trial.number}") for trial, job in fresh]
         try:
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
         except BaseException as err:
@@ -432,6 +446,24 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
                     "trial %d: its job ended without a result; queued again (hydra.sweeper.max_retry)", trial.number
                 )
         return failed
+
+    @staticmethod
+    def _answered(study: optuna.Study, trial: optuna.Trial) -> bool:
+        """A trial proposing a finished trial's parameters gets its outcome, untrained (repeats.py)."""
+        twin = repeats.finished_twin(study, trial)
+        if twin is None:
+            return False
+        trial.set_user_attr("same_as_trial", twin.number)
+        for key in ("run_dir",):
+            if key in twin.user_attrs:
+                trial.set_user_attr(key, twin.user_attrs[key])
+        if twin.state == TrialState.PRUNED:
+            _tell(study, trial, state=TrialState.PRUNED)
+        else:
+            _tell(study, trial, values=twin.values)
+        log.info("trial %d: the parameters of finished trial %d; its outcome recorded, nothing trained", trial.number,
+                 twin.number)  # fmt: skip
+        return True
 
     @staticmethod
     def _record(study: optuna.Study, trial: optuna.Trial, job_return, n_objectives: int) -> int:

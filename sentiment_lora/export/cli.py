@@ -41,6 +41,7 @@ from sentiment_lora.loop import predict
 from sentiment_lora.rundir.completed import Run, load_model, open_run, run_holding
 from sentiment_lora.rundir.files import new_file_mode
 from sentiment_lora.rundir.record import RUN_FORMAT
+from sentiment_lora.signals import one_line_faults
 
 # classifier.json's mark of a folder this command wrote: --force replaces such a folder and nothing else.
 WRITTEN_BY = "sentiment_lora.export"
@@ -264,8 +265,10 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars say nothing about a folder this size
+    stopped = "export interrupted ({signal}); " + f"nothing was written: {args.out_dir} was left as it was"
     try:
-        out = export(args.run_dir, args.out_dir, args.adapter, args.force, args.export_format)
+        with one_line_faults(stopped, args.out_dir):
+            out = export(args.run_dir, args.out_dir, args.adapter, args.force, args.export_format)
     except UserError as err:
         exit_with(err)
     print(f"exported {args.run_dir} to {out} ({args.export_format})")

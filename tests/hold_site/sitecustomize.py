@@ -34,17 +34,17 @@ if HOLD:
 
         sentiment_lora.rundir.checkpoint.Checkpoint.save = save_then_hold
     elif where == "export":
-        # `python -m sentiment_lora.export` runs a fresh copy of the module, whose functions a patch here would
-        # miss: its write_export encodes the probe reviews first, through the data module.
-        import sentiment_lora.data
+        # write_export encodes the probe reviews first, through the data pipeline's module attribute: patched here,
+        # it holds whichever module runs the export.
+        import sentiment_lora.data.pipeline
 
-        encode = sentiment_lora.data.encode
+        encode = sentiment_lora.data.pipeline.encode
 
         def hold_then_encode(*args, **kwargs):
             _hold()
             return encode(*args, **kwargs)
 
-        sentiment_lora.data.encode = hold_then_encode
+        sentiment_lora.data.pipeline.encode = hold_then_encode
 
 # Only one sitecustomize is imported: run the bf16 one too when the suite simulates a CPU kind.
 if os.environ.get("SENTIMENT_LORA_TEST_AUTO_BF16") in ("0", "1"):
