@@ -1,17 +1,22 @@
 #!/usr/bin/env python
-"""What the larger evaluation sets cost: time one evaluation pass of the default model over the default draw's
-validation and test reviews, and compare a run's (and a sweep's) evaluation time with the earlier 200/200 split.
+"""Evaluation against training: a test pass's reviews/s beside a training epoch's samples/s, in one process.
 
-    python bench/eval_cost.py [--reviews 1000] [--override trainer.max_length=128 ...]
+    python bench/eval_cost.py [--rounds 2] [--override data.n_train=160 data.n_test=400 ...]
 
-Evaluation runs as in a run (length-sorted batches, inference mode, the run's precision), on a sample of the
-test set; seconds scale with the number of reviews, so the sample's reviews/s gives every figure below.
+The run is set up as `python -m sentiment_lora.train` sets it up (run.set_up: the default recipe's frozen-prefix
+cache, length-grouped training batches, fastpath's dropout and weights in the compute dtype), then evaluation of the
+test split (length-sorted batches of trainer.eval_batch_size, inference mode, the run's precision) and one training
+epoch alternate --rounds times, so a change of the machine's load falls on both. The last line scales the measured
+rates to the default draw (1,600 training reviews, 4,000 test reviews): the goal is a test pass of at most a third
+of an epoch.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,46 +24,57 @@ import torch
 from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadavg import LoadWatch, median_spread  # noqa: E402
 
 from sentiment_lora.config import CONF_DIR, register_configs  # noqa: E402
-from sentiment_lora.data import pipeline as data_lib  # noqa: E402
-from sentiment_lora.loop import evaluate  # noqa: E402
-from sentiment_lora.methods.lora_adapters import attach_lora  # noqa: E402
-from sentiment_lora.model import build_classifier, load_tokenizer  # noqa: E402
-from sentiment_lora.runtime import pick_device, pick_dtype, precision_name  # noqa: E402
-from sentiment_lora.sources import resolve_weights  # noqa: E402
+from sentiment_lora.loop import train_epoch  # noqa: E402
+from sentiment_lora.run import set_up  # noqa: E402
+from sentiment_lora.runtime import precision_name  # noqa: E402
 
 register_configs()
+DEFAULT_TRAIN, DEFAULT_TEST = 1600, 4000
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reviews", type=int, default=1000, help="test reviews to time (a prefix of the test set)")
-    parser.add_argument("--trials", type=int, default=20, help="trials of the sweep to extrapolate to")
-    parser.add_argument("--override", nargs="*", default=[], help="config overrides, e.g. trainer.max_length=128")
+    parser.add_argument("--rounds", type=int, default=2, help="test passes and epochs, alternated")
+    parser.add_argument("--override", nargs="*", default=[], help="config overrides, e.g. data.n_test=400")
     args = parser.parse_args()
+    load = LoadWatch()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(config_name="config", overrides=args.override)
-    device = pick_device(cfg.trainer.device)
-    dtype = pick_dtype(cfg.trainer.precision, device)
-    weights = resolve_weights(cfg.model)
-    tokenizer = load_tokenizer(cfg.model, weights)
-    splits, encoded, _ = data_lib.prepare(cfg.data, tokenizer, cfg.trainer.max_length)
-    torch.manual_seed(0)
-    model = attach_lora(build_classifier(cfg.model, weights), cfg.lora, cfg.model.targets_map).to(device)
-    rows = encoded["test"][: args.reviews]
-    started = time.perf_counter()
-    evaluate(model, rows, tokenizer, cfg.trainer.eval_batch_size, device, dtype)
-    per_s = len(rows) / (time.perf_counter() - started)
-    epochs, n_val, n_test = cfg.trainer.epochs, len(encoded["val"]), len(encoded["test"])
-    now = (epochs * n_val + n_test) / per_s
-    before = (epochs * 200 + 200) / per_s
-    print(f"{cfg.model.name}, max_length {cfg.trainer.max_length}, {precision_name(dtype)}, {device}, "
-          f"{torch.get_num_threads()} threads: evaluation {per_s:.1f} reviews/s ({len(rows)} timed)")  # fmt: skip
-    print(f"per run ({epochs} validation passes of {n_val} + one test pass of {n_test}): {now / 60:.1f} min, "
-          f"against {before / 60:.1f} min with 200/200 reviews: +{(now - before) / 60:.1f} min")  # fmt: skip
-    print(f"a {args.trials}-trial sweep: +{args.trials * (now - before) / 3600:.1f} h of evaluation; "
-          f"without the test pass in trials: +{args.trials * epochs * (n_val - 200) / per_s / 3600:.1f} h")  # fmt: skip
+        cfg = compose(config_name="config", overrides=["trainer.progress=false", *args.override])
+    with tempfile.TemporaryDirectory() as scratch:
+        run = set_up(cfg, Path(scratch))
+        n_train, n_test = len(run.frozen.rows["train"]), len(run.frozen.rows["test"])
+        eval_rates, train_rates = [], []
+        for round_ in range(1, args.rounds + 1):
+            started = time.perf_counter()
+            run.evaluate("test")
+            eval_rates.append(n_test / (time.perf_counter() - started))
+            run.model.train()
+            for module in run.frozen.modules:
+                module.eval()
+            started = time.perf_counter()
+            train_epoch(run.model, run.batches, run.optimizer, run.scheduler, cfg.trainer, round_, run.device,
+                        run.dtype)  # fmt: skip
+            train_rates.append(n_train / (time.perf_counter() - started))
+    evaluation, training = statistics.median(eval_rates), statistics.median(train_rates)
+    low, high = median_spread(eval_rates)[1:]
+    trainer, threads = cfg.trainer, torch.get_num_threads()
+    print(f"# {cfg.model.name}, max_length {trainer.max_length}, eval_batch_size {trainer.eval_batch_size}, "
+          f"{precision_name(run.dtype)}, {run.device}, {threads} threads, {args.rounds} rounds")  # fmt: skip
+    print(f"evaluation: {evaluation:.1f} reviews/s ({n_test} test reviews; spread {low:.1f}-{high:.1f})")
+    low, high = median_spread(train_rates)[1:]
+    print(f"training: {training:.1f} samples/s ({n_train} reviews an epoch; spread {low:.1f}-{high:.1f})")
+    print(f"evaluation / training per review: {evaluation / training:.2f}x")
+    test_s, epoch_s = DEFAULT_TEST / evaluation, DEFAULT_TRAIN / training
+    print(
+        f"default draw: test pass ({DEFAULT_TEST}) {test_s:.0f} s, epoch ({DEFAULT_TRAIN}) {epoch_s:.0f} s: "
+        f"test pass = {test_s / epoch_s:.2f} of an epoch (goal: at most 0.33)"
+    )
+    print(load.report())
 
 
 if __name__ == "__main__":

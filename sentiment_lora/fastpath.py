@@ -14,12 +14,14 @@ a quarter of an fp32 noise tensor's memory.
 Frozen weights. Under autocast every Linear casts its fp32 weight to bf16 on every call, and autocast's cast cache
 keeps only casts of parameters that require a gradient, so the frozen weights (all but the adapters) were cast anew
 in every forward. `frozen_weights_in` casts them once; autocast would round them the same way, so the numbers are
-the same bit for bit. Trainable parameters and their optimizer state stay fp32.
+the same bit for bit. Trainable parameters and their optimizer state stay fp32. PEFT's cast of each LoRA input to
+the adapter's fp32, which autocast undoes for the product, is switched off (`lora_inputs_as_they_come`).
 """
 
 from __future__ import annotations
 
 import torch
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
 _LANES = 4  # 16-bit lanes per 64-bit draw
@@ -85,9 +87,13 @@ def frozen_weights_in(model: nn.Module, dtype: torch.dtype | None) -> int:
     embeddings and norms run in fp32 under autocast and keep their fp32 parameters."""
     if dtype is None:
         return 0
+    # A PEFT layer other than plain LoRA may read its base weight outside a product that autocast casts (DoRA's
+    # weight norm, orthogonal rotations...): there a bf16 copy would change the numbers, and a run's test predictions
+    # would differ from what predict computes on the saved fp32 weights. Such base layers keep fp32.
+    exact_only = {id(module.base_layer) for module in model.modules() if _reads_base_weight(module)}
     cast = 0
     for module in model.modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and id(module) not in exact_only:
             for parameter in (module.weight, module.bias):
                 if parameter is not None and not parameter.requires_grad and parameter.dtype != dtype:
                     parameter.data = parameter.data.to(dtype)
@@ -95,8 +101,30 @@ def frozen_weights_in(model: nn.Module, dtype: torch.dtype | None) -> int:
     return cast
 
 
+def _plain_lora(module: nn.Module) -> bool:
+    return isinstance(module, LoraLayer) and not any(module.use_dora.values())
+
+
+def _reads_base_weight(module: nn.Module) -> bool:
+    """A PEFT tuner layer (it wraps `base_layer`) whose forward may use the base weight beyond base_layer(x)."""
+    return isinstance(getattr(module, "base_layer", None), nn.Linear) and not _plain_lora(module)
+
+
+def lora_inputs_as_they_come(model: nn.Module, dtype: torch.dtype | None) -> int:
+    """Under autocast, stop PEFT casting each LoRA input to the adapter's fp32 (PEFT's own switch,
+    `cast_input_dtype_enabled`): autocast casts it back to `dtype` for lora_A's product anyway, so the round trip
+    (two copies of a bf16 activation, and LoRA dropout over fp32) bought nothing. Returns the layers switched."""
+    if dtype is None:
+        return 0
+    layers = [module for module in model.modules() if _plain_lora(module)]  # DoRA's path keeps PEFT's casts
+    for layer in layers:
+        layer.cast_input_dtype_enabled = False
+    return len(layers)
+
+
 def prepare_for_steps(model: nn.Module, encoder: nn.Module, dtype: torch.dtype | None) -> None:
-    """Both of the above, on a model whose trainable part is set (after attach_method). Only the encoder's weights
-    are cast: the head's frozen base weights (LoRA on the head) are saved with the run, in fp32."""
+    """The above, on a model whose trainable part is set (after attach_method). Only the encoder's weights are cast:
+    the head's frozen base weights (LoRA on the head) are saved with the run, in fp32."""
     use_cheap_dropout(model)
     frozen_weights_in(encoder, dtype)
+    lora_inputs_as_they_come(model, dtype)

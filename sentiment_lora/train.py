@@ -187,7 +187,8 @@ def unknown_group_option(args: list[str]) -> str | None:
             values = list(override.sweep_string_iterator())
         else:
             values = [override.get_value_element_as_str()]
-        choices = {path.stem for path in group.glob("*.yaml")}
+        # Options may sit in subfolders (method=at_lora_budget/vera).
+        choices = {path.relative_to(group).with_suffix("").as_posix() for path in group.rglob("*.yaml")}
         if override.key_or_group == "method":  # a method registered from outside the package has no YAML here
             choices |= set(methods.names())
         choices = sorted(choices)

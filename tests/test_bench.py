@@ -127,11 +127,12 @@ def test_the_eval_cost_benchmark_times_an_evaluation_pass(tmp_path):
     csv = write_reviews(tmp_path / "reviews.csv", n=120)
     output = bench(
         "eval_cost.py",
-        ["--reviews", "10", "--override", "model=tiny", "data=csv", f"data.path={csv}", "data.n_train=40",
+        ["--rounds", "2", "--override", "model=tiny", "data=csv", f"data.path={csv}", "data.n_train=40",
          "data.n_val=20", "data.n_test=20", "trainer.max_length=32", "trainer.num_threads=1"],
         tmp_path,
     )  # fmt: skip
-    assert "reviews/s (10 timed)" in output and "per run (3 validation passes of 20" in output
+    assert "reviews/s (20 test reviews" in output and "samples/s (40 reviews an epoch" in output
+    assert "of an epoch (goal: at most 0.33)" in output and "load average" in output
 
 
 @pytest.mark.slow

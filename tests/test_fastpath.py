@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from sentiment_lora import fastpath
-from sentiment_lora.model import attach_lora, build_classifier, classifier_of
+from sentiment_lora.methods.lora_adapters import attach_lora
+from sentiment_lora.model import build_classifier, classifier_of
 from sentiment_lora.run import set_up, train
 
 from .conftest import TINY_FAST, compose_config, write_reviews
@@ -77,6 +78,7 @@ def test_frozen_weights_in_bf16_give_autocasts_logits_bit_for_bit():
             assert parameter.dtype == torch.float32, name
     assert classifier_of(fast).encoder.encoder.layer[0].attention.self.query.base_layer.weight.dtype == torch.bfloat16
     assert classifier_of(fast).head.base_layer.weight.dtype == torch.float32  # saved with the run: fp32
+    assert not classifier_of(fast).head.cast_input_dtype_enabled  # LoRA inputs reach autocast as they come
 
 
 def test_fp32_runs_keep_fp32_weights():
