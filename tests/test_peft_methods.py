@@ -51,7 +51,7 @@ PER_LINEAR = {
     "c3a": ("c3a", "block_size", lambda i, o, b: i * o // b),  # (out / b) x (in / b) circulant kernels of b
     "road": ("road", "variant", lambda i, o, v: int(v[-1]) * o),  # road_1: one angle and scale per output pair...
 }
-WHOLE = ("ln_tuning", "prompt_tuning")
+WHOLE = ("ln_tuning", "prompt_tuning", "p_tuning")
 NEW_METHODS = [*PER_LINEAR, *WHOLE]
 # Knob values a tiny model (hidden 32) needs where PEFT's default does not fit it.
 TINY_KNOBS = {"miss": 8}
@@ -108,15 +108,18 @@ def expected_groups(method: str, model_type: str, knob) -> dict[str, int]:
     head = 33  # Linear(32, 1)
     if method == "ln_tuning":
         return {"ln_tuning": layer_norm_count(model_type), "head": head}
-    if method == "prompt_tuning":
+    if method in ("prompt_tuning", "p_tuning"):
         width = embedding_width(model_type)
-        return {"prompt": knob * width, "head": head}
+        # p-tuning's prompt encoder: Linear(d, d), Linear(d, d), Linear(d, d) (PEFT's MLP at the embedding width).
+        encoder = 3 * (width * width + width) if method == "p_tuning" else 0
+        return {"prompt": knob * width + encoder, "head": head}
     group, _, per_linear = PER_LINEAR[method]
     return {group: sum(per_linear(i, o, knob) for i, o in adapted_shapes(model_type)), "head": head}
 
 
 DEFAULT_KNOB = {"adalora": 12, "vera": 256, "oft": 32, "boft": 4, "hra": 8, "fourierft": 1000, "c3a": 32,
-                "road": "road_1", "loha": 8, "lokr": 8, "miss": 8, "prompt_tuning": 20, "ln_tuning": None}  # fmt: skip
+                "road": "road_1", "loha": 8, "lokr": 8, "miss": 8, "prompt_tuning": 20, "p_tuning": 20,
+                "ln_tuning": None}  # fmt: skip
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -140,7 +143,7 @@ def test_a_budget_chooses_the_knob_whose_formula_count_is_nearest(method, budget
     candidates = {
         "oft": [2, 4, 8, 16, 32], "boft": [2, 4, 8, 16, 32], "c3a": [1, 2, 4, 8, 16, 32],
         "road": ["road_1", "road_2", "road_4"], "vera": range(1, 4000), "fourierft": range(1, 1025),
-        "prompt_tuning": range(1, 200),
+        "prompt_tuning": range(1, 200), "p_tuning": range(1, 200),
     }.get(method, range(1, 33))  # fmt: skip
     counts = {value: sum(expected_groups(method, "bert", value).values()) for value in candidates}
     ordered = sorted(counts.values())
@@ -272,7 +275,7 @@ def test_dry_run_prints_and_records_the_exact_counts(tmp_path, capsys, method):
     printed = capsys.readouterr().out
     assert f"trainable {params['trainable']:,} of {params['total']:,}" in printed
     assert f"tiny {method}" in printed and printed.rstrip().endswith("head 33")
-    knob = PER_LINEAR[method][1] if method in PER_LINEAR else "virtual_tokens" if method == "prompt_tuning" else None
+    knob = PER_LINEAR[method][1] if method in PER_LINEAR else None if method == "ln_tuning" else "virtual_tokens"
     if knob:  # the size used, as the dry run chose it
         assert f"{knob}={DEFAULT_KNOB[method]}" in printed
 
@@ -342,7 +345,7 @@ def test_the_method_comparison_preset_runs_every_method_at_its_defaults_and_at_t
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["loha", "adalora", "vera", "oft", "boft", "hra", "fourierft", "miss", "c3a",
-                                    "road", "prompt_tuning"])  # fmt: skip
+                                    "road", "prompt_tuning", "p_tuning"])  # fmt: skip
 def test_the_budget_rows_train_the_lora_defaults_count_on_minilm_within_a_step(tmp_path, method):
     import json
 
