@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sentiment_lora import methods
 from sentiment_lora.rundir.record import METRICS_FILE, read_metrics
 
 BENCH_CONF = Path(__file__).resolve().parent / "conf"
@@ -49,6 +50,7 @@ def run_sweep(path: str, trials: int, data: list[str], out: Path) -> dict:
     trials_run = [read_metrics(p.parent) for p in sorted(out.glob(f"*/{METRICS_FILE}"))]
     complete = [t for t in trials_run if t["status"] == "complete"]
     best = max(complete, key=lambda t: t["val"]["accuracy"])
+    adapters = methods.get(methods.DEFAULT).record_section  # the presets sweep the default method's keys
     return {
         "wall_s": wall,
         "complete": len(complete),
@@ -56,10 +58,10 @@ def run_sweep(path: str, trials: int, data: list[str], out: Path) -> dict:
         "failed": sum(t["status"] == "failed" for t in trials_run),
         "epochs": sum(t.get("epochs_run", 0) for t in trials_run),
         "best_val": best["val"]["accuracy"],
-        "best": f"r{best['lora']['rank']} a{best['lora']['alpha']:g} {'+'.join(best['lora']['targets'])} "
-        f"top{best['lora']['top_layers']}",
+        "best": f"r{best[adapters]['rank']} a{best[adapters]['alpha']:g} {'+'.join(best[adapters]['targets'])} "
+        f"top{best[adapters]['top_layers']}",
         "trials": [
-            f"{t['status']} {'+'.join(t['lora']['targets'])} top{t['lora']['top_layers']} "
+            f"{t['status']} {'+'.join(t[adapters]['targets'])} top{t[adapters]['top_layers']} "
             f"val {((t.get('val') or {}).get('accuracy') or float('nan')):.3f} {t.get('time_s', 0):.0f}s"
             for t in trials_run
         ],

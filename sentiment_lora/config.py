@@ -449,8 +449,8 @@ def method_schema(name: str | None) -> Any:
     (a sweep over methods) a dataclass of every registered method's keys, so no key a method reads is refused."""
     if name in methods.names():
         return methods.get(name).schema
-    merged = {item.name: item for method in methods.all_methods() for item in fields(method.schema)}
-    return make_dataclass("AnyMethodConfig", [(item.name, item.type, item) for item in merged.values()])
+    keys = dict.fromkeys(item.name for method in methods.all_methods() for item in fields(method.schema))
+    return make_dataclass("AnyMethodConfig", [(key, Any, field(default=None)) for key in keys])
 
 
 def _child(node: Any, name: str, method: str | None) -> Any:

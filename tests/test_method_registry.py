@@ -25,7 +25,7 @@ from sentiment_lora import predict as predict_lib
 from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
 from sentiment_lora.export import cli as export_lib
-from sentiment_lora.methods.base import Method, MethodConfig
+from sentiment_lora.methods.base import Method, MethodConfig, nearest_size
 from sentiment_lora.run import train
 from sentiment_lora.schema import AT_LEAST_ONE, described
 from sentiment_lora.train import cli
@@ -107,6 +107,20 @@ def test_get_names_the_choices_of_an_unknown_method():
     assert all(name in message for name in methods.names()) and methods.names()[0] == methods.DEFAULT
 
 
+@pytest.mark.parametrize("budget,expected", [(5_006, 1), (10_005, 1), (15_005, 1), (15_006, 2), (24_990, 2),
+                                             (639_990, 64)])  # fmt: skip
+def test_nearest_size_picks_the_knob_whose_count_is_nearest(budget, expected):
+    # A count linear in the knob, as LoRA's rank: 10,000 per unit plus 5; ties go to the smaller knob.
+    assert nearest_size(lambda rank: 10_000 * rank + 5, budget, 1, 64, "method.budget") == expected
+
+
+@pytest.mark.parametrize("budget,line", [(4_000, "too small: the smallest size, 1, trains 10,005"),
+                                         (700_000, "too large: the largest size, 64, trains 640,005")])  # fmt: skip
+def test_nearest_size_refuses_a_budget_outside_the_knobs_range(budget, line):
+    with pytest.raises(UserError, match=f"config method.budget: {budget:,} is {line}"):
+        nearest_size(lambda rank: 10_000 * rank + 5, budget, 1, 64, "method.budget")
+
+
 def _string_literals(path):
     for token in tokenize.generate_tokens(io.StringIO(path.read_text()).readline):
         if token.type == tokenize.STRING:
@@ -117,7 +131,11 @@ def _string_literals(path):
 
 
 def test_no_module_outside_methods_names_a_method():
-    sources = [*(REPO / "sentiment_lora").rglob("*.py"), *(REPO / "hydra_plugins").rglob("*.py")]
+    sources = [
+        path
+        for folder in ("sentiment_lora", "hydra_plugins", "scripts", "bench")
+        for path in (REPO / folder).rglob("*.py")
+    ]
     sources = [path for path in sources if (REPO / "sentiment_lora" / "methods") not in path.parents]
     assert len(sources) > 20
     named = [

@@ -43,6 +43,7 @@ peft, torch and sentiment_lora.model inside the hooks that use them (tests/test_
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -84,8 +85,8 @@ class MethodConfig:
         "lora",
     )
     lr: float | None = described(
-        "This method's peak learning rate, in place of optimizer.lr; null: optimizer.lr. Each method's YAML sets "
-        "its documented default.",
+        "This method's peak learning rate, in place of optimizer.lr; null: optimizer.lr. Its default is the "
+        "method's own (Method.default_lr; method=full: 5e-5).",
         None,
         within=POSITIVE,
     )
@@ -130,6 +131,7 @@ def nearest_size(count_at: Callable[[int], int], budget: int, low: int, high: in
 
     Bisection on the exact count, as each candidate is costly to count (a method may build adapters to count).
     """
+    count_at = functools.cache(count_at)
     smallest, largest = count_at(low), count_at(high)
     if budget < smallest - (count_at(low + 1) - smallest if high > low else 0) / 2:
         raise UserError(f"config {key}: {budget:,} is too small: the smallest size, {low}, trains {smallest:,}")
@@ -216,9 +218,8 @@ class Method:
 
     def config_record(self, cfg) -> dict[str, Any] | None:
         """The method's keys as metrics.json records them under `record_section` (None: nothing to record)."""
-        own = {key: value for key, value in OmegaConf.to_container(cfg.method, resolve=True).items()}
-        own = {key: value for key, value in own.items() if key not in BASE_KEYS}
-        return own or None
+        keys = OmegaConf.to_container(cfg.method, resolve=True).items()
+        return {key: value for key, value in keys if key not in BASE_KEYS} or None
 
     def run_facts(self, model: nn.Module, cfg) -> dict[str, Any] | None:
         """What only the built model knows, added to record_section (LoRA: the rank its budget chose)."""

@@ -245,6 +245,8 @@ class Lora(PeftMethod):
         )
 
     def card_lines(self, cfg, run_dir: Path, metrics: dict) -> list[str]:
+        from sentiment_lora.export.card import card_value as _shown  # the card imports the registry
+
         lines = ["| key | value |", "| --- | --- |"]
         for key, value in OmegaConf.to_container(cfg.lora, resolve=True).items():
             shown = ", ".join(map(str, value)) if isinstance(value, list) else _shown(value)
@@ -267,9 +269,3 @@ class Lora(PeftMethod):
         if cfg.lora.get("init", "default") in ("pissa", "olora"):
             return f"lora.init={cfg.lora.init}: it rewrites each trial's base weights, which the population shares"
         return None
-
-
-def _shown(value) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return "null" if value is None else str(value)
