@@ -354,3 +354,19 @@ def test_the_budget_rows_train_the_lora_defaults_count_on_minilm_within_a_step(t
     dry_run(compose_config(["model=minilm", f"method=at_lora_budget/{method}", "dry_run=true"]), tmp_path)
     trainable = json.loads((tmp_path / "metrics.json").read_text())["params"]["trainable"]
     assert abs(trainable - 84_484) / 84_484 < 0.15, trainable  # C3A's and OFT's divisor steps are the coarsest
+
+
+@pytest.mark.parametrize("method,knob", [("vera", "rank"), ("c3a", "block_size"), ("prompt_tuning", "virtual_tokens")])
+def test_under_a_budget_the_knob_it_sets_leaves_the_configuration_id_alone(method, knob):
+    from sentiment_lora.rundir.record import config_id
+
+    base = ["model=tiny", f"method={method}", "method.budget=3000"]
+    assert config_id(compose_config(base)) == config_id(compose_config([*base, f"method.{knob}=4"]))
+    assert config_id(compose_config(base[:2])) != config_id(compose_config([*base[:2], f"method.{knob}=4"]))
+
+
+@pytest.mark.parametrize("targets,line", [("[]", "method.targets: is empty"),
+                                          ("[q,q]", "method.targets: lists a target twice")])  # fmt: skip
+def test_empty_or_repeated_targets_are_one_line(targets, line):
+    with pytest.raises(UserError, match=line):
+        methods.get("loha").validate(compose_config(["model=tiny", "method=loha", f"method.targets={targets}"]))

@@ -100,6 +100,11 @@ class PromptTuning(Method):
             parameter.requires_grad_(True)
         return classifier
 
+    def unread_keys(self, cfg) -> tuple[str, ...]:
+        # The budget chooses the number of virtual tokens: a method.virtual_tokens beside it changes nothing.
+        chosen = ("method.virtual_tokens",) if cfg.method.get("budget") is not None else ()
+        return (*super().unread_keys(cfg), *chosen)
+
     def prompt_config(self, cfg, shape: dict):
         """PEFT's config for the virtual tokens (`shape`: their number, width and the encoder's size)."""
         import peft
