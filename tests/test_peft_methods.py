@@ -370,3 +370,56 @@ def test_under_a_budget_the_knob_it_sets_leaves_the_configuration_id_alone(metho
 def test_empty_or_repeated_targets_are_one_line(targets, line):
     with pytest.raises(UserError, match=line):
         methods.get("loha").validate(compose_config(["model=tiny", "method=loha", f"method.targets={targets}"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", FAMILIES)
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_a_one_epoch_run_predicts_and_exports_on_every_family(tmp_path, method, model_type):
+    """A 1-epoch run of the method on a tiny model of the family; predict reproduces its test_predictions.csv,
+    and the plain-transformers export scores as the run's model does (or is refused in one line)."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+    from omegaconf import open_dict
+
+    from sentiment_lora.data import pipeline as data_lib
+    from sentiment_lora.export import cli as export_lib
+    from sentiment_lora.export.formats import FORMATS
+    from sentiment_lora.loop import predict
+    from sentiment_lora.predict import main as predict_main
+    from sentiment_lora.run import train
+    from sentiment_lora.trained import load_trained
+
+    from .conftest import write_reviews
+    from .test_families import arch
+
+    reviews = write_reviews(tmp_path / "reviews.csv", n=40)
+    cfg = method_cfg(method, model_type, "data=csv", f"data.path={reviews}", "trainer.epochs=1",
+                     "trainer.batch_size=8", "trainer.max_length=24", "trainer.progress=false",
+                     "trainer.precision=fp32")  # fmt: skip
+    with open_dict(cfg):
+        cfg.model.arch = arch(model_type)  # lists do not fit a command-line override
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # as the CLI writes it: predict and export read it
+    train(cfg, run_dir)
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "complete"
+    test_csv, out = tmp_path / "test.csv", tmp_path / "scored.csv"
+    data_lib.load_splits(cfg.data)["test"].to_csv(test_csv, index=False)
+    predict_main([str(run_dir), "--csv", str(test_csv), "--out", str(out)])
+    saved, scored = pd.read_csv(run_dir / "test_predictions.csv", dtype=str), pd.read_csv(out, dtype=str)
+    assert scored["prob"].tolist() == saved["prob"].tolist()
+    if methods.get(method).merge_refusal:
+        with pytest.raises(SystemExit):
+            export_lib.main([str(run_dir), str(tmp_path / "exported")])
+        assert not (tmp_path / "exported").exists()
+        return
+    export_lib.main([str(run_dir), str(tmp_path / "exported")])
+    texts = ["A wonderful, moving film.", "awful boring movie"]
+    trained = load_trained(cfg.model, run_dir, method)
+    rows = data_lib.encode(pd.DataFrame({"text": texts, "label": 0}), trained.tokenizer, cfg.trainer.max_length)
+    expected = predict(trained.model, rows, trained.tokenizer, 8, torch.device("cpu"), None)
+    exported = FORMATS["transformers"].probabilities(tmp_path / "exported", texts)
+    np.testing.assert_allclose(exported, expected, rtol=0, atol=1e-5)
