@@ -343,33 +343,37 @@ def test_the_method_comparison_preset_runs_every_method_at_its_defaults_and_at_t
     assert [float(value) for value in str(params["method.lr_scale"]).split(",")] == [0.3, 1.0, 3.0]
 
 
+MINILM_QV = [(384, 384)] * 12  # q and v of MiniLM's 6 layers
+MINILM_ALL = [(384, 384)] * 24 + [(384, 1536), (1536, 384)] * 6  # q, k, v, output and the FFN's two
+
+
+def minilm_count(method: str, knob) -> int:
+    """Trainable parameters on MiniLM (head 385) from the papers' formulas, as conf/method/at_lora_budget sets it."""
+    if method == "prompt_tuning":
+        return knob * 384 + 385
+    if method == "p_tuning":  # a 64-wide prompt encoder
+        return knob * 384 + (384 * 64 + 64) + (64 * 64 + 64) + (64 * 384 + 384) + 385
+    shapes = MINILM_ALL if method == "road" else MINILM_QV
+    return sum(PER_LINEAR[method][2](i, o, knob) for i, o in shapes) + 385
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["loha", "adalora", "vera", "oft", "boft", "hra", "fourierft", "miss", "c3a",
                                     "road", "prompt_tuning", "p_tuning"])  # fmt: skip
-def test_the_budget_rows_train_the_lora_defaults_count_on_minilm_within_a_step(tmp_path, method):
+def test_the_budget_rows_train_the_count_nearest_the_lora_default_on_minilm(tmp_path, method):
     import json
 
     from sentiment_lora.run import dry_run
 
+    divisors_384 = [d for d in range(1, 385) if 384 % d == 0]
+    candidates = {
+        "oft": divisors_384[1:], "boft": [d for d in divisors_384 if d % 2 == 0], "c3a": divisors_384,
+        "road": ["road_1", "road_2", "road_4"], "vera": range(1, 20_000), "fourierft": range(1, 20_000),
+        "prompt_tuning": range(1, 290), "p_tuning": range(1, 290),
+    }.get(method, range(1, 385))  # fmt: skip
+    nearest = min((minilm_count(method, value) for value in candidates), key=lambda count: (abs(count - 84_484), count))
     dry_run(compose_config(["model=minilm", f"method=at_lora_budget/{method}", "dry_run=true"]), tmp_path)
-    trainable = json.loads((tmp_path / "metrics.json").read_text())["params"]["trainable"]
-    assert abs(trainable - 84_484) / 84_484 < 0.15, trainable  # C3A's and OFT's divisor steps are the coarsest
-
-
-@pytest.mark.parametrize("method,knob", [("vera", "rank"), ("c3a", "block_size"), ("prompt_tuning", "virtual_tokens")])
-def test_under_a_budget_the_knob_it_sets_leaves_the_configuration_id_alone(method, knob):
-    from sentiment_lora.rundir.record import config_id
-
-    base = ["model=tiny", f"method={method}", "method.budget=3000"]
-    assert config_id(compose_config(base)) == config_id(compose_config([*base, f"method.{knob}=4"]))
-    assert config_id(compose_config(base[:2])) != config_id(compose_config([*base[:2], f"method.{knob}=4"]))
-
-
-@pytest.mark.parametrize("targets,line", [("[]", "method.targets: is empty"),
-                                          ("[q,q]", "method.targets: lists a target twice")])  # fmt: skip
-def test_empty_or_repeated_targets_are_one_line(targets, line):
-    with pytest.raises(UserError, match=line):
-        methods.get("loha").validate(compose_config(["model=tiny", "method=loha", f"method.targets={targets}"]))
+    assert json.loads((tmp_path / "metrics.json").read_text())["params"]["trainable"] == nearest
 
 
 @pytest.mark.slow
