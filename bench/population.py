@@ -5,6 +5,9 @@
     python bench/population.py --preset study --sweep "" --n-train 1600 --n-val 1000 --n-test 4000 --epochs 3 \
         --device cuda                                     # the whole 108-run study, as published (a GPU)
 
+Turns alternate (basic, population, population, basic by default), so a change of the machine's load falls on both
+sides; each launcher's row gives the median of its turns and their spread, and the load average before and after.
+
 sequential: `hydra/launcher=basic`, Hydra's own launcher: the batch's trials one after another in one process
 (they share the in-process frozen-prefix memo, so only the training differs). population:
 `hydra/launcher=population`, the same trials trained together over one encoder. Each is one
@@ -25,7 +28,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from sentiment_lora.rundir.record import METRICS_FILE, read_metrics
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from loadavg import LoadWatch, median_spread  # noqa: E402
+
+from sentiment_lora.rundir.record import METRICS_FILE, read_metrics  # noqa: E402
 
 
 def run_sweep(launcher: str, args: list[str], out: Path) -> dict:
@@ -69,7 +76,12 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=48, help="test reviews")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--launchers", default="basic,population", help="ratios are against the first")
+    parser.add_argument(
+        "--launchers",
+        default="basic,population,population,basic",
+        help="launchers in the order they run (a name may repeat: turns alternate, ABBA by default); ratios are of "
+        "median wall times, against the first name",
+    )
     parser.add_argument("--keep", type=Path, help="keep the sweep directories here instead of a temporary folder")
     parser.add_argument("--override", action="append", default=[], help="extra override for both sweeps")
     opts = parser.parse_args()
@@ -82,23 +94,35 @@ def main() -> None:
         *shlex.split(opts.sweep), *opts.override,
     ]  # fmt: skip
     print(f"# {' '.join(args)}", flush=True)
-    results = {}
+    load = LoadWatch()
+    results: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         root = opts.keep or Path(scratch)
-        for launcher in opts.launchers.split(","):
-            results[launcher] = run_sweep(launcher, args, root / launcher)
-            print(f"  {launcher}: {results[launcher]['wall_s']:.1f} s", flush=True)
+        for turn, launcher in enumerate(opts.launchers.split(",")):
+            result = run_sweep(launcher, args, root / f"{turn}-{launcher}")
+            results.setdefault(launcher, []).append(result)
+            print(f"  {launcher}: {result['wall_s']:.1f} s, peak RSS {result['peak_mb']:.0f} MB", flush=True)
+    report(results)
+    print(f"\n{load.report()}")
+
+
+def report(results: dict[str, list[dict]]) -> None:
+    """One row per launcher: the median wall time of its turns, their spread, the ratio of the medians."""
     base = results[next(iter(results))]
+    base_wall = median_spread([r["wall_s"] for r in base])[0]
     print(
-        "\n| launcher | precision | trials (complete) | wall s | samples/s | ratio | peak RSS MB | max |Δ test acc| |"
+        "\n| launcher | precision | turns | trials (complete) | wall s (median) | spread | samples/s | ratio | "
+        "peak RSS MB (max) | max |Δ test acc| |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for launcher, r in results.items():
-        shared = set(r["test"]) & set(base["test"])
-        delta = max((abs(r["test"][n] - base["test"][n]) for n in shared), default=float("nan"))
-        print(f"| {launcher} | {r['precision']} | {r['runs']} ({r['complete']}) | {r['wall_s']:.1f} | "
-              f"{r['samples'] / r['wall_s']:.2f} | {base['wall_s'] / r['wall_s']:.2f}x | {r['peak_mb']:.0f} | "
-              f"{delta:.4f} |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for launcher, turns in results.items():
+        wall, low, high = median_spread([r["wall_s"] for r in turns])
+        r = turns[0]
+        shared = set(r["test"]) & set(base[0]["test"])
+        delta = max((abs(r["test"][n] - base[0]["test"][n]) for n in shared), default=float("nan"))
+        print(f"| {launcher} | {r['precision']} | {len(turns)} | {r['runs']} ({r['complete']}) | {wall:.1f} | "
+              f"{low:.1f}-{high:.1f} | {r['samples'] / wall:.2f} | {base_wall / wall:.2f}x | "
+              f"{max(t['peak_mb'] for t in turns):.0f} | {delta:.4f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,13 +1,16 @@
 """Sweep wall time: the same Optuna search through the plain path and through sentiment-lora's fast path.
 
-    python bench/sweep.py                       # both, 8 trials each (about 15 + 4 minutes here)
+    python bench/sweep.py                       # both, 8 trials each
     python bench/sweep.py --paths fast --trials 4
 
-plain: hydra-optuna-sweeper's own sweeper (`hparams_search=bench_plain`), no pruning, speed levers off.
+plain: the lora_optuna sweeper without pruning (`hparams_search=bench_plain hydra.sweeper.pruner=null`), speed levers
+       off.
 fast:  the lora_optuna sweeper with median pruning (`hparams_search=bench_fast`), length-grouped batches, attention
        dropout off, frozen-prefix caching.
 Both search bench/conf/hparams_search/bench_plain.yaml's space (rank, alpha, target preset incl. head-only,
-top_layers, learning rate) with TPE seed 1234 on the same IMDB sample. Each path runs as one
+top_layers, learning rate) with Optuna's random sampler, seed 1234, on the same IMDB sample: its draws do not
+depend on results, so both paths get the same parameters trial for trial (printed and checked: the ratio compares
+the same work, less what the fast path prunes). Each path runs as one
 `python -m sentiment_lora.train -m ...` process, timed from start to exit, so imports, data preparation and every
 trial are counted. Results are read back from each trial's metrics.json.
 """
@@ -42,12 +45,15 @@ def run_sweep(path: str, trials: int, data: list[str], out: Path) -> dict:
     ]
     if path == "fast":
         command.append(f"hydra.sweeper.storage=sqlite:///{out}/study.db")
+    else:
+        command.append("hydra.sweeper.pruner=null")
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     wall = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"error: the {path} sweep failed:\n{done.stderr[-3000:]}")
-    trials_run = [read_metrics(p.parent) for p in sorted(out.glob(f"*/{METRICS_FILE}"))]
+    found = sorted(out.glob(f"*/{METRICS_FILE}"), key=lambda p: int("".join(filter(str.isdigit, p.parent.name))))
+    trials_run = [read_metrics(p.parent) for p in found]
     complete = [t for t in trials_run if t["status"] == "complete"]
     best = max(complete, key=lambda t: t["val"]["accuracy"])
     adapters = methods.get(methods.DEFAULT).record_section  # the presets sweep the default method's keys
@@ -60,12 +66,20 @@ def run_sweep(path: str, trials: int, data: list[str], out: Path) -> dict:
         "best_val": best["val"]["accuracy"],
         "best": f"r{best[adapters]['rank']} a{best[adapters]['alpha']:g} {'+'.join(best[adapters]['targets'])} "
         f"top{best[adapters]['top_layers']}",
+        "params": [trial_params(t) for t in trials_run],
         "trials": [
             f"{t['status']} {'+'.join(t[adapters]['targets'])} top{t[adapters]['top_layers']} "
             f"val {((t.get('val') or {}).get('accuracy') or float('nan')):.3f} {t.get('time_s', 0):.0f}s"
             for t in trials_run
         ],
     }
+
+
+def trial_params(record: dict) -> tuple:
+    """What the sampler chose for a trial, from its metrics.json."""
+    lora = record[methods.get(methods.DEFAULT).record_section]
+    lr = round(record["optimizer"]["lr"], 9)
+    return lora["rank"], lora["alpha"], "+".join(lora["targets"]), lora["top_layers"], lr
 
 
 def main() -> None:
@@ -99,6 +113,12 @@ def main() -> None:
         for path in opts.paths.split(","):
             results[path] = run_sweep(path, opts.trials, data, root / path)
             print(f"  {path}: {results[path]}", flush=True)
+    params = [r["params"] for r in results.values()]
+    same = all(p == params[0] for p in params)
+    print(f"same parameters trial for trial: {'yes' if same else 'NO'} ({len(params[0])} trials)")
+    if not same:
+        for path, r in results.items():
+            print(f"  {path}: {r['params']}")
     base = results[next(iter(results))]["wall_s"]
     print("\n| path | wall s | speed-up | complete | pruned | failed | epochs run | best val acc | best trial |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")

@@ -93,6 +93,24 @@ class ModelConfig:
         "trainer.frozen_prefix count layers along it. Needed with model.targets_map for a type outside the table.",
         None,
     )
+    choose_from: list[str] = _help(
+        "Model options (conf/model/) to choose from when no model= is given, the most capable first: the run takes "
+        "the first whose estimated training cost fits model.budget_tflops (sentiment_lora/choose_model.py). Set "
+        "by model=choose, the default; empty: this model is used as named.",
+        factory=list,
+    )
+    budget_tflops: float | None = _help(
+        "The default model choice's compute budget, in TFLOP (10^12 floating-point operations) of training and "
+        "evaluation estimated from the data: model=choose takes the most capable encoder that fits. Not read when "
+        "a model is named.",
+        None,
+        within=POSITIVE,
+    )
+    choice: dict[str, Any] | None = _help(
+        "Set by the default model choice, not by hand: the chosen option, the budget, each candidate's estimate "
+        "(TFLOP) and why, recorded in run.yaml and metrics.json; null when the model was named.",
+        None,
+    )
 
 
 @dataclass

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from sentiment_lora import encoders
+from sentiment_lora import encoder_weights, encoders
 from sentiment_lora.errors import UserError
 from sentiment_lora.sources import resolve_weights, tokenizer_source
 
@@ -252,12 +252,11 @@ def encoder_config(model_cfg, weights: str | None):
 def build_encoder(model_cfg, weights: str | None) -> nn.Module:
     """Pretrained weights when given (safetensors only, no remote code), else random init from model.arch."""
     config = encoder_config(model_cfg, weights)
+    where = f"model.path={weights}" if model_cfg.path else f"model '{model_cfg.name}'"
     if weights is None:
+        encoder_weights.check_fits(config, f"{where}: model.arch")
         return AutoModel.from_config(config)
-    try:
-        return AutoModel.from_pretrained(weights, config=config, use_safetensors=True, trust_remote_code=False)
-    except OSError as err:
-        raise UserError(f"model '{model_cfg.name}': cannot load safetensors weights from {weights}: {err}") from None
+    return encoder_weights.load_pretrained(weights, config, where)
 
 
 def build_classifier(model_cfg, weights: str | None) -> SentimentClassifier:
@@ -286,6 +285,10 @@ def load_tokenizer(model_cfg, weights: str | None, max_length: int | None = None
             f"{key}={source}: no tokenizer vocabulary there (found {found}); save the model's tokenizer files "
             "beside its weights (tokenizer.json or vocab.txt, as tokenizer.save_pretrained writes them)"
         )
+    try:  # a vocab.txt without [UNK] (another file by that name) loads, and fails on the first unknown word
+        tokenizer("a review with an unknown word: \u2603qzx")
+    except Exception as err:  # the tokenizers library raises a bare Exception
+        raise UserError(f"{key}={source}: its tokenizer cannot encode text ({err})") from None
     if max_length is not None:
         check_max_length(model_cfg, weights, tokenizer, max_length)
     return tokenizer

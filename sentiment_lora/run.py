@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
-from sentiment_lora import methods, prefix, tracking
+from sentiment_lora import fastpath, methods, prefix, tracking
+from sentiment_lora.choose_model import choice_line
 from sentiment_lora.config import validate
 from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.loop import EpochHook, Fitted, evaluate, fit
@@ -29,7 +30,7 @@ from sentiment_lora.model import build_classifier, load_tokenizer, plain_state
 from sentiment_lora.rundir import claim as immutable
 from sentiment_lora.rundir import record as results
 from sentiment_lora.rundir.checkpoint import Checkpoint
-from sentiment_lora.runtime import make_scheduler, pick_device, pick_dtype, precision_name
+from sentiment_lora.runtime import make_scheduler, pick_device, pick_dtype, precision_name, precision_reason
 from sentiment_lora.sources import resolve_weights
 from sentiment_lora.trained import count_params, save_trained
 
@@ -103,6 +104,8 @@ def set_up(cfg, run_dir: Path) -> Run:
     device = pick_device(trainer.device)
     dtype = pick_dtype(trainer.precision, device)
     log.info("run dir %s | device %s | precision %s", run_dir, device, precision_name(dtype))
+    if cfg.model.choice:  # no model= was given: what the default chose and why (choose_model.py)
+        log.info("%s", choice_line(OmegaConf.to_container(cfg.model.choice)))
 
     # ---- data: sample, strip HTML, stratified split, tokenize (weights resolved first: fail fast) ----
     weights = resolve_weights(cfg.model)
@@ -122,6 +125,7 @@ def set_up(cfg, run_dir: Path) -> Run:
     log.info("method %s: trainable %s of %s parameters %s", method.name, f"{params['trainable']:,}",
              f"{params['total']:,}", params["by_group"])  # fmt: skip
     frozen = prefix.prepare(cfg, classifier, encoded, weights, tokenizer, device, dtype)
+    fastpath.prepare_for_steps(model, classifier.encoder, dtype)  # cheap dropout masks, frozen weights in dtype
 
     batches = data_lib.loader(frozen.rows["train"], tokenizer, trainer.batch_size, trainer.seed,
                               trainer.length_grouping)  # fmt: skip
@@ -146,7 +150,9 @@ def finish(run: Run, fitted: Fitted, on_epoch: EpochHook | None = None, tested=N
         raise on_epoch.stopped()
 
     # ---- test once, with the selected epoch's weights ----
+    test_started = time.perf_counter()
     test, test_labels, test_probs = tested if tested is not None else run.evaluate("test")
+    test_time = None if tested is not None else time.perf_counter() - test_started  # a population's is shared
     log.info("selected epoch %d (%s): val acc %.4f | test acc %.4f f1 %.4f auc %.4f | majority %.4f balanced acc "
              "%.4f f1 minority %.4f", fitted.best["epoch"], trainer.select_on, fitted.best["accuracy"],
              test["accuracy"], test["f1"], test["roc_auc"], test["majority_accuracy"], test["balanced_accuracy"],
@@ -165,7 +171,9 @@ def finish(run: Run, fitted: Fitted, on_epoch: EpochHook | None = None, tested=N
         eval_fingerprint=data_lib.fingerprint(run.splits, ("val", "test")),
         split_sizes={name: len(split_rows) for name, split_rows in run.encoded.items()}, params=run.params,
         **fitted.record(), test=test, device=str(run.device), precision=precision_name(run.dtype),
-        prefix_cache_s=run.frozen.seconds, time_s=time.perf_counter() - run.started, warnings=warnings,
+        precision_reason=precision_reason(trainer.precision, run.device),
+        prefix_cache_s=run.frozen.seconds, test_time_s=test_time, time_s=time.perf_counter() - run.started,
+        warnings=warnings,
     )  # fmt: skip
     run.checkpoint.finish()
     return results.objectives_of({"val": fitted.best, "params": run.params}, cfg.objectives)

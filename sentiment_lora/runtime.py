@@ -42,8 +42,29 @@ def pick_device(requested: str) -> torch.device:
     return device
 
 
+# CPU flags of native bf16 matrix products (bench/README.md, "Precision per CPU kind": where they are missing, oneDNN
+# emulates bf16 through fp32 and a bf16 step is slower than an fp32 one).
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo; None where there is none (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
 def cpu_supports_bf16() -> bool:
-    # oneDNN's own check: true on CPUs with avx512_bf16 or AMX, where bf16 matmuls are native.
+    """True where the CPU computes bf16 natively (avx512_bf16 or AMX). oneDNN's own check is not used on Linux:
+    it also says yes on AVX512 CPUs without bf16 instructions, where bf16 is emulated; it is the fallback elsewhere."""
+    flags = cpu_flags()
+    if flags is not None:
+        return any(flag in flags for flag in NATIVE_BF16_FLAGS)
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(check and check())
 
@@ -56,6 +77,19 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     supported = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_supports_bf16()
     return torch.bfloat16 if supported else None
+
+
+def precision_reason(precision: str, device: torch.device) -> str:
+    """Why pick_dtype chose what it did, in words (metrics.json's precision_reason)."""
+    if precision != "auto":
+        return f"trainer.precision={precision}"
+    if device.type == "cuda":
+        has = "supports" if torch.cuda.is_bf16_supported() else "does not support"
+        return f"auto: the CUDA device {has} bf16"
+    if cpu_supports_bf16():
+        found = sorted(flag for flag in NATIVE_BF16_FLAGS if flag in (cpu_flags() or set()))
+        return f"auto: the CPU has native bf16 ({', '.join(found) or 'oneDNN says so'})"
+    return f"auto: the CPU lacks native bf16 ({' and '.join(NATIVE_BF16_FLAGS)}), where bf16 is emulated and slower"
 
 
 # metrics.json's `precision` -> the autocast dtype (None: plain fp32).

@@ -196,6 +196,12 @@ def check_tracking_uri(cfg) -> None:
             ".hydra/ files; drop it from the URI and set MLFLOW_TRACKING_PASSWORD (an MLflow server) or PGPASSWORD "
             "or ~/.pgpass (a PostgreSQL store), or give the URI as ${oc.env:VAR} (docs/tracking.md)"
         )
+    if credentials.query_secrets(uri):
+        raise UserError(
+            f"config {TRACKING_URI_KEY}: {credentials.masked(uri)} holds a secret in its query, which Hydra saves in "
+            "the run's .hydra/ files; drop it from the URI and set MLFLOW_TRACKING_TOKEN (an MLflow server), or give "
+            "the URI as ${oc.env:VAR} (docs/tracking.md)"
+        )
 
 
 def experiment_name(cfg) -> str:

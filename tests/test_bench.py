@@ -104,6 +104,7 @@ def test_the_sweep_benchmark_runs_both_paths(tmp_path):
     rows = table_rows(output)
     assert [row[0] for row in rows] == ["plain", "fast"]
     assert all(int(row[3]) + int(row[4]) + int(row[5]) == 2 for row in rows)  # complete + pruned + failed
+    assert "same parameters trial for trial: yes (2 trials)" in output
 
 
 @pytest.mark.slow
@@ -114,9 +115,11 @@ def test_the_flops_benchmark_counts_a_step(tmp_path):
          "--threads", "1"],
         tmp_path,
     )  # fmt: skip
-    measures = {row[0]: row[1] for row in table_rows(output)}
-    assert float(measures["FLOPs per training step (counted)"].split()[0]) >= 0
-    assert "achieved / peak" in measures
+    rows = table_rows(output)
+    assert [(row[0], row[1]) for row in rows] == [("fp32", "plain"), ("fp32", "fast"), ("bf16", "plain"),
+                                                  ("bf16", "fast")]  # fmt: skip
+    assert all(float(row[2]) > 0 and row[6].endswith("%") for row in rows)
+    assert "GFLOP per step (counted)" in output and "profile, bf16 fast" in output and "load average" in output
 
 
 @pytest.mark.slow
@@ -160,5 +163,6 @@ def test_the_population_benchmark_runs_the_batch_both_ways(tmp_path):
     )  # fmt: skip
     rows = table_rows(output)
     assert [row[0] for row in rows] == ["basic", "population"]
-    assert all(row[2] == "2 (2)" for row in rows)
+    assert all(row[2] == "2" and row[3] == "2 (2)" for row in rows)  # two turns each, ABBA
+    assert "load average" in output
     assert float(rows[1][-1]) == 0.0  # fp32, dropout off: the population's members are their single runs

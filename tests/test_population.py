@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from sentiment_lora import population
 from sentiment_lora.loop import TrainingDiverged
-from sentiment_lora.population import stacked
+from sentiment_lora.population import memory, stacked
 from sentiment_lora.run import train_seeds
 from tests.conftest import compose_config, run_cli, write_reviews
 
@@ -211,3 +211,64 @@ def test_the_population_launcher_runs_a_sweep_with_one_key(workdir, tmp_path):
         assert own == 1  # its own lines, not the other member's
     predicted = run_cli(["--help"], cwd=tmp_path)  # the CLI still starts with the plugin registered
     assert predicted.returncode == 0
+
+
+def test_members_and_the_population_share_one_copy_of_the_frozen_encoder(workdir, tmp_path, monkeypatch):
+    """The same storage, not equal copies: every frozen encoder tensor of every member and of the population's
+    shared encoder is one tensor (data_ptr), in the compute dtype; the adapters stay each member's own."""
+    from sentiment_lora.population import loop
+
+    seen = {}
+    real = loop.shared_encoder
+
+    def recording(first, members, device):
+        seen["members"], seen["result"] = members, real(first, members, device)
+        return seen["result"]
+
+    monkeypatch.setattr(loop, "shared_encoder", recording)
+    cfgs = [compose_config(base(workdir) + ["trainer.precision=bf16", "trainer.epochs=1"] + extra) for extra in MEMBERS]
+    together(cfgs, [tmp_path / f"m{i}" for i in range(len(cfgs))])
+    classifiers, shared = seen["members"], seen["result"][0]
+    pointers = [{name: t.data_ptr() for name, t in memory.frozen_tensors(c).items()} for c in classifiers]
+    assert pointers[0] and all(other == pointers[0] for other in pointers[1:])
+    query = "encoder.layer.0.attention.self.query.weight"
+    assert shared.encoder.encoder.layer[0].attention.self.query.base.weight.data_ptr() == pointers[0][query]
+    assert memory.frozen_tensors(classifiers[0])[query].dtype == torch.bfloat16
+    lora = [{n: p.data_ptr() for n, p in c.named_parameters() if p.requires_grad} for c in classifiers]
+    assert not set(lora[0].values()) & set(lora[1].values())
+
+
+def test_split_to_fit_makes_near_equal_populations_within_the_budget():
+    split_to_fit = memory.split_to_fit
+    assert [len(part) for part in split_to_fit(list(range(5)), per_member=10, budget=25)] == [2, 2, 1]
+    assert [len(part) for part in split_to_fit(list(range(7)), per_member=10, budget=30)] == [3, 2, 2]
+    assert [len(part) for part in split_to_fit(list(range(3)), per_member=10, budget=5)] == [1, 1, 1]
+    assert split_to_fit(list(range(4)), per_member=10, budget=1000) == [[0, 1, 2, 3]]
+
+
+def test_a_memory_budget_splits_the_trials_into_populations_that_fit(workdir, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(memory, "member_bytes", lambda run: 2**20)  # 1 MB a member: a budget of 2 MB holds 2
+    cfgs = [compose_config(base(workdir) + ["trainer.epochs=1", "lora/targets=qv", f"lora.rank={rank}"])
+            for rank in (2, 4, 8, 16)]  # fmt: skip
+    with caplog.at_level("INFO"):
+        outcomes = population.train_together([(cfg, tmp_path / f"t{i}") for i, cfg in enumerate(cfgs)],
+                                             memory_budget_mb=2)  # fmt: skip
+    assert all(isinstance(value, float) for value in outcomes)
+    assert (
+        "population split: 4 trials into 2 populations of at most 2 (about 1 MB per member, budget 2 MB" in caplog.text
+    )
+    assert caplog.text.count("population of 2 trials") == 2
+    assert all(record(tmp_path / f"t{i}")["status"] == "complete" for i in range(4))
+
+
+def test_the_memory_estimate_counts_the_trained_layers_and_the_batch(workdir, tmp_path):
+    from sentiment_lora.run import set_up
+
+    def estimate(*extra) -> int:
+        cfg = compose_config(base(workdir) + ["lora/targets=qv", *extra])
+        run_dir = tmp_path / str(len(list(tmp_path.iterdir())))
+        run_dir.mkdir()
+        return memory.member_bytes(set_up(cfg, run_dir))
+
+    every_layer = estimate()
+    assert estimate("lora.top_layers=1") < every_layer < estimate("trainer.batch_size=16")

@@ -35,6 +35,9 @@ class PopulationLauncherConf:
     # At most this many stacked rows (members x trainer.eval_batch_size) in one evaluation forward; null: every
     # member of the population at once. Lower it when validation runs out of device memory.
     max_eval_rows: int | None = None
+    # Memory the populations may take, in MB; null: 80% of what is available when they form (host RAM on the CPU,
+    # free device memory on a GPU). Trials that could join are split into populations that fit, one after another.
+    memory_budget_mb: int | None = None
 
 
 ConfigStore.instance().store(
@@ -59,8 +62,8 @@ def _prepare(cfg: DictConfig) -> _Prepared:
 
 
 class PopulationLauncher(Launcher):
-    def __init__(self, max_eval_rows: int | None = None) -> None:
-        self.max_eval_rows = max_eval_rows
+    def __init__(self, max_eval_rows: int | None = None, memory_budget_mb: int | None = None) -> None:
+        self.max_eval_rows, self.memory_budget_mb = max_eval_rows, memory_budget_mb
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -107,6 +110,7 @@ class PopulationLauncher(Launcher):
             outcomes = train_together(
                 [(job.cfg, job.run_dir, job.on_epoch, as_job(configs[index])) for index, job in prepared.items()],
                 max_eval_rows=self.max_eval_rows,
+                memory_budget_mb=self.memory_budget_mb,
             )
         finally:
             unroute(handlers)

@@ -19,6 +19,7 @@ from sentiment_lora import methods
 from sentiment_lora.analysis.ranking import correctness, run_config
 from sentiment_lora.analysis.stats import compare, holm, seed_summary
 from sentiment_lora.analysis.summary import method_marker, method_order, point_label
+from sentiment_lora.outputs import atomic_write
 from sentiment_lora.rundir.record import PREDICTIONS_FILE, config_digest
 
 REFERENCE = "tfidf"  # the method column of reference rows on the curve
@@ -207,5 +208,6 @@ def plot_curve(cells: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig = draw_curve(cells)
-    fig.savefig(path, dpi=120)
+    with atomic_write(path) as tmp:  # a full disk leaves no partial image
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".").lower() or None)
     plt.close(fig)

@@ -12,6 +12,7 @@ from sentiment_lora import methods
 from sentiment_lora.analysis.ranking import pareto, usual_size
 from sentiment_lora.analysis.stats import wilson_interval
 from sentiment_lora.errors import UserError
+from sentiment_lora.outputs import atomic_write
 from sentiment_lora.rundir.record import METRICS_FILE, read_metrics
 
 COLUMNS = [
@@ -91,6 +92,7 @@ NUMBERS = {
     "split_sizes": ("train",),
     "": ("epochs_run", "time_s"),
 }
+RATES = ("accuracy", "f1", "majority_accuracy", "balanced_accuracy", "f1_minority")
 
 
 def _check_numbers(metrics: dict, path: Path) -> None:
@@ -99,9 +101,14 @@ def _check_numbers(metrics: dict, path: Path) -> None:
         values = _section(metrics, section) if section else metrics
         for key in keys:
             value = values.get(key)
+            name = f"{section}.{key}" if section else key
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                name = f"{section}.{key}" if section else key
                 raise Skipped(f"{path}: {name} is {value!r}, not a number; skipped")
+            # A rate outside [0, 1] (a hand-edited 7.5, NaN) would fail deep in the intervals' arithmetic.
+            if value is not None and key in RATES and not 0 <= value <= 1:
+                raise Skipped(f"{path}: {name} is {value!r}, not between 0 and 1; skipped")
+            if value is not None and key == "n" and (value < 0 or not float(value).is_integer()):
+                raise Skipped(f"{path}: {name} is {value!r}, not a count of reviews; skipped")
 
 
 def row_of(run_dir: Path) -> dict:
@@ -397,7 +404,8 @@ def plot(table: pd.DataFrame, path: Path, majority: float | None = None) -> None
     import matplotlib.pyplot as plt
 
     fig = draw_axis(table, majority)
-    fig.savefig(path, dpi=120)
+    with atomic_write(path) as tmp:  # a full disk leaves no partial image
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".").lower() or None)
     plt.close(fig)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sentiment_lora import __version__, methods
+from sentiment_lora import __version__, locks, methods
 from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError, exit_with
 from sentiment_lora.export.card import PROBE_REVIEWS, THRESHOLD, method_of, model_card
@@ -41,6 +41,7 @@ from sentiment_lora.loop import predict
 from sentiment_lora.rundir.completed import Run, load_model, open_run, run_holding
 from sentiment_lora.rundir.files import new_file_mode
 from sentiment_lora.rundir.record import RUN_FORMAT
+from sentiment_lora.signals import one_line_faults
 
 # classifier.json's mark of a folder this command wrote: --force replaces such a folder and nothing else.
 WRITTEN_BY = "sentiment_lora.export"
@@ -126,7 +127,14 @@ def write_export(
     if not diff <= MERGE_TOLERANCE:  # NaN too
         raise RuntimeError(f"the {export_format.name} export scores {diff:.2e} away from the run's model on a probe")
     (folder / "README.md").write_text(model_card(run, out_name, diff, with_adapter, export_format))
+    # The files this export wrote, classifier.json itself included: all that a later --force may replace.
+    spec["files"] = sorted(folder_files(folder) | {CLASSIFIER_FILE})
+    (folder / CLASSIFIER_FILE).write_text(json.dumps(spec, indent=2) + "\n")
     return diff
+
+
+def folder_files(folder: Path) -> set[str]:
+    return {path.relative_to(folder).as_posix() for path in folder.rglob("*") if not path.is_dir()}
 
 
 def _give_modes(folder: Path) -> None:
@@ -151,9 +159,17 @@ def is_export(folder: Path) -> bool:
     return marked and not any(folder.rglob("metrics.json"))
 
 
+def files_no_export_wrote(folder: Path) -> list[str] | None:
+    """The files of a previous export's folder that are not in its classifier.json's list of the files it wrote
+    (a user's notes, say), or None for an export written before exports listed their files."""
+    listed = json.loads((folder / CLASSIFIER_FILE).read_text()).get("files")
+    return sorted(folder_files(folder) - set(listed)) if isinstance(listed, list) else None
+
+
 def check_out_dir(out_dir: Path, run: Run, force: bool) -> None:
     """OUT_DIR must be new, empty, or (with --force) a previous export: never the run, a folder holding it (its
-    siblings with it) or one inside it, and never any other folder --force would delete."""
+    siblings with it) or one inside it, and never a folder holding a file that no export wrote, which --force
+    would delete."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a directory")
     out, run_dir = out_dir.resolve(), run.dir.resolve()  # symlinks resolved: a link to the run is the run
@@ -169,6 +185,18 @@ def check_out_dir(out_dir: Path, run: Run, force: bool) -> None:
             raise UserError(
                 f"{out_dir}: is not a previous export (no {CLASSIFIER_FILE} written by sentiment_lora.export), so "
                 "--force leaves it alone; choose another folder, or remove it yourself"
+            )
+        foreign = files_no_export_wrote(out_dir)
+        if foreign is None:
+            raise UserError(
+                f"{out_dir}: a previous export that does not list the files it wrote (an older sentiment-lora's), so "
+                "--force cannot tell them from yours; remove it yourself, or choose another folder"
+            )
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            raise UserError(
+                f"{out_dir}: holds {foreign[0]}{more}, which no export wrote, so --force leaves the folder alone; "
+                "move those files aside, or choose another folder"
             )
 
 
@@ -193,8 +221,27 @@ def export(
     trained = load_model(run)  # a damaged run is refused before any folder is made
     missing = [folder for folder in (out_dir.parent, *out_dir.parent.parents) if not folder.exists()]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    done = False
+    try:
+        # One export into a folder at a time; checked again under the lock, as another export may just have ended.
+        with locks.holding(out_dir, "export folder"):
+            check_out_dir(out_dir, run, force)
+            _write_into(out_dir, run, trained, with_adapter, chosen)
+        done = True
+    finally:
+        if not done:
+            for folder in missing:  # the parents this export made, innermost first, if still empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+    return out_dir
+
+
+def _write_into(out_dir: Path, run: Run, trained, with_adapter: bool, chosen: ExportFormat) -> None:
+    """The export into a temporary folder beside out_dir, renamed into place: all or nothing."""
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    old, done = None, False
+    old = None
     try:
         write_export(run, trained, tmp, with_adapter, out_dir.name, chosen)
         _give_modes(tmp)
@@ -207,18 +254,10 @@ def export(
             if old is not None:
                 os.replace(old / "replaced", out_dir)
             raise
-        done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        if not done:
-            for folder in missing:  # the parents this export made, innermost first, if still empty
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
-    return out_dir
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -226,8 +265,10 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars say nothing about a folder this size
+    stopped = "export interrupted ({signal}); " + f"nothing was written: {args.out_dir} was left as it was"
     try:
-        out = export(args.run_dir, args.out_dir, args.adapter, args.force, args.export_format)
+        with one_line_faults(stopped, args.out_dir):
+            out = export(args.run_dir, args.out_dir, args.adapter, args.force, args.export_format)
     except UserError as err:
         exit_with(err)
     print(f"exported {args.run_dir} to {out} ({args.export_format})")

@@ -174,6 +174,14 @@ class Lora(PeftMethod):
 
         return attach_lora(classifier, cfg.lora, cfg.model.targets_map)
 
+    def untrained_layers(self, cfg, n_layers: int) -> int:
+        from sentiment_lora.methods.targets import adapted_layers
+
+        if list(cfg.lora.targets) == ["head"]:
+            return n_layers
+        adapted = adapted_layers(n_layers, cfg.lora.top_layers, cfg.lora.layers)
+        return 0 if adapted is None else min(adapted)
+
     def validate(self, cfg) -> None:
         if not cfg.lora.targets:
             raise UserError("config lora.targets: is empty; name at least one of " + ", ".join(TARGETS))

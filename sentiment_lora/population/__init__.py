@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from sentiment_lora import methods, tracking, trial
+from sentiment_lora import locks, methods, tracking, trial
 from sentiment_lora.config import validate
+from sentiment_lora.population import memory
 from sentiment_lora.population.logs import member_context
 from sentiment_lora.population.stacked import frozen_names
 from sentiment_lora.run import Run, finish, fit_alone, set_up, train_seeds
@@ -89,16 +90,19 @@ class _Job:
         self.outcome = error if error is not None else value
 
 
-def train_together(jobs: list[tuple], max_eval_rows: int | None = None) -> list:
+def train_together(jobs: list[tuple], max_eval_rows: int | None = None, memory_budget_mb: int | None = None) -> list:
     """Train the jobs, (cfg, run_dir[, on_epoch[, job_context]]) each, in populations where they can join;
     returns each job's objective(s), or the exception it ended with (a pruned trial's TrialPruned, a failed
-    one's error)."""
+    one's error). Trials that could join are split into populations that fit `memory_budget_mb` (None: the
+    memory available; population/memory.py)."""
     pending = [_Job(index, *job) for index, job in enumerate(jobs)]
     joining: list[_Job] = []
+    frozen: dict[tuple, dict] = {}  # one copy of each frozen encoder, shared by every member set up over it
     for job in pending:
         with job.context():
             try:
                 job.run_dir.mkdir(parents=True, exist_ok=True)  # Hydra's launchers make it; a caller may not
+                locks.acquire(job.run_dir)  # as a single job's (Hydra's resolver took it already): one writer
                 validate(job.cfg)
                 reason = why_alone(job.cfg)
                 if reason:
@@ -114,6 +118,7 @@ def train_together(jobs: list[tuple], max_eval_rows: int | None = None) -> list:
                 job.tracked = tracking.tracked_run(job.cfg, job.run_dir, job.on_epoch)
                 job.hook = job.tracked.__enter__()
                 job.run = set_up(job.cfg, job.run_dir)
+                memory.share_frozen(job.run.classifier, frozen.setdefault(share_key(job.run), {}))
             except Exception as err:  # noqa: BLE001 - this job fails; the batch goes on
                 job.end(err)
                 continue
@@ -132,9 +137,23 @@ def train_together(jobs: list[tuple], max_eval_rows: int | None = None) -> list:
             with group[0].context():
                 log.info("trial %s trains alone: no other trial of this batch shares its %s", group[0].label, JOINED)
             _alone(group[0])
-        else:
-            _together(group, max_eval_rows)
+            continue
+        for part in memory.populations(group, [job.run for job in group], memory_budget_mb):
+            if len(part) == 1:
+                with part[0].context():
+                    log.info("trial %s trains alone: a population of 2 would not fit the memory budget", part[0].label)
+                _alone(part[0])
+            else:
+                _together(part, max_eval_rows)
+    for job in pending:
+        locks.release(job.run_dir)
     return [job.outcome for job in pending]
+
+
+def share_key(run: Run) -> tuple:
+    """What makes two runs' frozen encoder tensors equal: the same weights, architecture, device and dtype."""
+    encoder = run.weights or f"random init, trainer.seed={run.cfg.trainer.seed}"
+    return encoder, OmegaConf.to_yaml(run.cfg.model), str(run.device), str(run.dtype)
 
 
 def _alone(job: _Job) -> None:

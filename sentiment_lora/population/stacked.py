@@ -17,7 +17,9 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from sentiment_lora import fastpath
 from sentiment_lora.model import SentimentClassifier, build_classifier, classifier_of
+from sentiment_lora.population.memory import frozen_tensors, share_frozen
 
 
 @dataclass
@@ -65,7 +67,7 @@ class StackedLoRALinear(nn.Module):
             layer = self.adapters[member]
             if layer is not None:
                 a, b, scaling, p = lora_of(layer)
-                part = functional.dropout(x[rows], p, self.training) if p else x[rows]
+                part = fastpath.dropout(x[rows], p, self.training)
                 delta = functional.linear(functional.linear(part.to(a.dtype), a), b) * scaling
                 out = out.index_add(0, torch.arange(rows.start, rows.stop, device=out.device), delta.to(out.dtype))
         return out
@@ -88,7 +90,7 @@ class StackedLoRALinear(nn.Module):
             index = torch.tensor(positions, device=x.device)
             inputs = stacked_x.index_select(0, index).to(a.dtype)
             if p:
-                inputs = functional.dropout(inputs, p, self.training)  # one draw per element: masks independent
+                inputs = fastpath.dropout(inputs, p, self.training)  # one draw per element: masks independent
             delta = torch.bmm(torch.bmm(inputs, a.transpose(1, 2)), b.transpose(1, 2)) * scaling
             stacked_out = stacked_out.index_add(0, index, delta.to(stacked_out.dtype))
         return stacked_out.reshape(out.shape)
@@ -104,6 +106,8 @@ def shared_encoder(first, members: list, device) -> tuple[SentimentClassifier, R
         shared = build_classifier(first.cfg.model, first.weights)
     shared.requires_grad_(False)
     shared.cached_depth = first.classifier.cached_depth
+    fastpath.prepare_for_steps(shared, shared.encoder, first.dtype)
+    share_frozen(shared, frozen_tensors(first.classifier))  # the members' one copy, not a fifth
     rows = Rows()
     adapted: dict[str, list] = defaultdict(lambda: [None] * len(members))
     for index, classifier in enumerate(members):

@@ -16,7 +16,7 @@ from sentiment_lora import __version__, methods
 from sentiment_lora.config import structured
 from sentiment_lora.credentials import masked, redacted
 from sentiment_lora.errors import UserError
-from sentiment_lora.rundir.claim import RUN_CONFIG_FILE, SEED_DIR, read_own_config, seed_runs
+from sentiment_lora.rundir.claim import RUN_CONFIG_FILE, SEED_DIR, holds_run, read_own_config, seed_runs
 from sentiment_lora.rundir.files import sha256_of
 from sentiment_lora.rundir.record import METRICS_FILE, RUN_FORMAT, read_metrics
 
@@ -107,6 +107,7 @@ def open_run(run_dir: str | Path) -> Run:
     hydra_dir, seed = run_dir / ".hydra", None
     if not hydra_dir.is_dir() and seed_match and (run_dir.parent / ".hydra").is_dir():
         hydra_dir, seed = run_dir.parent / ".hydra", int(seed_match.group(1))
+    check_hashes(run_dir, metrics)  # run.yaml's first (runs before it was hashed record none, and still open)
     own = read_own_config(run_dir)  # its own config, written with the run; a seed_<n> run has its own too
     cfg = _load_config(hydra_dir / "config.yaml", None if own is not None else seed, own, run_dir / RUN_CONFIG_FILE)
     missing = [name for name in methods.get(cfg.method.name).files() if not (run_dir / name).is_file()]
@@ -116,7 +117,6 @@ def open_run(run_dir: str | Path) -> Run:
         )
     if cfg.model.source == "random" and not cfg.model.path and not (run_dir / "encoder.safetensors").is_file():
         raise UserError(f"run directory {run_dir}: no encoder.safetensors, which a random-init model is saved in")
-    check_hashes(run_dir, metrics)
     return Run(run_dir, cfg, metrics, hydra_dir, own)
 
 
@@ -153,6 +153,7 @@ def study_run_dir(storage: str, study_name: str, trial_number: int | None = None
     """
     import optuna
 
+    check_readable_storage(storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     shown = masked(storage)  # the URL as messages show it: never its password
     try:
@@ -216,10 +217,25 @@ def load_model(run: Run):
 
 def run_holding(path: Path, run: Run | None = None) -> Path | None:
     """The run directory that `path` is in (or is), if any: `run`'s own (its seeds' parent included), or any folder
-    with a run's metrics.json. A file written there could replace one of the run's files. Symlinks resolved."""
+    that holds a run (immutable.holds_run: a metrics.json, a checkpoint, seed_<n>/ runs). A file written there
+    could replace one of the run's files. Symlinks resolved."""
     resolved = Path(path).expanduser().resolve()
     own = {run.dir.resolve(), run.hydra_dir.parent.resolve()} if run is not None else set()
     for folder in (resolved, *resolved.parents):
-        if folder in own or (folder / METRICS_FILE).is_file():
+        if folder in own or holds_run(folder):
             return folder
     return None
+
+
+def check_readable_storage(storage: str) -> None:
+    """Reading a study must not write: Optuna creates a missing SQLite file (with empty tables) when it opens one."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(storage)
+    except ArgumentError:
+        raise UserError(f"--storage: not a database URL: {masked(storage)}") from None
+    in_memory = url.database in (None, "", ":memory:") or url.query.get("uri") == "true"
+    if url.get_backend_name() == "sqlite" and not in_memory and not Path(url.database).is_file():
+        raise UserError(f"--storage {masked(storage)}: no SQLite file {url.database}")

@@ -55,6 +55,8 @@ def identifiers(cfg) -> dict[str, Any]:
             "pretrained": cfg.model.pretrained,
             "path": cfg.model.path,
             "pooling": cfg.model.pooling,
+            # What the default's choice weighed (choose_model.py); null when the model was named.
+            "choice": _plain(cfg.model.get("choice")) or None,
         },
         **sections,
         "optimizer": {
@@ -163,6 +165,7 @@ def write_predictions(run_dir: Path, labels: np.ndarray, probs: np.ndarray) -> N
 HASHED_FILES = (
     "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "head.safetensors", "encoder.safetensors",
     "encoder_trained.safetensors", PREDICTIONS_FILE,
+    "run.yaml",  # immutable.RUN_CONFIG_FILE: predict and export build the model from it (lora.rank, targets, ...)
 )  # fmt: skip
 
 
