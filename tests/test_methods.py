@@ -252,7 +252,7 @@ def expected_changes(method: str, init: dict) -> tuple[set[str], set[str]]:
     if method == "ln_tuning":
         norms = {name for name in init if "LayerNorm" in name}
         return norms, norms
-    if method == "prompt_tuning":  # nothing merges: the encoder's own weights stay as seeded
+    if method in ("prompt_tuning", "p_tuning"):  # nothing merges: the encoder's own weights stay as seeded
         return set(), set()
     adapted = {name for name in init if re.search(r"self\.(query|value)\.(weight|bias)$", name)}
     # Every method here moves q's and v's weights; those rotating or rescaling outputs (BOFT, RoAd) their biases too.
@@ -276,7 +276,7 @@ def test_a_short_run_completes_and_records_its_method(method_runs, method):
     torch.manual_seed(cfg.trainer.seed)
     init = build_classifier(cfg.model, None).encoder.state_dict()
     trained = load_trained(cfg.model, run_dir, method).model
-    if method == "prompt_tuning":
+    if method in ("prompt_tuning", "p_tuning"):
         encoder = trained.encoder.get_base_model()
     else:
         encoder = trained.merge_and_unload().encoder if methods.get(method).has_adapter else trained.encoder
@@ -346,7 +346,7 @@ def test_export_loads_with_plain_transformers_and_scores_as_the_run(method_runs,
     assert json.loads((folder / "classifier.json").read_text())["method"] == method
 
 
-MERGED_NEW = [name for name in NEW_METHODS if name != "prompt_tuning"]
+MERGED_NEW = [name for name in NEW_METHODS if not methods.get(name).merge_refusal]
 # ONNX export takes ~10 s a run: PEFT's other methods, once merged plain encoders, run it in the slow tier.
 EXPORT_CASES = [
     *(

@@ -51,7 +51,7 @@ PER_LINEAR = {
     "c3a": ("c3a", "block_size", lambda i, o, b: i * o // b),  # (out / b) x (in / b) circulant kernels of b
     "road": ("road", "variant", lambda i, o, v: int(v[-1]) * o),  # road_1: one angle and scale per output pair...
 }
-WHOLE = ("ln_tuning", "prompt_tuning")
+WHOLE = ("ln_tuning", "prompt_tuning", "p_tuning")
 NEW_METHODS = [*PER_LINEAR, *WHOLE]
 # Knob values a tiny model (hidden 32) needs where PEFT's default does not fit it.
 TINY_KNOBS = {"miss": 8}
@@ -108,15 +108,18 @@ def expected_groups(method: str, model_type: str, knob) -> dict[str, int]:
     head = 33  # Linear(32, 1)
     if method == "ln_tuning":
         return {"ln_tuning": layer_norm_count(model_type), "head": head}
-    if method == "prompt_tuning":
+    if method in ("prompt_tuning", "p_tuning"):
         width = embedding_width(model_type)
-        return {"prompt": knob * width, "head": head}
+        # p-tuning's prompt encoder: Linear(d, d), Linear(d, d), Linear(d, d) (PEFT's MLP at the embedding width).
+        encoder = 3 * (width * width + width) if method == "p_tuning" else 0
+        return {"prompt": knob * width + encoder, "head": head}
     group, _, per_linear = PER_LINEAR[method]
     return {group: sum(per_linear(i, o, knob) for i, o in adapted_shapes(model_type)), "head": head}
 
 
 DEFAULT_KNOB = {"adalora": 12, "vera": 256, "oft": 32, "boft": 4, "hra": 8, "fourierft": 1000, "c3a": 32,
-                "road": "road_1", "loha": 8, "lokr": 8, "miss": 8, "prompt_tuning": 20, "ln_tuning": None}  # fmt: skip
+                "road": "road_1", "loha": 8, "lokr": 8, "miss": 8, "prompt_tuning": 20, "p_tuning": 20,
+                "ln_tuning": None}  # fmt: skip
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -140,7 +143,7 @@ def test_a_budget_chooses_the_knob_whose_formula_count_is_nearest(method, budget
     candidates = {
         "oft": [2, 4, 8, 16, 32], "boft": [2, 4, 8, 16, 32], "c3a": [1, 2, 4, 8, 16, 32],
         "road": ["road_1", "road_2", "road_4"], "vera": range(1, 4000), "fourierft": range(1, 1025),
-        "prompt_tuning": range(1, 200),
+        "prompt_tuning": range(1, 200), "p_tuning": range(1, 200),
     }.get(method, range(1, 33))  # fmt: skip
     counts = {value: sum(expected_groups(method, "bert", value).values()) for value in candidates}
     ordered = sorted(counts.values())
@@ -272,7 +275,7 @@ def test_dry_run_prints_and_records_the_exact_counts(tmp_path, capsys, method):
     printed = capsys.readouterr().out
     assert f"trainable {params['trainable']:,} of {params['total']:,}" in printed
     assert f"tiny {method}" in printed and printed.rstrip().endswith("head 33")
-    knob = PER_LINEAR[method][1] if method in PER_LINEAR else "virtual_tokens" if method == "prompt_tuning" else None
+    knob = PER_LINEAR[method][1] if method in PER_LINEAR else None if method == "ln_tuning" else "virtual_tokens"
     if knob:  # the size used, as the dry run chose it
         assert f"{knob}={DEFAULT_KNOB[method]}" in printed
 
@@ -340,14 +343,87 @@ def test_the_method_comparison_preset_runs_every_method_at_its_defaults_and_at_t
     assert [float(value) for value in str(params["method.lr_scale"]).split(",")] == [0.3, 1.0, 3.0]
 
 
+MINILM_QV = [(384, 384)] * 12  # q and v of MiniLM's 6 layers
+MINILM_ALL = [(384, 384)] * 24 + [(384, 1536), (1536, 384)] * 6  # q, k, v, output and the FFN's two
+
+
+def minilm_count(method: str, knob) -> int:
+    """Trainable parameters on MiniLM (head 385) from the papers' formulas, as conf/method/at_lora_budget sets it."""
+    if method == "prompt_tuning":
+        return knob * 384 + 385
+    if method == "p_tuning":  # a 64-wide prompt encoder
+        return knob * 384 + (384 * 64 + 64) + (64 * 64 + 64) + (64 * 384 + 384) + 385
+    shapes = MINILM_ALL if method == "road" else MINILM_QV
+    return sum(PER_LINEAR[method][2](i, o, knob) for i, o in shapes) + 385
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["loha", "adalora", "vera", "oft", "boft", "hra", "fourierft", "miss", "c3a",
-                                    "road", "prompt_tuning"])  # fmt: skip
-def test_the_budget_rows_train_the_lora_defaults_count_on_minilm_within_a_step(tmp_path, method):
+                                    "road", "prompt_tuning", "p_tuning"])  # fmt: skip
+def test_the_budget_rows_train_the_count_nearest_the_lora_default_on_minilm(tmp_path, method):
     import json
 
     from sentiment_lora.run import dry_run
 
+    divisors_384 = [d for d in range(1, 385) if 384 % d == 0]
+    candidates = {
+        "oft": divisors_384[1:], "boft": [d for d in divisors_384 if d % 2 == 0], "c3a": divisors_384,
+        "road": ["road_1", "road_2", "road_4"], "vera": range(1, 20_000), "fourierft": range(1, 20_000),
+        "prompt_tuning": range(1, 290), "p_tuning": range(1, 290),
+    }.get(method, range(1, 385))  # fmt: skip
+    nearest = min((minilm_count(method, value) for value in candidates), key=lambda count: (abs(count - 84_484), count))
     dry_run(compose_config(["model=minilm", f"method=at_lora_budget/{method}", "dry_run=true"]), tmp_path)
-    trainable = json.loads((tmp_path / "metrics.json").read_text())["params"]["trainable"]
-    assert abs(trainable - 84_484) / 84_484 < 0.15, trainable  # C3A's and OFT's divisor steps are the coarsest
+    assert json.loads((tmp_path / "metrics.json").read_text())["params"]["trainable"] == nearest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_type", FAMILIES)
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_a_one_epoch_run_predicts_and_exports_on_every_family(tmp_path, method, model_type):
+    """A 1-epoch run of the method on a tiny model of the family; predict reproduces its test_predictions.csv,
+    and the plain-transformers export scores as the run's model does (or is refused in one line)."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+    from omegaconf import open_dict
+
+    from sentiment_lora.data import pipeline as data_lib
+    from sentiment_lora.export import cli as export_lib
+    from sentiment_lora.export.formats import FORMATS
+    from sentiment_lora.loop import predict
+    from sentiment_lora.predict import main as predict_main
+    from sentiment_lora.run import train
+    from sentiment_lora.trained import load_trained
+
+    from .conftest import write_reviews
+    from .test_families import arch
+
+    reviews = write_reviews(tmp_path / "reviews.csv", n=40)
+    cfg = method_cfg(method, model_type, "data=csv", f"data.path={reviews}", "trainer.epochs=1",
+                     "trainer.batch_size=8", "trainer.max_length=24", "trainer.progress=false",
+                     "trainer.precision=fp32")  # fmt: skip
+    with open_dict(cfg):
+        cfg.model.arch = arch(model_type)  # lists do not fit a command-line override
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")  # as the CLI writes it: predict and export read it
+    train(cfg, run_dir)
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "complete"
+    test_csv, out = tmp_path / "test.csv", tmp_path / "scored.csv"
+    data_lib.load_splits(cfg.data)["test"].to_csv(test_csv, index=False)
+    predict_main([str(run_dir), "--csv", str(test_csv), "--out", str(out)])
+    saved, scored = pd.read_csv(run_dir / "test_predictions.csv", dtype=str), pd.read_csv(out, dtype=str)
+    assert scored["prob"].tolist() == saved["prob"].tolist()
+    if methods.get(method).merge_refusal:
+        with pytest.raises(SystemExit):
+            export_lib.main([str(run_dir), str(tmp_path / "exported")])
+        assert not (tmp_path / "exported").exists()
+        return
+    export_lib.main([str(run_dir), str(tmp_path / "exported")])
+    texts = ["A wonderful, moving film.", "awful boring movie"]
+    trained = load_trained(cfg.model, run_dir, method)
+    rows = data_lib.encode(pd.DataFrame({"text": texts, "label": 0}), trained.tokenizer, cfg.trainer.max_length)
+    expected = predict(trained.model, rows, trained.tokenizer, 8, torch.device("cpu"), None)
+    exported = FORMATS["transformers"].probabilities(tmp_path / "exported", texts)
+    np.testing.assert_allclose(exported, expected, rtol=0, atol=1e-5)

@@ -63,6 +63,7 @@ class Adalora(AdapterMethod):
     marker = "<"
 
     def validate(self, cfg) -> None:
+        super().validate(cfg)
         method = cfg.method
         if method.get("budget") is None and method.target_rank > method.init_rank:
             raise UserError(

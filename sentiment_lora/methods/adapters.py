@@ -106,6 +106,18 @@ class AdapterMethod(PeftMethod):
         return method_cfg[self.knob]
 
     # ---- shared ----
+    def validate(self, cfg) -> None:
+        targets = list(cfg.method.targets)
+        if not targets:
+            raise UserError(f"config method.targets: is empty; name at least one of {', '.join(ADAPTER_TARGETS)}")
+        if len(set(targets)) != len(targets):
+            raise UserError(f"config method.targets: lists a target twice: {targets}")
+
+    def unread_keys(self, cfg) -> tuple[str, ...]:
+        # The budget chooses the knob: a method.<knob> beside it changes nothing.
+        chosen = (f"method.{self.knob}",) if cfg.method.get("budget") is not None else ()
+        return (*super().unread_keys(cfg), *chosen)
+
     def adapted(self, classifier: SentimentClassifier, cfg) -> tuple[str, dict[str, nn.Linear]]:
         """(PEFT's target_modules regex, the adapted Linears by name) from method.targets through the family table."""
         from sentiment_lora.methods.targets import check_targets, target_pattern, targets_and_map

@@ -64,13 +64,14 @@ class PromptTuning(Method):
         budget = cfg.method.get("budget")
         if budget is None:
             return cfg.method.virtual_tokens
-        width, head = embedding_width(classifier), sum(p.numel() for p in classifier.head.parameters())
-        tokens, rest = divmod(max(budget - head, 0), width)
+        width = embedding_width(classifier)
+        fixed = sum(p.numel() for p in classifier.head.parameters()) + self.fixed_count(classifier, cfg)
+        tokens, rest = divmod(max(budget - fixed, 0), width)  # each virtual token adds one embedding
         tokens += 2 * rest > width  # nearest; ties: the smaller count
         if tokens < 1:
             raise UserError(
                 f"config method.budget: {budget:,} is too small for {self.title}: one virtual token "
-                f"trains {width + head:,}"
+                f"trains {width + fixed:,}"
             )
         return tokens
 
@@ -85,7 +86,7 @@ class PromptTuning(Method):
                 f"config method.virtual_tokens: {tokens} virtual tokens and trainer.max_length "
                 f"{cfg.trainer.max_length} exceed the {positions} positions of model '{cfg.model.name}'"
             )
-        prompt = peft.PromptTuningConfig(
+        shape = dict(
             task_type=peft.TaskType.FEATURE_EXTRACTION,
             num_virtual_tokens=tokens,
             token_dim=embedding_width(classifier),
@@ -93,10 +94,26 @@ class PromptTuning(Method):
             num_attention_heads=config.num_attention_heads,
             num_layers=config.num_hidden_layers,
         )
+        prompt = self.prompt_config(cfg, shape)
         classifier.encoder = peft.get_peft_model(classifier.encoder, prompt)
         for parameter in classifier.head.parameters():
             parameter.requires_grad_(True)
         return classifier
+
+    def unread_keys(self, cfg) -> tuple[str, ...]:
+        # The budget chooses the number of virtual tokens: a method.virtual_tokens beside it changes nothing.
+        chosen = ("method.virtual_tokens",) if cfg.method.get("budget") is not None else ()
+        return (*super().unread_keys(cfg), *chosen)
+
+    def prompt_config(self, cfg, shape: dict):
+        """PEFT's config for the virtual tokens (`shape`: their number, width and the encoder's size)."""
+        import peft
+
+        return peft.PromptTuningConfig(**shape)
+
+    def fixed_count(self, classifier: SentimentClassifier, cfg) -> int:
+        """Trained parameters that do not grow with the virtual tokens (p-tuning's prompt encoder)."""
+        return 0
 
     def group_of(self, name: str) -> str | None:
         return "prompt" if "prompt_encoder" in name else None
