@@ -41,7 +41,8 @@ from loadavg import LoadWatch, median_spread  # noqa: E402
 
 from sentiment_lora import fastpath  # noqa: E402
 from sentiment_lora.config import CONF_DIR, register_configs  # noqa: E402
-from sentiment_lora.model import attach_lora, build_classifier  # noqa: E402
+from sentiment_lora.methods.lora_adapters import attach_lora  # noqa: E402
+from sentiment_lora.model import build_classifier  # noqa: E402
 from sentiment_lora.sources import resolve_weights  # noqa: E402
 
 register_configs()

@@ -27,9 +27,9 @@ from hydra import compose, initialize_config_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sentiment_lora import data as data_lib  # noqa: E402
 from sentiment_lora.config import CONF_DIR, register_configs  # noqa: E402
-from sentiment_lora.export_formats import ONNX_FILE, ProbabilityGraph, export_onnx  # noqa: E402
+from sentiment_lora.data import pipeline as data_lib  # noqa: E402
+from sentiment_lora.export.formats import ONNX_FILE, ProbabilityGraph, export_onnx  # noqa: E402
 from sentiment_lora.model import build_classifier, load_tokenizer  # noqa: E402
 from sentiment_lora.sources import resolve_weights  # noqa: E402
 

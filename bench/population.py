@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loadavg import LoadWatch, median_spread  # noqa: E402
 
-from sentiment_lora.results import METRICS_FILE, read_metrics  # noqa: E402
+from sentiment_lora.rundir.record import METRICS_FILE, read_metrics  # noqa: E402
 
 
 def run_sweep(launcher: str, args: list[str], out: Path) -> dict:

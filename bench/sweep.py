@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sentiment_lora.results import METRICS_FILE, read_metrics
+from sentiment_lora.rundir.record import METRICS_FILE, read_metrics
 
 BENCH_CONF = Path(__file__).resolve().parent / "conf"
 

@@ -46,18 +46,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sentiment_lora import data as data_lib  # noqa: E402
 from sentiment_lora import encoders  # noqa: E402
 from sentiment_lora.config import CONF_DIR, register_configs  # noqa: E402
-from sentiment_lora.model import (  # noqa: E402
-    adapted_layers,
-    build_encoder,
-    load_tokenizer,
-    matched_modules,
-    target_pattern,
-)
-from sentiment_lora.results import read_metrics  # noqa: E402
+from sentiment_lora.data import pipeline as data_lib  # noqa: E402
+from sentiment_lora.methods.targets import adapted_layers, matched_modules, target_pattern  # noqa: E402
+from sentiment_lora.model import build_encoder, load_tokenizer  # noqa: E402
 from sentiment_lora.run import train  # noqa: E402
+from sentiment_lora.rundir.record import read_metrics  # noqa: E402
 from sentiment_lora.runtime import pick_device, pick_dtype, precision_name  # noqa: E402
 from sentiment_lora.sources import resolve_weights  # noqa: E402
 

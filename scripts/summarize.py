@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Turn runs into a results table: markdown on stdout, CSV and PNG beside the first input.
+"""Turn runs into a results table: markdown on stdout, CSV and PNG in the first input (a sweep directory) or
+beside it (a run directory, which is never written into).
 
     python scripts/summarize.py outputs/multirun/2026-11-26_10-00-00
     python scripts/summarize.py outputs/multirun/a outputs/multirun/b outputs/baselines/tfidf
@@ -28,16 +29,15 @@ foreign directories are skipped with a note on stderr.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from sentiment_lora.credentials import masked, redacted
-from sentiment_lora.curve import curve_markdown, learning_curve, plot_curve
-from sentiment_lora.errors import UserError
-from sentiment_lora.ranking import effects, rank
-from sentiment_lora.summary import (
+from sentiment_lora.analysis.curve import curve_markdown, learning_curve, plot_curve
+from sentiment_lora.analysis.ranking import effects, rank
+from sentiment_lora.analysis.summary import (
     at_one_size,
     build_table,
     configurations_markdown,
@@ -47,20 +47,12 @@ from sentiment_lora.summary import (
     runs_as_configurations,
     to_markdown,
 )
+from sentiment_lora.credentials import masked, redacted
+from sentiment_lora.errors import USER_ERROR_EXIT, UserError
+from sentiment_lora.outputs import disk_problem, write_csv
+from sentiment_lora.rundir.completed import check_readable_storage, run_holding
 
-
-def check_storage(storage: str) -> None:
-    """Reading a study must not write: Optuna creates a missing SQLite file (with empty tables) when it opens one."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        url = make_url(storage)
-    except ArgumentError:
-        raise UserError(f"--storage: not a database URL: {masked(storage)}") from None
-    in_memory = url.database in (None, "", ":memory:") or url.query.get("uri") == "true"
-    if url.get_backend_name() == "sqlite" and not in_memory and not Path(url.database).is_file():
-        raise UserError(f"--storage {storage}: no SQLite file {url.database}")
+INTERRUPTED_EXIT = 128 + signal.SIGINT
 
 
 def load_study(storage: str, study_name: str):
@@ -80,7 +72,7 @@ def load_study(storage: str, study_name: str):
 
 def study_run_dirs(storage: str, study_name: str) -> list[Path]:
     """Run directories linked to the study's trials (each trial records its run_dir)."""
-    check_storage(storage)
+    check_readable_storage(storage)
     study = load_study(storage, study_name)
     dirs = [Path(t.user_attrs["run_dir"]) for t in study.get_trials(deepcopy=False) if "run_dir" in t.user_attrs]
     missing = len(study.trials) - len(dirs)
@@ -107,7 +99,50 @@ def importances(storage: str, study_name: str):
     return pd.Series(found, name="importance").rename_axis("parameter")
 
 
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(table CSV, plot PNG): the other outputs go beside them. By default beside the first input (in a sweep
+    directory, or next to a run directory), never inside a run: a completed run is never rewritten."""
+    for flag, path in (("--csv", args.csv), ("--plot", args.plot), ("--curve", args.curve)):
+        if path is not None and (holder := run_holding(path)) is not None:
+            raise UserError(f"{flag} {path}: is inside the run directory {holder}, which is never rewritten; write "
+                            "it elsewhere")  # fmt: skip
+    out_dir = args.paths[0] if args.paths and args.paths[0].is_dir() else Path("outputs")
+    while (holder := run_holding(out_dir)) is not None:
+        out_dir = holder.parent
+    return args.csv or out_dir / "summary.csv", args.plot or out_dir / "summary.png"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The summary, with what the disk refuses (full, read-only) and Ctrl-C as one line: every file is written
+    whole or not at all (outputs.write_csv, atomic_target), so a stopped summary leaves no partial file."""
+    try:
+        return summarize(argv)
+    except KeyboardInterrupt:
+        print("error: interrupted; the files written so far are whole, the rest were not written", file=sys.stderr)
+        return INTERRUPTED_EXIT
+    except OSError as err:
+        problem = disk_problem(err, Path.cwd())
+        if problem is None:
+            raise
+        print(f"error: {problem}; nothing half-written was left", file=sys.stderr)
+        return USER_ERROR_EXIT
+
+
+def check_figure_path(option: str, path: Path | None) -> None:
+    """matplotlib writes the format a name's suffix says, and raises deep inside for one it lacks."""
+    if path is None:
+        return
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    if path.suffix.lower().lstrip(".") not in formats:
+        raise UserError(
+            f"{option} {path}: matplotlib writes no '{path.suffix or '(no suffix)'}' figure; name a file ending in "
+            f"{', '.join('.' + name for name in sorted(formats))}"
+        )
+
+
+def summarize(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="*", type=Path, help="sweep or run directories (searched recursively)")
     parser.add_argument("--storage", help="Optuna storage URL, e.g. sqlite:///outputs/optuna/lora_optuna.db")
@@ -129,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
+        check_figure_path("--plot", args.plot)
+        check_figure_path("--curve", args.curve)
+        csv_path, png_path = output_paths(args)
         paths = list(args.paths)
         if args.storage or args.study:
             if not (args.storage and args.study):
@@ -142,11 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
-    out_dir = args.paths[0] if args.paths and args.paths[0].is_dir() else Path("outputs")
-    csv_path, png_path = args.csv or out_dir / "summary.csv", args.plot or out_dir / "summary.png"
     for folder in {csv_path.parent, png_path.parent}:  # --csv elsewhere leaves the plot in outputs/
         folder.mkdir(parents=True, exist_ok=True)
-    table.to_csv(csv_path, index=False)
+    write_csv(table, csv_path, index=False)
     print(to_markdown(table))
     tables, rank_notes = rank(table)
     for note in rank_notes:
@@ -158,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if tables:
         configs_path = csv_path.with_name("configurations.csv")
         all_configs = [t.assign(eval_fingerprint=fingerprint) for fingerprint, t in tables]
-        pd.concat(all_configs).to_csv(configs_path, index=False)
+        write_csv(pd.concat(all_configs), configs_path, index=False)
         print(f"configurations: {configs_path}", file=sys.stderr)
     if tables:
         fingerprint, axis = tables[0]
@@ -180,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cells.empty:
         curve_path = args.curve or png_path.with_name("learning_curve.png")
         curve_path.parent.mkdir(parents=True, exist_ok=True)
-        cells.drop(columns=["run_dirs"]).to_csv(csv_path.with_name("learning_curve.csv"), index=False)
+        write_csv(cells.drop(columns=["run_dirs"]), csv_path.with_name("learning_curve.csv"), index=False)
         plot_curve(cells, curve_path)
         print("\n### Learning curve: test accuracy against n_train, gaps paired on the same test reviews\n")
         print(curve_markdown(cells))
@@ -191,11 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         for note in effect_notes:
             print(f"note: {note}", file=sys.stderr)
         if not found.empty:
-            found.to_csv(csv_path.with_name(f"effect_{key}.csv"), index=False)
+            write_csv(found, csv_path.with_name(f"effect_{key}.csv"), index=False)
             print(f"\n### Effect of {key}, everything else fixed (paired over the same test reviews)\n")
             print(effects_markdown(found))
     if args.storage and (found := importances(args.storage, args.study)) is not None:
-        found.to_csv(csv_path.with_name("importances.csv"))
+        write_csv(found.to_frame(), csv_path.with_name("importances.csv"))
         print("\n### Hyper-parameter importances (fANOVA)\n\n" + found.to_frame().to_markdown(floatfmt=".3f"))
     curve = f"; learning curve {curve_path}" if curve_path else ""
     print(f"\n{len(table)} runs; table {csv_path}; plot {png_path}{curve}", file=sys.stderr)

@@ -11,75 +11,34 @@ import difflib
 import math
 import re
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
+from dataclasses import dataclass, field, fields, is_dataclass, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from sentiment_lora import encoders, labels
+from sentiment_lora import encoders, methods
+from sentiment_lora.data import labels as labels
 from sentiment_lora.errors import UserError
+from sentiment_lora.methods.base import MethodConfig
+from sentiment_lora.methods.lora import TARGETS, LoraConfig  # noqa: F401  (TARGETS: read from here by tests)
+from sentiment_lora.schema import (  # noqa: F401  (names other modules import from here)
+    AT_LEAST_ONE,
+    CONF_DIR,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    SEED,
+    SHARE,
+    Range,
+)
+from sentiment_lora.schema import described as _help
 
-# The config groups live in conf/ beside the package (editable install): an absolute path works however the
-# code is started.
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-# Abstract LoRA targets. The architecture table (encoders.py) maps them onto each family's modules; a model config
-# may map them by hand instead (model.targets_map). qkv: q, k and v together (one fused Linear where a family has one).
-TARGETS = ("q", "k", "v", "qkv", "output", "ffn", "head")
 # Data file formats (data.format) and the validation metrics that may choose the epoch kept (trainer.select_on).
 FILE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 SELECT_ON = ("val_acc", "val_balanced_acc", "val_f1_minority", "val_loss")
-# Fine-tuning methods (conf/method/): what trains besides the head. model.py attach_method builds each.
-METHODS = ("lora", "linear_probe", "bitfit", "ia3", "full")
 # What `main` can return to a sweeper, by name.
 OBJECTIVES = ("val_accuracy", "val_loss", "trainable_params")
-
-
-@dataclass(frozen=True)
-class Range:
-    """The allowed values of a numeric key: bounds inclusive unless open; NaN and infinities never pass."""
-
-    low: float | None = None
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def __contains__(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return False
-        return self.high is None or (value < self.high if self.high_open else value <= self.high)
-
-    def __str__(self) -> str:
-        if self.high is None:
-            return f"{'>' if self.low_open else '>='} {self.low}"
-        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
-
-
-AT_LEAST_ONE = Range(1)
-POSITIVE = Range(0, low_open=True)
-NON_NEGATIVE = Range(0)
-PROBABILITY = Range(0, 1, high_open=True)  # a dropout of 1 zeroes everything
-SHARE = Range(0, 1, low_open=True, high_open=True)
-SEED = Range(0, 2**32 - 1)  # numpy's and scikit-learn's random_state range
-
-
-def _help(
-    text: str, default: Any = MISSING, factory: Any = None, choices: tuple[str, ...] = (), within: Range | None = None
-) -> Any:
-    """A field with help text; `choices` are the allowed values and `within` the allowed range of a number (each
-    item of a list), the one table validation and help read."""
-    if choices:
-        text = f"{text} One of: {', '.join(choices)}."
-    if within is not None:
-        text = f"{text} Must be {within}."
-    metadata = {"help": text, "choices": choices, "within": within}
-    if factory is not None:
-        return field(default_factory=factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -134,86 +93,23 @@ class ModelConfig:
         "trainer.frozen_prefix count layers along it. Needed with model.targets_map for a type outside the table.",
         None,
     )
-
-
-@dataclass
-class LoraConfig:
-    rank: int = _help(
-        "LoRA rank r, at most the width of each adapted layer; lora.budget, when set, chooses it instead.",
-        4,
-        within=AT_LEAST_ONE,
+    choose_from: list[str] = _help(
+        "Model options (conf/model/) to choose from when no model= is given, the most capable first: the run takes "
+        "the first whose estimated training cost fits model.budget_tflops (sentiment_lora/choose_model.py). Set "
+        "by model=choose, the default; empty: this model is used as named.",
+        factory=list,
     )
-    alpha: float = _help(
-        "LoRA alpha; the update is scaled by alpha / rank (alpha / sqrt(rank) under lora.scaling=rslora).",
-        16.0,
-        within=POSITIVE,
-    )
-    dropout: float = _help("Dropout on the input of each LoRA adapter.", 0.05, within=PROBABILITY)
-    targets: list[str] = _help(
-        "Abstract modules that get LoRA, from {q, k, v, qkv, output, ffn, head}; qkv is q, k and v together (the "
-        "one fused Linear of ModernBERT and DeBERTa v1, where q, k or v alone is refused). Without 'head' the "
-        "single-unit head is trained fully; with 'head' its weight stays frozen at its seeded init and LoRA adapts it.",
-        factory=lambda: ["q", "v"],
-        choices=TARGETS,
-    )
-    top_layers: int | None = _help(
-        "Put adapters only in the last N encoder layers; null adapts every layer. The layers below stay frozen, "
-        "which trainer.frozen_prefix=cache can compute once instead of every step. Excludes lora.layers.",
-        None,
-        within=AT_LEAST_ONE,
-    )
-    layers: list[int] | None = _help(
-        "Put adapters only in these encoder layers (0-based indices along model.layers_path, each once); null "
-        "adapts every layer. The layers below the lowest one stay frozen, as with lora.top_layers, which it excludes.",
-        None,
-        within=NON_NEGATIVE,
-    )
-    scaling: str = _help(
-        "How the update is scaled: 'standard' by alpha / rank, 'rslora' by alpha / sqrt(rank) (rank-stabilized "
-        "LoRA; PEFT's use_rslora).",
-        "standard",
-        choices=("standard", "rslora"),
-    )
-    dora: bool = _help(
-        "Weight-decomposed LoRA (DoRA; PEFT's use_dora): each adapted layer also trains a magnitude vector of its "
-        "output width, counted as params.by_group.dora_magnitude.",
-        False,
-    )
-    loraplus_lr_ratio: float | None = _help(
-        "LoRA+: the B matrices learn at this multiple of optimizer.lr, the A matrices and the head at optimizer.lr "
-        "(PEFT's create_loraplus_optimizer; DoRA magnitudes go with B there). null: one learning rate for all.",
+    budget_tflops: float | None = _help(
+        "The default model choice's compute budget, in TFLOP (10^12 floating-point operations) of training and "
+        "evaluation estimated from the data: model=choose takes the most capable encoder that fits. Not read when "
+        "a model is named.",
         None,
         within=POSITIVE,
     )
-    budget: int | None = _help(
-        "Target number of trainable parameters (LoRA + DoRA magnitudes + head): the run sets the rank whose count "
-        "is nearest (ties: the lower rank) and ignores lora.rank; metrics.json records it as lora.rank_used. A "
-        "budget whose nearest rank is below 1 or above the narrowest adapted layer's width is an error. null: "
-        "lora.rank.",
+    choice: dict[str, Any] | None = _help(
+        "Set by the default model choice, not by hand: the chosen option, the budget, each candidate's estimate "
+        "(TFLOP) and why, recorded in run.yaml and metrics.json; null when the model was named.",
         None,
-        within=AT_LEAST_ONE,
-    )
-
-
-@dataclass
-class MethodConfig:
-    name: str = _help(
-        "What trains beside the head: 'lora' (adapters from the lora group), 'linear_probe' (the head alone on the "
-        "frozen encoder's pooled vectors, computed once), 'bitfit' (the encoder's bias terms), 'ia3' (PEFT's IA3 "
-        "scaling vectors on k, v and the FFN's down projection) or 'full' (every encoder weight). The lora.* keys "
-        "are read by method=lora only and ignored by the others (docs/configuration.md#methods).",
-        "lora",
-        choices=METHODS,
-    )
-    lr: float | None = _help(
-        "This method's peak learning rate, in place of optimizer.lr; null: optimizer.lr. method=full sets 5e-5.",
-        None,
-        within=POSITIVE,
-    )
-    weight_decay: float | None = _help(
-        "This method's weight decay, in place of optimizer.weight_decay; null: optimizer.weight_decay.",
-        None,
-        within=NON_NEGATIVE,
     )
 
 
@@ -556,18 +452,6 @@ def _validate_data_layout(data: Any, dry_run: bool) -> None:
     labels.resolve(data.label_map)  # a bad map is one line now, not after the data is read
 
 
-def _validate_lora_layers(lora: Any) -> None:
-    """Layer choices that need no model; an index past the encoder's last layer is refused where it is built."""
-    if lora.layers is None:
-        return
-    if lora.top_layers is not None:
-        _fail("lora.layers", "excludes lora.top_layers: set one of them, the other null")
-    if not lora.layers:
-        _fail("lora.layers", "is empty; list at least one layer index, or null for every layer")
-    if len(set(lora.layers)) != len(lora.layers):
-        _fail("lora.layers", f"lists a layer twice: {list(lora.layers)}")
-
-
 def _section(node: Any, name: str) -> Any:
     """The dataclass that the field `name` of dataclass `node` holds (Optional unwrapped), or None: a leaf, or a
     free-form dict such as model.arch or model.targets_map, which takes any key."""
@@ -578,9 +462,22 @@ def _section(node: Any, name: str) -> Any:
     return None
 
 
-def unknown_key(key: str) -> str | None:
+def method_schema(name: str | None) -> Any:
+    """The schema of the `method` section: the named method's (methods/), or for an unknown or unnamed method
+    (a sweep over methods) a dataclass of every registered method's keys, so no key a method reads is refused."""
+    if name in methods.names():
+        return methods.get(name).schema
+    keys = dict.fromkeys(item.name for method in methods.all_methods() for item in fields(method.schema))
+    return make_dataclass("AnyMethodConfig", [(key, Any, field(default=None)) for key in keys])
+
+
+def _child(node: Any, name: str, method: str | None) -> Any:
+    return method_schema(method) if node is Config and name == "method" else _section(node, name)
+
+
+def unknown_key(key: str, method: str | None = None) -> str | None:
     """The problem with a dotted key that the schema has no place for, or None when it has (a key inside a
-    free-form dict included). `hydra.*` is Hydra's own and not checked here."""
+    free-form dict included); method.* keys against `method`'s schema. `hydra.*` is Hydra's own, not checked."""
     node, parts = Config, key.split(".")
     for depth, part in enumerate(parts):
         names = [item.name for item in fields(node)]
@@ -592,13 +489,13 @@ def unknown_key(key: str) -> str | None:
             else:
                 hint = f"{where or 'the top level'} has {', '.join(names)}"
             return f"unknown key (not in the schema, sentiment_lora/config.py); {hint}"
-        node = _section(node, part)
+        node = _child(node, part, method)
         if node is None:
             return None
     return None
 
 
-def _added_keys(tree: dict, node: Any = Config, prefix: str = "") -> list[str]:
+def _added_keys(tree: dict, node: Any = Config, prefix: str = "", method: str | None = None) -> list[str]:
     """Dotted keys of a composed config (a plain container) that the schema does not have: a `+key=value`
     override adds one past Hydra's struct check, and the run would silently ignore it."""
     found = []
@@ -609,29 +506,36 @@ def _added_keys(tree: dict, node: Any = Config, prefix: str = "") -> list[str]:
         if key not in names:
             found.append(f"{prefix}{key}")
             continue
-        section = _section(node, key)
+        section = _child(node, key, method)
         if section is not None and isinstance(value, dict):
-            found.extend(_added_keys(value, section, f"{prefix}{key}."))
+            found.extend(_added_keys(value, section, f"{prefix}{key}.", method))
     return found
 
 
 def _validate_keys(cfg: Any) -> None:
     tree = OmegaConf.to_container(cfg, resolve=False) if isinstance(cfg, DictConfig) else cfg
-    for key in _added_keys(tree):
-        _fail(key, unknown_key(key) or "unknown key")
+    method = (tree.get("method") or {}).get("name")
+    for key in _added_keys(tree, method=method):
+        _fail(key, unknown_key(key, method) or "unknown key")
 
 
 def validate(cfg: Any) -> None:
     """Semantic checks a dataclass type cannot express; one line per problem, naming the key. Checks that need the
     model (lora.rank against layer widths, trainer.max_length against positions) run where it is built."""
+    methods.get(cfg.method.name)  # an unknown method: one line listing the registered ones
     _validate_keys(cfg)
-    for key, allowed in CHOICES.items():
+    method_fields = [(f"method.{key}", item) for key, item in _fields_with("choices", methods.of(cfg).schema)]
+    for key, allowed in {**CHOICES, **{key: item.metadata["choices"] for key, item in method_fields}}.items():
         value = _get(cfg, key)
         noun = {"lora.targets": "target", "objectives": "objective"}.get(key, "value")
         for item in [value] if isinstance(value, str) else list(value):
             if item not in allowed:
                 _fail(key, f"unknown {noun} '{item}'; choose from {', '.join(allowed)}")
-    for key, (within, nullable) in RANGES.items():
+    method_ranges = {
+        f"method.{key}": (item.metadata["within"], "None" in str(item.type))
+        for key, item in _fields_with("within", methods.of(cfg).schema)
+    }
+    for key, (within, nullable) in {**RANGES, **method_ranges}.items():
         value = _get(cfg, key)
         if value is None:
             continue
@@ -644,15 +548,7 @@ def validate(cfg: Any) -> None:
         _fail("optimizer.betas", f"needs two numbers, got {list(cfg.optimizer.betas)}")
     if not DEVICE.fullmatch(cfg.trainer.device):
         _fail("trainer.device", f"unknown device '{cfg.trainer.device}'; choose from auto, cpu, cuda, cuda:N")
-    if not cfg.lora.targets:
-        _fail("lora.targets", "is empty; name at least one of " + ", ".join(TARGETS))
-    if len(set(cfg.lora.targets)) != len(cfg.lora.targets):
-        _fail("lora.targets", f"lists a target twice: {list(cfg.lora.targets)}")
-    hand_map = cfg.model.targets_map  # empty: the architecture table maps every target (checked on the model)
-    for target in cfg.lora.targets:
-        if hand_map and target not in ("head", "qkv") and target not in hand_map:
-            _fail("model.targets_map", f"model '{cfg.model.name}' does not map target '{target}'")
-    _validate_lora_layers(cfg.lora)
+    methods.get(cfg.method.name).validate(cfg)  # the method's own keys (LoRA's lora.*)
     if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)):
         _fail("seeds", f"needs distinct seeds, got {list(cfg.seeds)}")
     _validate_data_layout(cfg.data, cfg.dry_run)
@@ -666,3 +562,12 @@ def validate(cfg: Any) -> None:
             f"must be >= {2 * per_class} or null, got {cfg.data.n_samples}: a review of each class in every split "
             f"takes {per_class} per class at val_fraction={val_fraction:g}, test_fraction={test_fraction:g}",
         )
+
+
+def structured(method: str | None = None) -> DictConfig:
+    """The schema as an OmegaConf config, its `method` section typed and filled by `method`'s own schema (a run's
+    saved config is merged onto it: predict, export)."""
+    schema = OmegaConf.structured(Config)
+    if method is None:
+        return schema
+    return OmegaConf.merge(schema, {"method": OmegaConf.structured(methods.get(method).config_node())})

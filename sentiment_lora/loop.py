@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sentiment_lora import data as data_lib
-from sentiment_lora.checkpoint import Checkpoint
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
 from sentiment_lora.metrics import classification_metrics
+from sentiment_lora.rundir.checkpoint import Checkpoint
 from sentiment_lora.runtime import autocast
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,9 @@ class EpochHook(Protocol):
         """The exception that tells the sweeper this run was stopped."""
         ...
 
+
+# A method's per-step hook (methods.base.Method.on_step), called with the global optimizer step, from 1.
+StepHook = Callable[[int], None]
 
 # trainer.select_on: the key an epoch's validation metrics are ranked by, higher better (ties: lower loss).
 SELECTION_KEYS = {
@@ -112,8 +115,11 @@ def bar_disabled(progress: bool | None) -> bool | None:
     return None if progress is None else not progress
 
 
-def train_epoch(model, batches, optimizer, scheduler, trainer_cfg, epoch: int, device, dtype) -> tuple[float, int]:
-    """One pass over the training batches; returns the mean training loss and the number of reviews seen."""
+def train_epoch(
+    model, batches, optimizer, scheduler, trainer_cfg, epoch: int, device, dtype, on_step: StepHook | None = None
+) -> tuple[float, int]:
+    """One pass over the training batches; returns the mean training loss and the number of reviews seen.
+    on_step(global step) runs after each optimizer step, before the gradients are cleared (AdaLoRA reads them)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     loss_fn = torch.nn.BCEWithLogitsLoss()
     loss_sum, seen = 0.0, 0
@@ -133,6 +139,8 @@ def train_epoch(model, batches, optimizer, scheduler, trainer_cfg, epoch: int, d
             torch.nn.utils.clip_grad_norm_(trainable, trainer_cfg.grad_clip)
         optimizer.step()
         scheduler.step()
+        if on_step is not None:
+            on_step((epoch - 1) * len(batches) + step)
         optimizer.zero_grad(set_to_none=True)
         loss_sum, seen = loss_sum + loss.item() * len(labels), seen + len(labels)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
@@ -151,6 +159,7 @@ def fit(
     frozen: list[torch.nn.Module] = (),
     on_epoch: EpochHook | None = None,
     checkpoint: Checkpoint | None = None,
+    on_step: StepHook | None = None,
 ) -> Fitted:
     """Train `trainer_cfg.epochs` epochs, validate after each, and leave the best epoch's trainable weights in
     the model. Best by trainer.select_on: higher validation accuracy (or balanced accuracy, or F1 of the smaller
@@ -166,7 +175,7 @@ def fit(
         for module in frozen:
             module.eval()
         started = time.perf_counter()
-        train_loss, seen = train_epoch(model, batches, optimizer, scheduler, trainer_cfg, epoch, device, dtype)
+        train_loss, seen = train_epoch(model, batches, optimizer, scheduler, trainer_cfg, epoch, device, dtype, on_step)
         train_time = time.perf_counter() - started
         val = validate()
         history.append(history_entry(epoch, train_loss, seen, val, train_time, time.perf_counter() - started))

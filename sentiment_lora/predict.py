@@ -18,14 +18,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sentiment_lora import data as data_lib
-from sentiment_lora import labels as labels_lib
 from sentiment_lora.config import DEVICE
+from sentiment_lora.data import labels as labels_lib
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError, exit_with
 from sentiment_lora.loop import predict
-from sentiment_lora.results import atomic_target
-from sentiment_lora.rundir import Run, load_model, open_run, run_holding, study_run_dir
+from sentiment_lora.outputs import neutralised, write_csv
+from sentiment_lora.rundir.completed import Run, load_model, open_run, run_holding, study_run_dir
 from sentiment_lora.runtime import pick_device
+from sentiment_lora.signals import one_line_faults
 
 PREFIX_CHARS = 60
 PROGRESS_MIN_BATCHES = 10  # fewer batches finish before a bar would say anything
@@ -188,15 +189,15 @@ def check_out_spares(out: Path | None, csv: Path | None, run: Run) -> None:
 
 
 def write(predictions: pd.DataFrame, out: Path | None) -> None:
+    """The scores as CSV, their text prefixes neutralised against formula injection (outputs.neutralised)."""
     if out is None:
-        predictions.to_csv(sys.stdout, index=False)
+        neutralised(predictions).to_csv(sys.stdout, index=False)
         return
-    with atomic_target(out) as tmp:
-        predictions.to_csv(tmp, index=False)
+    write_csv(predictions, out, index=False)
 
 
 def accuracy_line(labels: np.ndarray, predictions: np.ndarray) -> str:
-    from sentiment_lora.summary import wilson_interval
+    from sentiment_lora.analysis.stats import wilson_interval
 
     correct, n = int((labels == predictions).sum()), len(labels)
     low, high = wilson_interval(correct, n)
@@ -228,8 +229,12 @@ def main(argv: list[str] | None = None) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars: stderr is for the accuracy line and errors
+    stopped = "predict interrupted ({signal}); " + (
+        f"nothing was written to {args.out}" if args.out else "the scores printed before it are incomplete"
+    )
     try:
-        run_predict(args)
+        with one_line_faults(stopped, args.out or Path.cwd()):
+            run_predict(args)
     except UserError as err:
         exit_with(err)
     except BrokenPipeError:  # stdout closed early (`... | head`): stop quietly, as other command-line tools do

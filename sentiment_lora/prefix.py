@@ -19,10 +19,11 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from sentiment_lora import data as data_lib
-from sentiment_lora import memo
+from sentiment_lora import memo, methods
+from sentiment_lora.data import pipeline as data_lib
+from sentiment_lora.errors import UserError
 from sentiment_lora.loop import bar_disabled
-from sentiment_lora.model import SentimentClassifier, check_frozen_prefix, frozen_depth, frozen_modules
+from sentiment_lora.model import SentimentClassifier, check_frozen_prefix, frozen_modules
 from sentiment_lora.runtime import autocast
 
 log = logging.getLogger(__name__)
@@ -77,11 +78,17 @@ def cache_frozen_prefix(
 def prepare(
     cfg, classifier: SentimentClassifier, encoded: dict[str, list[dict]], weights, tokenizer, device, dtype
 ) -> FrozenPrefix:
-    depth = frozen_depth(classifier)
+    method = methods.of(cfg)
+    depth = method.frozen_depth(classifier)
     # A linear probe reads fixed features: the frozen encoder's pooled vectors, computed once per review.
-    mode = "cache" if cfg.method.name == "linear_probe" else cfg.trainer.frozen_prefix
+    mode = "cache" if method.caches_whole_encoder else cfg.trainer.frozen_prefix
     if depth is None or mode == "live":
         return FrozenPrefix("live", encoded)
+    if method.cache_refusal:  # virtual tokens change the sequence the layers see: nothing below can be reused
+        raise UserError(
+            f"config trainer.frozen_prefix: '{mode}' cannot run under method={method.name}: {method.cache_refusal}; "
+            "use trainer.frozen_prefix=live"
+        )
     check_frozen_prefix(classifier, mode, depth)  # a family it would be wrong for: refused
     frozen = frozen_modules(classifier, depth)
     if mode == "eval":

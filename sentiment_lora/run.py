@@ -3,7 +3,7 @@
 Every configuration and every sweep trial runs `train`. It returns what `cfg.objectives` names (the selected
 epoch's validation accuracy by default), the value a sweeper optimizes. Side concerns live elsewhere: where
 weights and data come from (sources.py), the per-process memo (memo.py), the frozen-prefix modes (prefix.py),
-the epoch loop (loop.py), the record (results.py), the sweep's pruning hook (trial.py), the loggers (tracking.py).
+the epoch loop (loop.py), the record (rundir/record.py), the sweep's pruning hook (trial.py), the loggers (tracking.py).
 """
 
 from __future__ import annotations
@@ -17,32 +17,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
-from sentiment_lora import data as data_lib
-from sentiment_lora import fastpath, immutable, prefix, results, tracking
-from sentiment_lora.checkpoint import Checkpoint
+from sentiment_lora import fastpath, methods, prefix, tracking
+from sentiment_lora.choose_model import choice_line
 from sentiment_lora.config import validate
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.loop import EpochHook, Fitted, evaluate, fit
 from sentiment_lora.metrics import imbalance_warning
-from sentiment_lora.model import (
-    adapter_rank,
-    attach_method,
-    build_classifier,
-    count_params,
-    load_tokenizer,
-    plain_state,
-    save_trained,
-)
-from sentiment_lora.runtime import (
-    make_optimizer,
-    make_scheduler,
-    pick_device,
-    pick_dtype,
-    precision_name,
-    precision_reason,
-)
+from sentiment_lora.model import build_classifier, load_tokenizer, plain_state
+from sentiment_lora.rundir import claim as immutable
+from sentiment_lora.rundir import record as results
+from sentiment_lora.rundir.checkpoint import Checkpoint
+from sentiment_lora.runtime import make_scheduler, pick_device, pick_dtype, precision_name, precision_reason
 from sentiment_lora.sources import resolve_weights
+from sentiment_lora.trained import count_params, save_trained
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +51,7 @@ def fit_alone(run: Run, on_epoch: EpochHook | None = None) -> Fitted:
     """Epochs, validation after each, the best epoch's weights kept (loop.fit); resumes from the run's checkpoint."""
     return fit(run.model, run.batches, lambda: run.evaluate("val")[0], run.optimizer, run.scheduler, run.cfg.trainer,
                run.device, run.dtype, frozen=run.frozen.modules, on_epoch=on_epoch,
-               checkpoint=run.checkpoint)  # fmt: skip
+               checkpoint=run.checkpoint, on_step=run.step_hook())  # fmt: skip
 
 
 @dataclass
@@ -83,13 +72,24 @@ class Run:
     classifier: object  # the SentimentClassifier inside `model`
     random_encoder_state: dict | None
     model: torch.nn.Module
+    method: methods.Method
     params: dict
-    lora_used: dict | None
+    method_facts: dict | None  # what only the built model knows (LoRA: the rank a budget chose), for the record
     frozen: prefix.FrozenPrefix
     batches: object
     optimizer: torch.optim.Optimizer
     scheduler: object
     checkpoint: Checkpoint
+
+    def facts_record(self) -> dict:
+        return results.facts_fields(self.method, self.method_facts)
+
+    def step_hook(self):
+        """The method's per-step hook as loop.fit calls it (None when the method has none)."""
+        if not self.method.has_step_hook:
+            return None
+        total = self.cfg.trainer.epochs * len(self.batches)
+        return lambda step: self.method.on_step(self.model, step, total)
 
     def evaluate(self, name: str):
         rows = self.frozen.rows[name]
@@ -103,6 +103,8 @@ def set_up(cfg, run_dir: Path) -> Run:
     device = pick_device(trainer.device)
     dtype = pick_dtype(trainer.precision, device)
     log.info("run dir %s | device %s | precision %s", run_dir, device, precision_name(dtype))
+    if cfg.model.choice:  # no model= was given: what the default chose and why (choose_model.py)
+        log.info("%s", choice_line(OmegaConf.to_container(cfg.model.choice)))
 
     # ---- data: sample, strip HTML, stratified split, tokenize (weights resolved first: fail fast) ----
     weights = resolve_weights(cfg.model)
@@ -110,26 +112,27 @@ def set_up(cfg, run_dir: Path) -> Run:
     splits, encoded, data_facts = data_lib.prepare(cfg.data, tokenizer, trainer.max_length)
     log.info("data %s: %s", cfg.data.name, {name: len(rows) for name, rows in encoded.items()})
 
-    # ---- model: encoder + pooling + head, the method's trainable part (LoRA through PEFT by default); the frozen
-    # layers below the first trained one live, eval or cached ----
+    # ---- model: encoder + pooling + head, the method's trainable part (methods/; LoRA through PEFT by default);
+    # the frozen layers below the first trained one live, eval or cached ----
     torch.manual_seed(trainer.seed)
     classifier = build_classifier(cfg.model, weights)
     random_encoder_state = plain_state(classifier.encoder) if weights is None else None
-    model = attach_method(classifier, cfg).to(device)
-    params, lora_used = count_params(model), lora_record(model, cfg)  # lora.budget may have chosen the rank
-    log.info("method %s: trainable %s of %s parameters %s", cfg.method.name, f"{params['trainable']:,}",
+    method = methods.of(cfg)
+    total_steps = trainer.epochs * math.ceil(len(encoded["train"]) / trainer.batch_size)
+    model = method.attach(classifier, cfg, total_steps).to(device)
+    params, facts = count_params(model, method), method.run_facts(model, cfg)  # a budget may have chosen the size
+    log.info("method %s: trainable %s of %s parameters %s", method.name, f"{params['trainable']:,}",
              f"{params['total']:,}", params["by_group"])  # fmt: skip
     frozen = prefix.prepare(cfg, classifier, encoded, weights, tokenizer, device, dtype)
     fastpath.prepare_for_steps(model, classifier.encoder, dtype)  # cheap dropout masks, frozen weights in dtype
 
     batches = data_lib.loader(frozen.rows["train"], tokenizer, trainer.batch_size, trainer.seed,
                               trainer.length_grouping)  # fmt: skip
-    loraplus = cfg.lora.loraplus_lr_ratio if cfg.method.name == "lora" else None  # lora.* applies to LoRA only
-    optimizer = make_optimizer(model, method_optimizer(cfg), loraplus)
+    optimizer = method.optimizer(model, cfg, method_optimizer(cfg))
     scheduler = make_scheduler(optimizer, cfg.optimizer, trainer.epochs * len(batches))
     checkpoint = Checkpoint(run_dir, cfg)  # saved after every epoch; a re-run in this run directory resumes
     return Run(cfg, run_dir, started, device, dtype, tokenizer, splits, encoded, data_facts, weights, classifier,
-               random_encoder_state, model, params, lora_used, frozen, batches, optimizer, scheduler,
+               random_encoder_state, model, method, params, facts, frozen, batches, optimizer, scheduler,
                checkpoint)  # fmt: skip
 
 
@@ -140,7 +143,7 @@ def finish(run: Run, fitted: Fitted, on_epoch: EpochHook | None = None, tested=N
     cfg, run_dir, trainer = run.cfg, run.run_dir, run.cfg.trainer
     if fitted.stopped:
         elapsed = time.perf_counter() - run.started
-        results.write_record(run_dir, "pruned", cfg, lora=run.lora_used, data=run.data_facts, params=run.params,
+        results.write_record(run_dir, "pruned", cfg, **run.facts_record(), data=run.data_facts, params=run.params,
                              **fitted.record(), time_s=elapsed)  # fmt: skip
         run.checkpoint.finish()
         raise on_epoch.stopped()
@@ -159,10 +162,10 @@ def finish(run: Run, fitted: Fitted, on_epoch: EpochHook | None = None, tested=N
 
     # ---- artefacts; metrics.json last, so its presence means the run completed ----
     if cfg.save_adapter:
-        save_trained(run.model, run_dir, run.random_encoder_state, cfg.method.name)
+        save_trained(run.model, run_dir, run.random_encoder_state, run.method)
     results.write_predictions(run_dir, test_labels, test_probs)
     results.write_record(
-        run_dir, "complete", cfg, sha256=results.artefact_hashes(run_dir), lora=run.lora_used, data=run.data_facts,
+        run_dir, "complete", cfg, sha256=results.artefact_hashes(run_dir), **run.facts_record(), data=run.data_facts,
         data_fingerprint=data_lib.fingerprint(run.splits),
         eval_fingerprint=data_lib.fingerprint(run.splits, ("val", "test")),
         split_sizes={name: len(split_rows) for name, split_rows in run.encoded.items()}, params=run.params,
@@ -180,7 +183,7 @@ def train_seeds(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float 
 
     Only the first seed reports to the epoch hook: a sweep's pruner judges the trial by it. A run directory that
     already holds this configuration's finished run returns what it recorded; another configuration's is refused
-    (immutable.py).
+    (rundir/claim.py).
     """
     validate(cfg)
     if (recorded := immutable.claim(cfg, run_dir)) is not None:
@@ -200,12 +203,6 @@ def train_seeds(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float 
     return means[0] if len(means) == 1 else tuple(means)
 
 
-def lora_record(model, cfg) -> dict | None:
-    """What metrics.json adds to its `lora` section: the rank used; nothing when the method is not LoRA (the
-    section is then null: lora.* keys are not read)."""
-    return {"rank_used": adapter_rank(model)} if cfg.method.name == "lora" else None
-
-
 def method_optimizer(cfg):
     """cfg.optimizer with method.lr and method.weight_decay in place of its own, where the method sets them."""
     optimizer_cfg = copy.deepcopy(cfg.optimizer)
@@ -218,8 +215,9 @@ def method_optimizer(cfg):
 def dry_run(cfg, run_dir: Path) -> float:
     """Parameter counts of the configured architecture at random init: no weights, no data, no network."""
     torch.manual_seed(cfg.trainer.seed)
-    model = attach_method(build_classifier(cfg.model, None), cfg)
-    params, lora_used = count_params(model), lora_record(model, cfg)
-    results.write_record(run_dir, "dry_run", cfg, lora=lora_used, params=params)
-    print(results.counts_line(cfg, adapter_rank(model), params))
+    method = methods.of(cfg)
+    model = method.attach(build_classifier(cfg.model, None), cfg)
+    params, facts = count_params(model, method), method.run_facts(model, cfg)
+    results.write_record(run_dir, "dry_run", cfg, **results.facts_fields(method, facts), params=params)
+    print(method.counts_line(cfg, params, facts))
     return math.nan

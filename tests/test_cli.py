@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -15,13 +16,13 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModel
 
-from sentiment_lora import data as data_lib
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
 from sentiment_lora.loop import TrainingDiverged, evaluate
-from sentiment_lora.model import load_trained
 from sentiment_lora.run import train
 from sentiment_lora.runtime import DTYPES, pick_dtype
 from sentiment_lora.train import cli
+from sentiment_lora.trained import load_trained
 
 from .conftest import FORCED_AUTO_BF16, TINY_FAST, compose_config, run_cli, write_reviews
 
@@ -156,7 +157,7 @@ BAD_CSVS = {
         *[(["data=csv", f"data.path={name}.csv"], message) for name, (_, message) in BAD_CSVS.items()],
         (["lora.targets=[q,attn]"], "unknown target 'attn'"),
         (["lora.rank=0"], "lora.rank: must be >= 1"),
-        (["model=bert-large"], "unknown model 'bert-large'; choose from auto, distilbert, minilm, mpnet, tiny"),
+        (["model=bert-large"], "unknown model 'bert-large'; choose from auto, choose, distilbert, minilm, mpnet, tiny"),
         (["lora/targets=qz"], "unknown lora/targets 'qz'"),
         (["trainer.device=tpu"], "unknown device 'tpu'"),
         (["trainer.num_threads=-1"], "trainer.num_threads: must be >= 1 or null, got -1"),
@@ -275,7 +276,7 @@ def test_seeds_must_be_distinct(tmp_path, reviews_csv):
 
 
 def test_config_id_ignores_the_seed_and_what_cannot_change_numbers_but_not_the_rest():
-    from sentiment_lora.results import config_id
+    from sentiment_lora.rundir.record import config_id
 
     base = config_id(compose_config(["model=tiny"]))
     assert config_id(compose_config(["model=tiny", "trainer.seed=7", "trainer.progress=false"])) == base
@@ -327,7 +328,7 @@ def test_a_run_dir_under_a_regular_file_is_one_line(monkeypatch, capsys, tmp_pat
 def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(monkeypatch, capsys, tmp_path):
     import errno
 
-    from sentiment_lora.checkpoint import CHECKPOINT_FILE
+    from sentiment_lora.rundir.checkpoint import CHECKPOINT_FILE
 
     write_reviews(tmp_path / "reviews.csv", n=40)
     run_dir = tmp_path / "R"
@@ -339,12 +340,15 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(monkeypatch, ca
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
 
     with monkeypatch.context() as patch:
-        patch.setattr("sentiment_lora.model.save_file", disk_full)  # the head's weights, after the adapter's
+        patch.setattr("sentiment_lora.trained.save_file", disk_full)  # the head's weights, after the adapter's
         code, err = run_in_process(patch, capsys, tmp_path, args)
-    assert code == 2 and err.splitlines() == [
-        f"error: run directory {run_dir}: No space left on device while writing the run; nothing half-written was "
-        "left: free space and re-run the same command (it resumes after the last checkpointed epoch)"
-    ]
+    assert code == 2 and len(err.splitlines()) == 1
+    assert re.fullmatch(
+        rf"error: run directory {re.escape(str(run_dir))}: no space left on device while writing "
+        rf"{re.escape(str(run_dir))} \([0-9.,]+ [KMG]iB free now\); nothing half-written was left: free space "
+        r"\(or make it writable\) and re-run the same command \(it resumes after the last checkpointed epoch\)\n",
+        err,
+    ), err
     left = sorted(path.relative_to(run_dir).as_posix() for path in run_dir.iterdir())
     assert left == [".hydra", CHECKPOINT_FILE, "run.yaml", "train.log"]  # the last epoch's checkpoint kept
 

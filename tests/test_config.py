@@ -8,8 +8,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from sentiment_lora import encoders
-from sentiment_lora.config import METHODS, RANGES, TARGETS, Config, validate
+from sentiment_lora import encoders, methods
+from sentiment_lora.config import RANGES, TARGETS, Config, validate
 from sentiment_lora.errors import UserError
 
 from .conftest import CONF, compose_config
@@ -29,7 +29,7 @@ GROUP_OPTIONS = [
 def test_every_group_has_options():
     groups = {group for group, _ in GROUP_OPTIONS}
     assert groups == {"model", "lora", "lora/targets", "method", "optimizer", "data", "trainer", "logger"}
-    assert options("method") == sorted(METHODS)
+    assert options("method") == sorted(methods.names())
     assert len(GROUP_OPTIONS) >= 18
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sentiment_lora.results import read_metrics
+from sentiment_lora.rundir.record import read_metrics
 from sentiment_lora.train import cli
 
 from .conftest import TINY_FAST, write_reviews

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from sentiment_lora.config import DataConfig
-from sentiment_lora.data import (
+from sentiment_lora.data.pipeline import (
     balanced_sample,
     encode,
     fingerprint,

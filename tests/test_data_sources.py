@@ -16,9 +16,9 @@ import torch
 from omegaconf import OmegaConf
 from sklearn import metrics as skm
 
-from sentiment_lora import summary
+from sentiment_lora.analysis import summary as summary
 from sentiment_lora.config import DataConfig, validate
-from sentiment_lora.data import file_format, fingerprint, load_data, read_labelled
+from sentiment_lora.data.pipeline import file_format, fingerprint, load_data, read_labelled
 from sentiment_lora.errors import UserError
 from sentiment_lora.loop import fit
 from sentiment_lora.metrics import classification_metrics, imbalance_warning

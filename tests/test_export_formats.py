@@ -14,12 +14,13 @@ import pandas as pd
 import pytest
 import torch
 
-from sentiment_lora import data as data_lib
-from sentiment_lora import export as export_lib
 from sentiment_lora import predict as predict_lib
-from sentiment_lora.export_formats import FORMATS
+from sentiment_lora.data import pipeline as data_lib
+from sentiment_lora.export import card as card_lib
+from sentiment_lora.export import cli as export_lib
+from sentiment_lora.export.formats import FORMATS
 from sentiment_lora.loop import predict
-from sentiment_lora.rundir import load_model, open_run
+from sentiment_lora.rundir.completed import load_model, open_run
 
 from .conftest import compose_config
 from .test_predict_export import call, docs_blocks, train_run
@@ -147,7 +148,7 @@ def test_the_model_card_carries_hub_metadata_that_huggingface_hub_reads_back(run
     # A MiniLM run on IMDB (its config; the tiny run's record): base model and dataset are Hub ids.
     cfg = compose_config(["model=minilm", "data=imdb"])
     minilm = dataclasses.replace(open_run(run_dir), cfg=cfg)
-    text = export_lib.model_card(minilm, "minilm_onnx", 1e-7, False, FORMATS["onnx"])
+    text = card_lib.model_card(minilm, "minilm_onnx", 1e-7, False, FORMATS["onnx"])
     (tmp_path / "card.md").write_text(text)
     data = ModelCard.load(tmp_path / "card.md").data
     assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2" and data.datasets == ["stanfordnlp/imdb"]
@@ -163,4 +164,4 @@ def test_the_model_card_carries_hub_metadata_that_huggingface_hub_reads_back(run
 )  # fmt: skip
 def test_the_card_names_a_hub_dataset_only_for_data_hf_by_name(runs, data_overrides, expected):
     run = dataclasses.replace(open_run(runs["cls_head"]), cfg=compose_config(["model=tiny", *data_overrides]))
-    assert export_lib.card_data(run, FORMATS["transformers"], "tiny").datasets == expected
+    assert card_lib.card_data(run, FORMATS["transformers"], "tiny").datasets == expected

@@ -16,7 +16,8 @@ from transformers import AutoConfig, AutoModel
 
 from sentiment_lora import encoders
 from sentiment_lora.errors import UserError
-from sentiment_lora.model import SentimentClassifier, attach_lora, check_frozen_prefix, frozen_depth
+from sentiment_lora.methods.lora_adapters import attach_lora
+from sentiment_lora.model import SentimentClassifier, check_frozen_prefix, frozen_depth
 from sentiment_lora.run import dry_run, train
 
 from .conftest import TINY_FAST, compose_config, write_reviews
@@ -384,12 +385,12 @@ def test_a_saved_folder_trains_predicts_and_exports_with_model_auto(tmp_path, ca
     import numpy as np
     import pandas as pd
 
-    from sentiment_lora import data as data_lib
-    from sentiment_lora import export as export_lib
     from sentiment_lora import predict as predict_lib
-    from sentiment_lora.export_formats import FORMATS
+    from sentiment_lora.data import pipeline as data_lib
+    from sentiment_lora.export import cli as export_lib
+    from sentiment_lora.export.formats import FORMATS
     from sentiment_lora.loop import predict
-    from sentiment_lora.model import load_trained
+    from sentiment_lora.trained import load_trained
 
     from .conftest import run_cli
 

@@ -10,21 +10,23 @@ from pathlib import Path
 
 import pytest
 
-from sentiment_lora import immutable
 from sentiment_lora import run as run_lib
-from sentiment_lora.immutable import RunExists
-from sentiment_lora.rundir import open_run
+from sentiment_lora.rundir import claim as immutable
+from sentiment_lora.rundir.checkpoint import CHECKPOINT_FILE
+from sentiment_lora.rundir.claim import RunExists
+from sentiment_lora.rundir.completed import open_run
 from sentiment_lora.train import cli
 
 from .conftest import TINY_FAST, compose_config, write_reviews
 
 
-def snapshot(run_dir: Path) -> dict[str, bytes]:
-    """Every file of a run directory but its log (which every command into the directory appends to)."""
+def snapshot(run_dir: Path, with_log: bool = False) -> dict[str, bytes]:
+    """Every file of a run directory, by default but its log (which a command that runs in the directory, a no-op
+    included, appends to; a refused one does not)."""
     return {
         path.relative_to(run_dir).as_posix(): path.read_bytes()
         for path in sorted(run_dir.rglob("*"))
-        if path.is_file() and path.name != "train.log"
+        if path.is_file() and (with_log or path.name != "train.log")
     }
 
 
@@ -92,10 +94,42 @@ def test_a_killed_grid_rerun_into_its_sweep_dir_trains_only_the_missing_points(t
     assert "already holds this configuration's complete run" in (sweep / "0" / "train.log").read_text()
     assert json.loads((sweep / "1" / "metrics.json").read_text())["status"] == "complete"
 
-    # The grid changed: a point whose directory holds another configuration's run is refused, and left as it was.
-    code, _ = call_cli(monkeypatch, capsys, tmp_path, [*args[:-2], "lora.rank=3", f"hydra.sweep.dir={sweep}"])
-    assert snapshot(sweep / "0") == kept
+    # The grid changed: a point whose directory holds another configuration's run is refused in one line, not
+    # Hydra's traceback, and left as it was, its log included; the grid stops there.
+    whole = snapshot(sweep / "0", with_log=True)
+    code, err = call_cli(monkeypatch, capsys, tmp_path, [*args[:-2], "lora.rank=3", f"hydra.sweep.dir={sweep}"])
+    assert code == 2 and err == [
+        f"error: run directory {sweep / '0'}: holds a complete run of another configuration (lora.rank 1 -> 3), and "
+        "a run is never overwritten; to start over, give this command a new hydra.run.dir (hydra.sweep.dir in a "
+        f"sweep) or move {sweep / '0'} aside"
+    ]
+    assert snapshot(sweep / "0", with_log=True) == whole
     assert json.loads((sweep / "0" / "metrics.json").read_text())["lora"]["rank"] == 1
+
+
+@pytest.mark.slow
+def test_a_refused_resume_of_a_damaged_checkpoint_changes_no_byte(tmp_path, monkeypatch, capsys):
+    write_reviews(tmp_path / "reviews.csv", n=60)
+    run_dir = tmp_path / "R"
+    args = [*TINY_FAST, "trainer.precision=fp32", "data=csv", "data.path=reviews.csv", "trainer.keep_checkpoint=true",
+            f"hydra.run.dir={run_dir}"]  # fmt: skip
+    assert call_cli(monkeypatch, capsys, tmp_path, args)[0] == 0
+    (run_dir / "metrics.json").unlink()  # as if killed after its last checkpoint
+    data = bytearray((run_dir / CHECKPOINT_FILE).read_bytes())
+    data[-3] ^= 0x01  # in the tensor data: safetensors still reads it, the recorded sha256 does not match
+    (run_dir / CHECKPOINT_FILE).write_bytes(bytes(data))
+    before = snapshot(run_dir, with_log=True)
+    code, err = call_cli(monkeypatch, capsys, tmp_path, args)
+    assert (
+        code == 2
+        and len(err) == 1
+        and err[0]
+        == (
+            f"error: {run_dir / CHECKPOINT_FILE}: its tensors differ from the sha256 recorded in it; the checkpoint is "
+            "damaged: delete it to train this run from epoch 1, or use a new run directory"
+        )
+    )
+    assert snapshot(run_dir, with_log=True) == before  # train.log included
 
 
 def test_seed_replicates_and_dry_runs_are_not_rewritten_either(tmp_path, monkeypatch, capsys):

@@ -1,5 +1,6 @@
 """The fine-tuning methods beside LoRA (method=linear_probe|bitfit|ia3|full): exact trainable counts against counts
-typed or computed here from module shapes, and the same run, resume, predict and export as LoRA."""
+typed or computed here from module shapes, and the same run, resume, predict and export as LoRA, for these and
+for PEFT's other methods (tests/test_peft_methods.py has their counts on every family)."""
 
 from __future__ import annotations
 
@@ -15,32 +16,30 @@ from huggingface_hub import ModelCard
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModel
 
-from sentiment_lora import data as data_lib
-from sentiment_lora import export as export_lib
+from sentiment_lora import methods, prefix
 from sentiment_lora import predict as predict_lib
-from sentiment_lora import prefix
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
-from sentiment_lora.export_formats import FORMATS
+from sentiment_lora.export import cli as export_lib
+from sentiment_lora.export.formats import FORMATS
 from sentiment_lora.loop import predict
-from sentiment_lora.model import (
-    SentimentClassifier,
-    attach_method,
-    build_classifier,
-    count_params,
-    load_tokenizer,
-    load_trained,
-)
-from sentiment_lora.results import config_id
+from sentiment_lora.model import SentimentClassifier, build_classifier, load_tokenizer
 from sentiment_lora.run import dry_run, train
+from sentiment_lora.rundir.record import config_id
 from sentiment_lora.train import cli
+from sentiment_lora.trained import attach_method, count_params, load_trained
 
 from .conftest import CONF, REPO, TINY_FAST, compose_config, write_reviews
 from .test_families import EXPECTED, FAMILIES, FUSED, tiny_config
+from .test_peft_methods import NEW_METHODS, PER_LINEAR, TINY_KNOBS
 from .test_predict_export import call
 from .test_resume import Killed, kill_after_epoch, results_of
 
 METHODS = ["lora", "linear_probe", "bitfit", "ia3", "full"]
 OTHER_METHODS = METHODS[1:]
+# The run, resume, predict and export tables: every registered method, with the knobs a tiny model needs.
+RUN_METHODS = [*METHODS, *NEW_METHODS]
+TINY_OVERRIDES = {name: [f"method.{PER_LINEAR[name][1]}={value}"] for name, value in TINY_KNOBS.items()}
 
 
 # ---- exact counts, typed by hand for the real architectures ----
@@ -218,7 +217,7 @@ def method_run(root, method: str, precision: str = "fp32"):
     csv_path = write_reviews(root / f"{name}.csv", n=80)
     run_dir = root / name
     args = [*TINY_FAST, "trainer.epochs=1", "trainer.eval_batch_size=3", f"trainer.precision={precision}",
-            "data=csv", f"data.path={csv_path}", f"method={method}"]  # fmt: skip
+            "data=csv", f"data.path={csv_path}", f"method={method}", *TINY_OVERRIDES.get(method, [])]  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setattr(sys, "argv", ["sentiment_lora.train", *args, f"hydra.run.dir={run_dir}"])
@@ -229,7 +228,7 @@ def method_run(root, method: str, precision: str = "fp32"):
 @pytest.fixture(scope="module")
 def method_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("methods")
-    runs = {method: method_run(root, method) for method in METHODS}
+    runs = {method: method_run(root, method) for method in RUN_METHODS}
     # bf16 autocast for the cached probe (pooled vectors computed once) and the whole encoder trained.
     return runs | {f"{method}-bf16": method_run(root, method, "bf16") for method in BF16_RUNS}
 
@@ -244,17 +243,30 @@ SAVED = {
     "linear_probe": {"head.safetensors", "encoder.safetensors"},
     "bitfit": {"head.safetensors", "encoder.safetensors", "encoder_trained.safetensors"},
     "full": {"head.safetensors", "encoder.safetensors"},
+    **{name: {"adapter", "head.safetensors", "encoder.safetensors"} for name in NEW_METHODS},
 }
 
 
-@pytest.mark.parametrize("method", METHODS)
+def expected_changes(method: str, init: dict) -> tuple[set[str], set[str]]:
+    """(must change, may change) of the merged encoder's tensors under one of PEFT's other methods on q and v."""
+    if method == "ln_tuning":
+        norms = {name for name in init if "LayerNorm" in name}
+        return norms, norms
+    if method == "prompt_tuning":  # nothing merges: the encoder's own weights stay as seeded
+        return set(), set()
+    adapted = {name for name in init if re.search(r"self\.(query|value)\.(weight|bias)$", name)}
+    # Every method here moves q's and v's weights; those rotating or rescaling outputs (BOFT, RoAd) their biases too.
+    return {name for name in adapted if name.endswith("weight")}, adapted
+
+
+@pytest.mark.parametrize("method", RUN_METHODS)
 def test_a_short_run_completes_and_records_its_method(method_runs, method):
     run_dir = method_runs[method]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (metrics["status"], metrics["method"]) == ("complete", method)
     assert metrics["params"]["trainable"] == sum(metrics["params"]["by_group"].values())
     assert (metrics["lora"] is None) == (method != "lora")
-    assert metrics["optimizer"]["lr"] == (5e-5 if method == "full" else 1e-2)  # TINY_FAST's optimizer.lr
+    assert metrics["optimizer"]["lr"] == (methods.get(method).default_lr or 1e-2)  # else TINY_FAST's optimizer.lr
     assert metrics["speed"]["frozen_prefix"] == ("cache" if method == "linear_probe" else "live")
     saved = {path.name for path in run_dir.iterdir()} & {*SAVED["bitfit"], "adapter"}
     assert saved == SAVED[method]
@@ -264,7 +276,10 @@ def test_a_short_run_completes_and_records_its_method(method_runs, method):
     torch.manual_seed(cfg.trainer.seed)
     init = build_classifier(cfg.model, None).encoder.state_dict()
     trained = load_trained(cfg.model, run_dir, method).model
-    encoder = trained.merge_and_unload().encoder if method in ("lora", "ia3") else trained.encoder
+    if method == "prompt_tuning":
+        encoder = trained.encoder.get_base_model()
+    else:
+        encoder = trained.merge_and_unload().encoder if methods.get(method).has_adapter else trained.encoder
     changed = {name for name, value in encoder.state_dict().items() if not torch.equal(value, init[name])}
     biases = {name for name in init if name.endswith(".bias") and not name.startswith("pooler")}
     # Not promised to move: the key's bias shifts every score of a query alike, which softmax ignores (its
@@ -278,14 +293,17 @@ def test_a_short_run_completes_and_records_its_method(method_runs, method):
         # IA3 merged: k's and v's output rows scaled (weight and bias), the FFN down projection's input columns.
         "ia3": {name for name in init if re.search(r"(key|value)\.(weight|bias)$|\d\.output\.dense\.weight$", name)},
     }
-    if method == "full":
+    if method in NEW_METHODS:
+        must, may = expected_changes(method, init)
+        assert must <= changed <= may
+    elif method == "full":
         assert {name for name in init if not name.startswith("pooler")} - changed <= {"embeddings.position_ids"}
         assert not {name for name in changed if name.startswith("pooler")}
     else:
         assert expected_changed[method] - unpromised <= changed <= expected_changed[method]
 
 
-@pytest.mark.parametrize("method", [*METHODS, *(f"{method}-bf16" for method in BF16_RUNS)])
+@pytest.mark.parametrize("method", [*RUN_METHODS, *(f"{method}-bf16" for method in BF16_RUNS)])
 def test_predict_reproduces_test_predictions_csv(method_runs, tmp_path, capsys, method):
     run_dir = method_runs[method]
     assert json.loads((run_dir / "metrics.json").read_text())["precision"] == ("bf16" if "bf16" in method else "fp32")
@@ -299,10 +317,14 @@ def test_predict_reproduces_test_predictions_csv(method_runs, tmp_path, capsys, 
         assert scored[column].tolist() == saved[column].tolist(), column
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", RUN_METHODS)
 def test_export_loads_with_plain_transformers_and_scores_as_the_run(method_runs, tmp_path, capsys, method):
     run_dir = method_runs[method]
     code, _, err = call(export_lib.main, [run_dir, tmp_path / "exported"], capsys)
+    if methods.get(method).merge_refusal:  # prompt tuning: its virtual tokens are no weights to merge
+        assert code == 2 and err.count("\n") == 1 and f"method={method}, which prepends trained virtual" in err
+        assert not (tmp_path / "exported").exists()
+        return
     assert code == 0, err
     folder = tmp_path / "exported"
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
@@ -319,13 +341,25 @@ def test_export_loads_with_plain_transformers_and_scores_as_the_run(method_runs,
         for name, value in load_file(str(run_dir / "encoder.safetensors")).items():
             torch.testing.assert_close(plain.state_dict()[name], value, rtol=0, atol=0)
     card = ModelCard.load(folder / "README.md").text.lstrip()
-    title = export_lib.METHOD_TITLES[method]
+    title = methods.get(method).title
     assert card.startswith(f"# tiny + {title} sentiment classifier") and f"## Method: {title}" in card
     assert json.loads((folder / "classifier.json").read_text())["method"] == method
 
 
-@pytest.mark.parametrize("method", ["full", "bitfit", "ia3"])
-@pytest.mark.parametrize("export_format", ["sentence-transformers", "onnx"])
+MERGED_NEW = [name for name in NEW_METHODS if name != "prompt_tuning"]
+# ONNX export takes ~10 s a run: PEFT's other methods, once merged plain encoders, run it in the slow tier.
+EXPORT_CASES = [
+    *(
+        (method, export_format)
+        for method in ("full", "bitfit", "ia3")
+        for export_format in ("sentence-transformers", "onnx")
+    ),
+    *((method, "sentence-transformers") for method in MERGED_NEW),
+    *(pytest.param(method, "onnx", marks=pytest.mark.slow) for method in MERGED_NEW),
+]
+
+
+@pytest.mark.parametrize("method,export_format", EXPORT_CASES)
 def test_every_export_format_carries_each_method(method_runs, tmp_path, capsys, method, export_format):
     run_dir = method_runs[method]
     folder = tmp_path / "exported"
@@ -340,9 +374,9 @@ def test_every_export_format_carries_each_method(method_runs, tmp_path, capsys, 
     assert json.loads((folder / "classifier.json").read_text())["method"] == method
 
 
-@pytest.mark.parametrize("method", OTHER_METHODS)
+@pytest.mark.parametrize("method", [*OTHER_METHODS, *MERGED_NEW])
 def test_export_adapter_is_refused_without_an_adapter(method_runs, tmp_path, capsys, method):
-    if method == "ia3":
+    if methods.get(method).has_adapter:
         code, _, err = call(export_lib.main, [method_runs[method], tmp_path / "out", "--adapter"], capsys)
         assert code == 0, err
         assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
@@ -352,11 +386,11 @@ def test_export_adapter_is_refused_without_an_adapter(method_runs, tmp_path, cap
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", RUN_METHODS)
 def test_a_run_killed_between_epochs_resumes_to_the_uninterrupted_metrics(tmp_path, monkeypatch, method):
     reviews = write_reviews(tmp_path / "reviews.csv", n=60)
     cfg = compose_config([*TINY_FAST, "trainer.epochs=2", "trainer.precision=fp32", "data=csv",
-                          f"data.path={reviews}", f"method={method}"])  # fmt: skip
+                          f"data.path={reviews}", f"method={method}", *TINY_OVERRIDES.get(method, [])])  # fmt: skip
     (tmp_path / "whole").mkdir(), (tmp_path / "killed").mkdir()
     train(cfg, tmp_path / "whole")
     with monkeypatch.context() as patch:

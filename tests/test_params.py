@@ -8,16 +8,11 @@ import pytest
 import torch
 
 from sentiment_lora.errors import UserError
-from sentiment_lora.model import (
-    SentimentClassifier,
-    attach_lora,
-    build_encoder,
-    count_params,
-    matched_modules,
-    target_pattern,
-    targets_and_map,
-)
+from sentiment_lora.methods.lora_adapters import attach_lora
+from sentiment_lora.methods.targets import matched_modules, target_pattern, targets_and_map
+from sentiment_lora.model import SentimentClassifier, build_encoder
 from sentiment_lora.run import dry_run
+from sentiment_lora.trained import count_params
 
 from .conftest import compose_config, run_cli
 

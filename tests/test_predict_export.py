@@ -16,15 +16,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sentiment_lora import data as data_lib
-from sentiment_lora import export as export_lib
 from sentiment_lora import predict as predict_lib
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
+from sentiment_lora.export import card as card_lib
+from sentiment_lora.export import cli as export_lib
 from sentiment_lora.loop import predict
-from sentiment_lora.model import load_trained
-from sentiment_lora.results import RUN_FORMAT
-from sentiment_lora.rundir import open_run
+from sentiment_lora.rundir.completed import open_run
+from sentiment_lora.rundir.record import RUN_FORMAT
 from sentiment_lora.train import cli
+from sentiment_lora.trained import load_trained
 
 from .conftest import REPO, TINY_FAST, compose_config, write_reviews
 
@@ -225,6 +226,12 @@ def unknown_config_key(run_dir):
     path.write_text(path.read_text().replace("\n  lora:\n", "\n  lora:\n    flavour: sparkly\n", 1))
 
 
+def edited_rank(run_dir):
+    path = run_dir / "run.yaml"  # lora.rank 4 -> 8: without its hash, the adapter would be read at another rank
+    path.write_text(path.read_text().replace("\n    rank: 4\n", "\n    rank: 8\n", 1))
+    assert "rank: 8" in path.read_text()
+
+
 def flip_a_byte(name: str):
     def change(run_dir):
         data = bytearray((run_dir / name).read_bytes())
@@ -250,7 +257,10 @@ ERRORS = [
     ("seed_parent", make_seed_parent, [], None, "holds one run per seed; pick one of {run}/seed_3, {run}/seed_5"),
     ("no_config", lambda d: (shutil.rmtree(d / ".hydra"), (d / "run.yaml").unlink()), [], None,
      ".hydra/config.yaml: not found; predict and export read the run's config from its run.yaml"),
-    ("unknown_config_key", unknown_config_key, [], None, "run.yaml: does not fit sentiment-lora 0.1.0's config"),
+    ("unknown_config_key", unhashed(unknown_config_key), [], None,
+     "run.yaml: does not fit sentiment-lora 0.1.0's config"),
+    ("edited_run_yaml", edited_rank, [], "fine\n",
+     "run.yaml: its sha256 differs from the one metrics.json recorded when the run saved it"),
     ("flipped_adapter_byte", flip_a_byte("adapter/adapter_model.safetensors"), [], None,
      "adapter/adapter_model.safetensors: its sha256 differs from the one metrics.json recorded when the run saved it"),
     ("flipped_encoder_byte", flip_a_byte("encoder.safetensors"), [], None, "encoder.safetensors: its sha256 differs"),
@@ -380,11 +390,18 @@ def test_export_refuses_a_non_empty_folder_unless_forced_and_a_run_that_is_not_c
     code, _, err = call(export_lib.main, [runs["fp32"], previous, "--adapter"], capsys)
     assert code == 0, err
     assert json.loads((previous / "classifier.json").read_text())["written_by"] == "sentiment_lora.export"
-    (previous / "note.txt").write_text("the old export's")
     code, _, err = call(export_lib.main, [runs["fp32"], previous, "--force"], capsys)
     assert code == 0, err
     assert (previous / "model.safetensors").is_file() and not (previous / "adapter").exists()
-    assert not (previous / "note.txt").exists()
+    # A file the export did not write (the user's notes) is not --force's to delete: the folder is refused.
+    (previous / "my_notes.txt").write_text("mine")
+    before = {path: path.read_bytes() for path in previous.rglob("*") if path.is_file()}
+    code, _, err = call(export_lib.main, [runs["fp32"], previous, "--force", "--adapter"], capsys)
+    assert code == 2 and err.strip() == (
+        f"error: {previous}: holds my_notes.txt, which no export wrote, so --force leaves the folder alone; move "
+        "those files aside, or choose another folder"
+    )
+    assert {path: path.read_bytes() for path in previous.rglob("*") if path.is_file()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "previous"]  # no temporary folder left
 
     incomplete = broken_run(runs, tmp_path, edit_metrics(status="failed"))
@@ -402,7 +419,7 @@ def test_predict_and_export_read_the_runs_own_config_not_what_a_later_command_le
     (hydra / "overrides.yaml").write_text("- trainer.max_length=4\n- data.path=missing.csv\n")
     run = open_run(run_dir)
     assert run.cfg.trainer.max_length == 32
-    assert export_lib.train_command(run) == "python -m sentiment_lora.train " + " ".join(
+    assert card_lib.train_command(run) == "python -m sentiment_lora.train " + " ".join(
         OmegaConf.load(run_dir / "run.yaml").overrides
     )
     code, _, err = call(export_lib.main, [run_dir, tmp_path / "out"], capsys)
@@ -428,7 +445,7 @@ def test_export_refuses_a_damaged_file_and_a_run_without_run_yaml_or_hashes_stil
     flip_a_byte("head.safetensors")(older)  # nothing to check it against
     run = open_run(older)
     assert run.own is None and run.cfg.trainer.max_length == 32
-    assert export_lib.train_command(run).startswith("python -m sentiment_lora.train model=tiny")
+    assert card_lib.train_command(run).startswith("python -m sentiment_lora.train model=tiny")
 
 
 def test_export_force_never_deletes_the_run_its_siblings_or_a_folder_holding_runs(runs, tmp_path, capsys):
@@ -475,6 +492,8 @@ def test_the_model_card_masks_a_password_in_the_training_command(runs, tmp_path,
     secret = "logger.mlflow.tracking_uri=postgresql://me:Pa55word@db.example/mlflow"
     own_config.overrides = [*own_config.overrides, secret, "data.path='http://u:Pa55word@h/x.csv'"]
     OmegaConf.save(own_config, run_dir / "run.yaml")
+    hashes = json.loads((run_dir / "metrics.json").read_text())["sha256"]
+    edit_metrics(sha256={name: value for name, value in hashes.items() if name != "run.yaml"})(run_dir)  # as before
     code, _, err = call(export_lib.main, [run_dir, tmp_path / "exported"], capsys)
     assert code == 0, err
     card = (tmp_path / "exported" / "README.md").read_text()
@@ -515,3 +534,11 @@ def test_predict_reads_labels_with_the_runs_label_map_and_scores_the_rows_it_dro
     pd.DataFrame([{"text": "fine", "stars": 7}]).to_json(bad, orient="records", lines=True)
     with pytest.raises(UserError, match=r"bad.jsonl: column 'stars', data row 1: label 7 is not in data.label_map"):
         predict_lib.read_file(bad, "text", None, data, strip_html=True)
+
+
+def test_predict_from_a_study_in_a_missing_sqlite_file_creates_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["--storage", "sqlite:///nothere.db", "--study", "lora_optuna"]
+    code, out, err = call(predict_lib.main, args, capsys, "fine\n", monkeypatch)
+    assert code == 2 and not out and err.strip() == "error: --storage sqlite:///nothere.db: no SQLite file nothere.db"
+    assert list(tmp_path.iterdir()) == []  # Optuna would have made an empty database

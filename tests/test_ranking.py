@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sentiment_lora.ranking import rank
+from sentiment_lora.analysis.ranking import rank
 
 LABELS = np.array([1, 0] * 50)  # 100 test reviews
 
@@ -107,7 +107,7 @@ def test_runs_on_other_evaluation_sets_get_their_own_table(tmp_path):
 def test_effects_pair_configurations_that_differ_only_in_the_key(tmp_path):
     from omegaconf import OmegaConf
 
-    from sentiment_lora.ranking import effects
+    from sentiment_lora.analysis.ranking import effects
 
     rows = []
     strong, weak = correct_with(only_first=15, only_second=1)

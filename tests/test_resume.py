@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from sentiment_lora.checkpoint import CHECKPOINT_FILE, Checkpoint, read_checkpoint
 from sentiment_lora.errors import UserError
 from sentiment_lora.run import train
+from sentiment_lora.rundir.checkpoint import CHECKPOINT_FILE, Checkpoint, read_checkpoint
 
 from .conftest import TINY_FAST, compose_config, run_cli, write_reviews
 

@@ -11,18 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from sentiment_lora import data as data_lib
 from sentiment_lora import memo, prefix, runtime
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
-from sentiment_lora.model import (
-    SentimentClassifier,
-    attach_lora,
-    build_encoder,
-    classifier_of,
-    frozen_depth,
-    load_tokenizer,
-    matched_modules,
-)
+from sentiment_lora.methods.lora_adapters import attach_lora
+from sentiment_lora.methods.targets import matched_modules
+from sentiment_lora.model import SentimentClassifier, build_encoder, classifier_of, frozen_depth, load_tokenizer
 from sentiment_lora.run import train
 
 from .conftest import REPO, TINY_FAST, compose_config, write_reviews

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from sentiment_lora.data.splits import column_splits, disjoint, pool_splits
 from sentiment_lora.errors import UserError
-from sentiment_lora.splits import column_splits, disjoint, pool_splits
 
 
 def pool(n: int) -> pd.DataFrame:

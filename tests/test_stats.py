@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sentiment_lora.stats import bootstrap_interval, compare, f1_at, holm, roc_auc, seed_summary
+from sentiment_lora.analysis.stats import bootstrap_interval, compare, f1_at, holm, roc_auc, seed_summary
 
 
 def correctness(both: int, only_a: int, only_b: int, neither: int) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
-from sentiment_lora.summary import wilson_interval
+from sentiment_lora.analysis.stats import wilson_interval
 
 from .conftest import REPO
 
@@ -103,8 +103,8 @@ def test_baseline_row_uses_the_same_split(tmp_path):
     assert done.returncode == 0, done.stderr
     metrics = json.loads((tmp_path / "base" / "metrics.json").read_text())
     assert metrics["status"] == "reference" and metrics["split_sizes"] == {"train": 48, "val": 6, "test": 6}
-    from sentiment_lora import data as data_lib
     from sentiment_lora.config import DataConfig
+    from sentiment_lora.data import pipeline as data_lib
 
     splits = data_lib.load_splits(DataConfig(name="csv", source="csv", path=str(csv_path)))
     assert metrics["data_fingerprint"] == data_lib.fingerprint(splits)
@@ -254,3 +254,28 @@ def test_importances_of_a_study_whose_trials_all_scored_the_same_are_a_note_not_
     study.optimize(lambda t: 0.5 + 0 * t.suggest_float("lr", 0, 1), n_trials=4)  # every trial at chance
     assert script.importances(storage, "s") is None
     assert "no hyper-parameter importances" in capsys.readouterr().err
+
+
+def test_summarize_never_writes_into_a_run_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "runs" / "R"
+    write_run(tmp_path / "runs", "R", "complete", ["q", "v"], 4, 1000, 0.80, 0.79)
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    # An output named inside the run (its own files included), given directly or through a folder in it: refused.
+    for flag, target in (("--csv", "metrics.json"), ("--csv", "test_predictions.csv"), ("--plot", "s.png"),
+                         ("--curve", ".hydra/curve.png")):  # fmt: skip
+        code, out, err = summarize_here(capsys, run_dir, flag, run_dir / target)
+        assert (
+            code == 2
+            and not out
+            and err.strip()
+            == (
+                f"error: {flag} {run_dir / target}: is inside the run directory {run_dir}, which is never rewritten; "
+                "write it elsewhere"
+            )
+        )
+    # By default, the outputs go beside the run, not into it.
+    code, _, err = summarize_here(capsys, run_dir)
+    assert code == 0, err
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+    assert (tmp_path / "runs" / "summary.csv").is_file() and (tmp_path / "runs" / "summary.png").is_file()

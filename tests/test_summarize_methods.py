@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from sentiment_lora.results import config_id
-from sentiment_lora.summary import build_table, draw_axis, point_label, row_of
+from sentiment_lora.analysis.summary import build_table, draw_axis, point_label, row_of
+from sentiment_lora.rundir.record import config_id
 
 from .test_summarize import summarize_here
 
@@ -103,7 +103,7 @@ FORTY = [  # (method, targets, rank, trainable, val accuracy, test reviews right
 
 
 def test_forty_methods_on_one_log_axis_label_only_the_pareto_front(tmp_path):
-    from sentiment_lora.ranking import rank
+    from sentiment_lora.analysis.ranking import rank
 
     assert len(FORTY) == 40
     for index, (method, targets, rank_, trainable, val, correct) in enumerate(FORTY):
@@ -145,7 +145,7 @@ def test_the_majority_line_comes_from_the_test_labels_or_the_log_says_why_not(tm
     write_run(tmp_path / "sweep", "b", method="full")
     frame = pd.read_csv(run / "test_predictions.csv")
     frame.assign(label=imbalanced).to_csv(run / "test_predictions.csv", index=False)
-    from sentiment_lora.summary import majority_accuracy
+    from sentiment_lora.analysis.summary import majority_accuracy
 
     runs, _ = build_table([tmp_path / "sweep"])
     assert majority_accuracy(runs.sort_values("run")) == pytest.approx(0.7)
@@ -216,7 +216,7 @@ def test_a_learning_curve_per_method_with_gaps_to_full_and_tfidf(tmp_path, capsy
 
 
 def test_the_curve_plot_draws_one_line_per_method_against_log_n_train(tmp_path):
-    from sentiment_lora.curve import draw_curve, learning_curve
+    from sentiment_lora.analysis.curve import draw_curve, learning_curve
 
     learning_runs(tmp_path / "curve")
     runs, _ = build_table([tmp_path / "curve"])
@@ -269,8 +269,47 @@ def test_tfidf_takes_the_harness_n_train_and_keeps_the_evaluation_sets(tmp_path,
     assert small["data_fingerprint"] != large["data_fingerprint"]
     code, out, err = summarize_here(capsys, tmp_path / "outputs" / "baselines" / "tfidf_n40", tmp_path / "n80")
     assert code == 0, err
-    curve = pd.read_csv(tmp_path / "outputs" / "baselines" / "tfidf_n40" / "learning_curve.csv")
+    curve = pd.read_csv(tmp_path / "outputs" / "baselines" / "learning_curve.csv")  # beside the first input, a run
     assert list(curve["n_train"]) == [40, 80] and set(curve["method"]) == {"tfidf"}
     assert main([*data, "data.n_train=80", "--n-train", "40", "--out", str(tmp_path / "both")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "give the training size once" in lines[0] and not (tmp_path / "both").exists()
+
+
+def test_the_baseline_folder_follows_the_run_rules(tmp_path, capsys):
+    from .conftest import write_reviews
+
+    reviews = write_reviews(tmp_path / "r.csv", n=80)
+    data = ["data=csv", f"data.path={reviews}", "data.n_val=20", "data.n_test=20"]
+    main, out = baseline_main(), tmp_path / "base"
+    assert main([*data, "--out", str(out)]) == 0
+    capsys.readouterr()
+
+    def files(folder):
+        return {path.name: path.read_bytes() for path in folder.iterdir() if path.is_file()}
+
+    kept = files(out)
+    assert main([*data, "--out", str(out)]) == 0  # the same configuration: nothing to do
+    assert f"{out} already holds this configuration's baseline" in capsys.readouterr().err and files(out) == kept
+    assert main([*data, "data.n_train=40", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --out {out}: holds a TF-IDF baseline of another configuration (data.n_train None -> 40), and a run "
+        f"is never overwritten; choose another --out, or move {out} aside"
+    )
+    assert files(out) == kept
+
+    run_dir = tmp_path / "run"  # a training run's directory, and a file, are no baseline folders either
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"status": "complete", "test": {"accuracy": 0.9}}))
+    (tmp_path / "file").write_text("mine")
+    cases = {
+        run_dir: f"--out {run_dir}: holds a training run (status 'complete'), which is never rewritten",
+        run_dir / "sub": f"--out {run_dir / 'sub'}: is inside the run directory {run_dir}",
+        tmp_path / "file": f"--out {tmp_path / 'file'}: {tmp_path / 'file'} is a file, not a folder",
+    }
+    for target, expected in cases.items():
+        assert main([*data, "--out", str(target)]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
+    assert sorted(path.name for path in run_dir.iterdir()) == ["metrics.json"]
+    assert (tmp_path / "file").read_text() == "mine"

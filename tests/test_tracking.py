@@ -16,8 +16,9 @@ import pytest
 
 from sentiment_lora import tracking
 from sentiment_lora.errors import UserError
-from sentiment_lora.results import config_id, read_metrics, write_json_atomic
 from sentiment_lora.run import train
+from sentiment_lora.rundir.files import write_json_atomic
+from sentiment_lora.rundir.record import config_id, read_metrics
 from sentiment_lora.train import cli
 
 from .conftest import REPO, TINY_FAST, compose_config, run_cli, write_reviews

@@ -14,24 +14,18 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from sentiment_lora import data as data_lib
+from sentiment_lora.analysis.summary import row_of
 from sentiment_lora.config import validate
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
 from sentiment_lora.loop import evaluate
-from sentiment_lora.model import (
-    adapter_rank,
-    attach_lora,
-    build_classifier,
-    classifier_of,
-    count_params,
-    frozen_depth,
-    load_trained,
-    matched_modules,
-)
+from sentiment_lora.methods.lora_adapters import adapter_rank, attach_lora
+from sentiment_lora.methods.targets import matched_modules
+from sentiment_lora.model import build_classifier, classifier_of, frozen_depth
 from sentiment_lora.predict import main as predict_main
 from sentiment_lora.run import train
 from sentiment_lora.runtime import make_optimizer
-from sentiment_lora.summary import row_of
+from sentiment_lora.trained import count_params, load_trained
 
 from .conftest import TINY_FAST, compose_config, write_reviews
 
@@ -299,7 +293,7 @@ def test_every_variant_reloads_and_predicts_its_own_test_predictions(tmp_path, v
 
 
 def test_with_a_budget_the_configured_rank_is_not_part_of_the_configuration():
-    from sentiment_lora.results import config_id
+    from sentiment_lora.rundir.record import config_id
 
     def ids(*overrides):
         return config_id(compose_config(["model=tiny", *overrides]))

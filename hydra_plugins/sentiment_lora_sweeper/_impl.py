@@ -33,6 +33,8 @@ from sentiment_lora.errors import UserError
 from sentiment_lora.tracking import check_tracking_uri
 from sentiment_lora.trial import make_pruner
 
+from . import repeats
+
 log = logging.getLogger(__name__)
 
 
@@ -207,8 +209,10 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
         # Whatever the sweep needs before its first trial: a mistake here is the user's to fix, and no trial is
         # asked for (and failed) before it is fixed.
         self._make_sweep_dir()
+        # Before the study is created (a refused one must not be), and again once it is (a worker may just have).
+        self._check_sweep_dir_is_the_studys(self.study_name or "(new)", self._existing_trials())
         study = self._open_study(directions, make_pruner(self.pruner_config))  # the pruner the jobs use
-        self._check_sweep_dir_is_the_studys(study)
+        self._check_sweep_dir_is_the_studys(study.study_name, study.get_trials(deepcopy=False))
         names = list(self.config.get("objectives") or [])
         if len(names) == len(directions) and study.metric_names != names:
             study.set_metric_names(names)  # optuna-dashboard and Optuna's plots name the objectives with them
@@ -224,6 +228,7 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
             self._fail_interrupted(study)
 
         launched = failed = 0
+        size = repeats.space_size(distributions)
         while True:
             with ExitStack() as heartbeats:
                 with storage_lock(self.storage, study.study_name):
@@ -237,6 +242,15 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
                     break
                 failed += self._run_batch(study, trials, distributions, fixed_params, fixed_overrides)
             launched += len(trials)
+            if repeats.exhausted(study, size):
+                log.warning(
+                    "search space exhausted: each of its %d configurations has a finished trial; the sweep stops "
+                    "(%d of hydra.sweeper.n_trials=%d trials in the study)",
+                    size,
+                    len(study.trials),
+                    self.n_trials,
+                )
+                break
             if failed / launched > self.max_failure_rate:
                 self._write_results(study, directions)
                 raise SweepFailed(
@@ -282,12 +296,26 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
         except OSError as err:
             raise UserError(f"config hydra.sweep.dir: cannot create {sweep_dir}: {err.strerror}") from err
 
-    def _check_sweep_dir_is_the_studys(self, study: optuna.Study) -> None:
+    def _existing_trials(self) -> list[optuna.trial.FrozenTrial]:
+        """The trials of the study if it exists already, read without creating it (nor a missing SQLite file);
+        none for a new study. A storage that cannot be opened is left to _open_study's one line."""
+        if not self.storage or not self.study_name:
+            return []  # in memory, or a generated name: a new study
+        if isinstance(self.storage, str) and self.storage.startswith("sqlite:///"):
+            path = Path(self.storage[len("sqlite:///") :].split("?", 1)[0])
+            if not path.is_file():
+                return []
+        try:
+            return optuna.load_study(study_name=self.study_name, storage=self._rdb_storage()).get_trials(deepcopy=False)
+        except (KeyError, sqlalchemy.exc.SQLAlchemyError, ImportError, OSError):
+            return []
+
+    def _check_sweep_dir_is_the_studys(self, study_name: str, study_trials: list[optuna.trial.FrozenTrial]) -> None:
         """Trials write to <sweep dir>/trial_<number>/: refuse a study whose trials would overwrite another study's
         folders there (a new study numbers its trials from 0 again). A folder is this study's when the study has a
         trial of that number that does not record another run_dir; continuing a study keeps working."""
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        trials = {trial.number: trial for trial in study.get_trials(deepcopy=False)}
+        trials = {trial.number: trial for trial in study_trials}
         foreign = []
         for folder in sweep_dir.glob("trial_*"):
             number = folder.name[len("trial_") :]
@@ -302,7 +330,7 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
             more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
             raise UserError(
                 f"config hydra.sweep.dir: {sweep_dir} holds trial folders of another study ({listed}{more}) that "
-                f"study '{study.study_name}' would overwrite; give this study its own hydra.sweep.dir, or continue the "
+                f"study '{study_name}' would overwrite; give this study its own hydra.sweep.dir, or continue the "
                 "other one with its hydra.sweeper.storage and study_name"
             )
 
@@ -391,10 +419,12 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
     def _run_batch(self, study: optuna.Study, trials: list[optuna.Trial], *space: Any) -> int:
         """Launch the trials' jobs and record their outcomes; returns how many failed."""
         log.info("trials %s of %d", ", ".join(str(t.number) for t in trials), self.n_trials)
-        overrides = [
-            (*job, f"trial.id={trial._trial_id}", f"trial.number={trial.number}")
-            for trial, job in zip(trials, self._configure_trials(trials, *space), strict=True)
-        ]
+        jobs = self._configure_trials(trials, *space)
+        fresh = [(trial, job) for trial, job in zip(trials, jobs, strict=True) if not self._answered(study, trial)]
+        if not fresh:
+            return 0
+        trials = [trial for trial, _ in fresh]
+        overrides = [(*job, f"trial.id={trial._trial_id}", f"trial.number={trial.number}") for trial, job in fresh]
         try:
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
         except BaseException as err:
@@ -416,6 +446,24 @@ class LoraOptunaSweeperImpl(OptunaSweeperImpl):
                     "trial %d: its job ended without a result; queued again (hydra.sweeper.max_retry)", trial.number
                 )
         return failed
+
+    @staticmethod
+    def _answered(study: optuna.Study, trial: optuna.Trial) -> bool:
+        """A trial proposing a finished trial's parameters gets its outcome, untrained (repeats.py)."""
+        twin = repeats.finished_twin(study, trial)
+        if twin is None:
+            return False
+        trial.set_user_attr("same_as_trial", twin.number)
+        for key in ("run_dir",):
+            if key in twin.user_attrs:
+                trial.set_user_attr(key, twin.user_attrs[key])
+        if twin.state == TrialState.PRUNED:
+            _tell(study, trial, state=TrialState.PRUNED)
+        else:
+            _tell(study, trial, values=twin.values)
+        log.info("trial %d: the parameters of finished trial %d; its outcome recorded, nothing trained", trial.number,
+                 twin.number)  # fmt: skip
+        return True
 
     @staticmethod
     def _record(study: optuna.Study, trial: optuna.Trial, job_return, n_objectives: int) -> int:

@@ -98,6 +98,10 @@ _store.store(group="hydra/sweeper/pruner", name="sha", node=SuccessiveHalvingPru
 _store.store(group="hydra/sweeper/pruner", name="threshold", node=ThresholdPrunerConf, provider="sentiment_lora")
 
 
+def _a_rate(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+
+
 class LoraOptunaSweeper(Sweeper):
     def __init__(
         self,
@@ -131,7 +135,7 @@ class LoraOptunaSweeper(Sweeper):
             study_name,
             n_trials,
             n_jobs,
-            max_failure_rate,
+            max_failure_rate if _a_rate(max_failure_rate) else 0.0,
             custom_search_space,
             params,
             pruner=pruner,
@@ -141,6 +145,9 @@ class LoraOptunaSweeper(Sweeper):
             grace_period=grace_period,
             max_retry=max_retry,
         )
+        # hydra-optuna-sweeper asserts 0 <= max_failure_rate <= 1 as it is built (a traceback); the sweep's own check
+        # (_check_keys) names a bad value in one line before any study is made.
+        self.sweeper.max_failure_rate = max_failure_rate
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)

@@ -24,12 +24,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from sentiment_lora import immutable, tracking, trial
+from sentiment_lora import locks, methods, tracking, trial
 from sentiment_lora.config import validate
 from sentiment_lora.population import memory
 from sentiment_lora.population.logs import member_context
 from sentiment_lora.population.stacked import frozen_names
 from sentiment_lora.run import Run, finish, fit_alone, set_up, train_seeds
+from sentiment_lora.rundir import claim as immutable
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +41,7 @@ def why_alone(cfg) -> str | None:
         return "dry_run counts parameters only"
     if cfg.get("seeds"):
         return "seeds= trains several seeds one after another in one job"
-    if cfg.method.name != "lora":
-        return f"method={cfg.method.name}: a population trains LoRA members only"
-    if cfg.lora.get("dora"):
-        return "lora.dora=true: DoRA's weight normalisation is not in the population's stacked layers"
-    return None
+    return methods.of(cfg).population_refusal(cfg)
 
 
 def join_key(run: Run) -> tuple:
@@ -105,6 +102,7 @@ def train_together(jobs: list[tuple], max_eval_rows: int | None = None, memory_b
         with job.context():
             try:
                 job.run_dir.mkdir(parents=True, exist_ok=True)  # Hydra's launchers make it; a caller may not
+                locks.acquire(job.run_dir)  # as a single job's (Hydra's resolver took it already): one writer
                 validate(job.cfg)
                 reason = why_alone(job.cfg)
                 if reason:
@@ -147,6 +145,8 @@ def train_together(jobs: list[tuple], max_eval_rows: int | None = None, memory_b
                 _alone(part[0])
             else:
                 _together(part, max_eval_rows)
+    for job in pending:
+        locks.release(job.run_dir)
     return [job.outcome for job in pending]
 
 

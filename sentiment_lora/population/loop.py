@@ -20,7 +20,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from sentiment_lora import data as data_lib
+from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.loop import SELECTION_KEYS, Fitted, TrainingDiverged, history_entry, log_epoch
 from sentiment_lora.metrics import classification_metrics
 from sentiment_lora.model import classifier_of

@@ -19,8 +19,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from sentiment_lora import methods
 from sentiment_lora.errors import UserError
-from sentiment_lora.results import atomic_target, config_digest
+from sentiment_lora.rundir.files import atomic_target
+from sentiment_lora.rundir.record import config_digest
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +80,14 @@ class Checkpoint:
         self.path = Path(run_dir) / CHECKPOINT_FILE
         self.digest = config_digest(cfg)
         self.enabled, self.keep = cfg.trainer.checkpoint, cfg.trainer.keep_checkpoint
+        self.method = methods.of(cfg)
 
     def save(self, epoch: int, model, optimizer, scheduler, batches, history: list, best: dict, best_state: dict):
         if not self.enabled:
             return
         tensors = {f"param/{name}": p.detach() for name, p in model.named_parameters() if p.requires_grad}
         tensors |= {f"best/{name}": value for name, value in best_state.items()}
+        tensors |= {f"method/{key}": value for key, value in self.method.state_tensors(model).items()}
         optimizer_state = optimizer.state_dict()
         moments = {}
         for index, state in optimizer_state["state"].items():
@@ -125,6 +129,10 @@ class Checkpoint:
         device = next(model.parameters()).device
         params = {name[len("param/") :]: value for name, value in tensors.items() if name.startswith("param/")}
         model.load_state_dict({name: value.to(device) for name, value in params.items()}, strict=False)
+        method_state = {
+            name[len("method/") :]: value.to(device) for name, value in tensors.items() if name.startswith("method/")
+        }
+        self.method.restore_state(model, method_state)
         state: dict[int, dict] = {}
         for name, value in tensors.items():
             if name.startswith("optim/"):

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sentiment_lora.results import PREDICTIONS_FILE
-from sentiment_lora.stats import compare, holm, seed_summary
+from sentiment_lora import methods
+from sentiment_lora.analysis.stats import compare, holm, seed_summary
+from sentiment_lora.rundir.record import PREDICTIONS_FILE
 
 ALPHA = 0.05
 
@@ -183,7 +184,7 @@ def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
     from omegaconf import OmegaConf
 
     from sentiment_lora.config import Config
-    from sentiment_lora.results import config_digest
+    from sentiment_lora.rundir.record import config_digest
 
     def text(value) -> str:
         value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
@@ -195,9 +196,10 @@ def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
         except ValueError:
             return (1, 0.0, value)
 
-    # A method is its group plus what only LoRA reads (lora.*) and the prefix mode each method settles itself
+    # A method is its group plus what only it reads (LoRA's lora.*) and the prefix mode each method settles itself
     # (a probe always caches; with nothing frozen below, full, bitfit and ia3 run live whatever the recipe says).
-    held_apart = ("method", "lora", "trainer.frozen_prefix") if key == "method" else (key,)
+    sections = tuple(method.config_section for method in methods.all_methods() if method.config_section)
+    held_apart = ("method", *sections, "trainer.frozen_prefix") if key == "method" else (key,)
     notes, members = [], []
     for _, row in runs[runs["state"] == "complete"].iterrows():
         cfg = run_config(Path(row["run"]))
@@ -205,12 +207,13 @@ def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
         if cfg is None or found is None:
             notes.append(f"{row['run']}: no config or test predictions, left out of the {key} comparison")
             continue
-        value = (row.get("method") or "lora") if key == "method" else OmegaConf.select(cfg, key, default=None)
+        value = (row.get("method") or methods.DEFAULT) if key == "method" else OmegaConf.select(cfg, key, default=None)
         group = (row["eval_fingerprint"], config_digest(cfg, ignore=("trainer.seed", "seeds", *held_apart)))
         members.append({**row.to_dict(), "group": group, "value": value, "correct": found[1]})
     if not members:
         return pd.DataFrame(), [*notes, f"no complete run records {key}"]
-    default = "lora" if key == "method" else text(OmegaConf.select(OmegaConf.structured(Config), key, default=None))
+    schema_default = OmegaConf.select(OmegaConf.structured(Config), key, default=None)
+    default = methods.DEFAULT if key == "method" else text(schema_default)
     frame = pd.DataFrame(members)
     frame["value_text"] = frame["value"].map(text)
     rows = []

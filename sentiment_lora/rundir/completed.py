@@ -12,22 +12,13 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sentiment_lora import __version__
-from sentiment_lora.config import Config
+from sentiment_lora import __version__, methods
+from sentiment_lora.config import structured
 from sentiment_lora.credentials import masked, redacted
 from sentiment_lora.errors import UserError
-from sentiment_lora.immutable import RUN_CONFIG_FILE, SEED_DIR, read_own_config, seed_runs
-from sentiment_lora.results import METRICS_FILE, RUN_FORMAT, read_metrics, sha256_of
-
-# What load_trained reads besides metrics.json, by method (encoder.safetensors too, for random-init models).
-ADAPTER_FILES = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors")
-MODEL_FILES = {
-    "lora": (*ADAPTER_FILES, "head.safetensors"),
-    "ia3": (*ADAPTER_FILES, "head.safetensors"),
-    "linear_probe": ("head.safetensors",),
-    "bitfit": ("encoder_trained.safetensors", "head.safetensors"),
-    "full": ("encoder.safetensors", "head.safetensors"),
-}
+from sentiment_lora.rundir.claim import RUN_CONFIG_FILE, SEED_DIR, holds_run, read_own_config, seed_runs
+from sentiment_lora.rundir.files import sha256_of
+from sentiment_lora.rundir.record import METRICS_FILE, RUN_FORMAT, read_metrics
 
 
 @dataclass
@@ -50,6 +41,18 @@ def check_format(metrics: dict, where: Path) -> None:
         )
 
 
+def _method_name(saved: DictConfig, path: Path) -> str:
+    """The method a saved config ran (the default for one written before methods existed), refused in one line
+    when this install does not register it (a method from a package not installed here)."""
+    name = OmegaConf.select(saved, "method.name", default=None) or methods.DEFAULT
+    if name not in methods.names():
+        raise UserError(
+            f"{path}: the run trained with method={name}, which this install does not register (registered: "
+            f"{', '.join(methods.names())}); install the package that provides it"
+        )
+    return name
+
+
 def _load_config(
     path: Path, seed: int | None, own: DictConfig | None = None, own_path: Path | None = None
 ) -> DictConfig:
@@ -63,7 +66,8 @@ def _load_config(
     try:
         if own is not None:
             path = own_path
-        cfg = OmegaConf.merge(OmegaConf.structured(Config), own.config if own is not None else OmegaConf.load(path))
+        saved = own.config if own is not None else OmegaConf.load(path)
+        cfg = OmegaConf.merge(structured(_method_name(saved, path)), saved)
     except OmegaConfBaseException as err:
         reason = str(err).strip().splitlines()[0]
         raise UserError(f"{path}: does not fit sentiment-lora {__version__}'s config ({reason})") from None
@@ -103,16 +107,16 @@ def open_run(run_dir: str | Path) -> Run:
     hydra_dir, seed = run_dir / ".hydra", None
     if not hydra_dir.is_dir() and seed_match and (run_dir.parent / ".hydra").is_dir():
         hydra_dir, seed = run_dir.parent / ".hydra", int(seed_match.group(1))
+    check_hashes(run_dir, metrics)  # run.yaml's first (runs before it was hashed record none, and still open)
     own = read_own_config(run_dir)  # its own config, written with the run; a seed_<n> run has its own too
     cfg = _load_config(hydra_dir / "config.yaml", None if own is not None else seed, own, run_dir / RUN_CONFIG_FILE)
-    missing = [name for name in MODEL_FILES[cfg.method.name] if not (run_dir / name).is_file()]
+    missing = [name for name in methods.get(cfg.method.name).files() if not (run_dir / name).is_file()]
     if missing:
         raise UserError(
             f"run directory {run_dir}: no {', '.join(missing)}; the run saved no model (save_adapter=false?)"
         )
     if cfg.model.source == "random" and not cfg.model.path and not (run_dir / "encoder.safetensors").is_file():
         raise UserError(f"run directory {run_dir}: no encoder.safetensors, which a random-init model is saved in")
-    check_hashes(run_dir, metrics)
     return Run(run_dir, cfg, metrics, hydra_dir, own)
 
 
@@ -149,6 +153,7 @@ def study_run_dir(storage: str, study_name: str, trial_number: int | None = None
     """
     import optuna
 
+    check_readable_storage(storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     shown = masked(storage)  # the URL as messages show it: never its password
     try:
@@ -189,11 +194,11 @@ WEIGHT_FILES = (
 
 
 def load_model(run: Run):
-    """The run's trained classifier (model.load_trained), with a damaged weights file (truncated, empty, not
+    """The run's trained classifier (trained.load_trained), with a damaged weights file (truncated, empty, not
     safetensors) one line naming it instead of the loader's traceback."""
     from safetensors import SafetensorError, safe_open
 
-    from sentiment_lora.model import load_trained
+    from sentiment_lora.trained import load_trained
 
     for name in WEIGHT_FILES:
         path = run.dir / name
@@ -207,15 +212,30 @@ def load_model(run: Run):
                 f"{path}: not a complete safetensors file ({err}); the run's saved model is damaged: restore the "
                 "file from a copy, or train the run again"
             ) from None
-    return load_trained(run.cfg.model, run.dir, run.cfg.method.name)
+    return load_trained(run.cfg.model, run.dir, methods.get(run.cfg.method.name))
 
 
 def run_holding(path: Path, run: Run | None = None) -> Path | None:
     """The run directory that `path` is in (or is), if any: `run`'s own (its seeds' parent included), or any folder
-    with a run's metrics.json. A file written there could replace one of the run's files. Symlinks resolved."""
+    that holds a run (immutable.holds_run: a metrics.json, a checkpoint, seed_<n>/ runs). A file written there
+    could replace one of the run's files. Symlinks resolved."""
     resolved = Path(path).expanduser().resolve()
     own = {run.dir.resolve(), run.hydra_dir.parent.resolve()} if run is not None else set()
     for folder in (resolved, *resolved.parents):
-        if folder in own or (folder / METRICS_FILE).is_file():
+        if folder in own or holds_run(folder):
             return folder
     return None
+
+
+def check_readable_storage(storage: str) -> None:
+    """Reading a study must not write: Optuna creates a missing SQLite file (with empty tables) when it opens one."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(storage)
+    except ArgumentError:
+        raise UserError(f"--storage: not a database URL: {masked(storage)}") from None
+    in_memory = url.database in (None, "", ":memory:") or url.query.get("uri") == "true"
+    if url.get_backend_name() == "sqlite" and not in_memory and not Path(url.database).is_file():
+        raise UserError(f"--storage {masked(storage)}: no SQLite file {url.database}")

@@ -15,16 +15,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sentiment_lora.ranking import correctness, run_config
-from sentiment_lora.results import PREDICTIONS_FILE, config_digest
-from sentiment_lora.stats import compare, holm, seed_summary
-from sentiment_lora.summary import METHOD_MARKERS, OTHER_MARKER, method_order, point_label
+from sentiment_lora import methods
+from sentiment_lora.analysis.ranking import correctness, run_config
+from sentiment_lora.analysis.stats import compare, holm, seed_summary
+from sentiment_lora.analysis.summary import method_marker, method_order, point_label
+from sentiment_lora.outputs import atomic_write
+from sentiment_lora.rundir.record import PREDICTIONS_FILE, config_digest
 
 REFERENCE = "tfidf"  # the method column of reference rows on the curve
 
 
 def _method(row) -> str:
-    return "lora" if pd.isna(row.get("method")) else row["method"]
+    return methods.DEFAULT if pd.isna(row.get("method")) else row["method"]
 
 
 def _series_key(row) -> tuple:
@@ -117,8 +119,8 @@ def learning_curve(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     for key, series in usable.groupby("series_key", sort=False):
         first = series.iloc[0]
         label = REFERENCE if first["state"] == "reference" else point_label(first)
-        if _method(first) == "lora" and first["state"] != "reference":
-            label = f"lora {label}"  # on the axis plot the marker says it; here the legend must
+        if _method(first) == methods.DEFAULT and first["state"] != "reference":
+            label = f"{methods.DEFAULT} {label}"  # on the axis plot the marker says it; here the legend must
         for _, at_size in series.groupby("n_train"):
             cells.append({"series": label, "series_key": key, **_cell(at_size)})
     cells = pd.DataFrame(cells)
@@ -127,7 +129,8 @@ def learning_curve(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         if same["series_key"].nunique() > 1:
             for key in same["series_key"].unique():
                 cells.loc[cells["series_key"] == key, "series"] = f"{label} ({str(key[-1])[:8]})"
-    _gaps(cells, "full", "vs_full", notes)
+    for ceiling in (method.name for method in methods.all_methods() if method.is_ceiling):
+        _gaps(cells, ceiling, f"vs_{ceiling}", notes)  # full fine-tuning: what every cheaper method is measured by
     _gaps(cells, REFERENCE, "vs_tfidf", notes)
     cells["eval_fingerprint"] = fingerprint
     order = cells["method"].map(lambda m: method_order(m) if m != REFERENCE else (99, ""))
@@ -185,7 +188,7 @@ def draw_curve(cells: pd.DataFrame):
         low = (series["test_acc"] - series["test_low"]).clip(lower=0).fillna(0)
         high = (series["test_high"] - series["test_acc"]).clip(lower=0).fillna(0)
         reference = method == REFERENCE
-        marker = "x" if reference else METHOD_MARKERS.get(method, OTHER_MARKER)
+        marker = "x" if reference else method_marker(method)
         colour = "gray" if reference else plt.cm.tab10(index % 10)
         ax.errorbar(series["n_train"], series["test_acc"], yerr=[low, high], capsize=3, label=label, marker=marker,
                     linestyle="--" if reference else "-", color=colour)  # fmt: skip
@@ -205,5 +208,6 @@ def plot_curve(cells: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig = draw_curve(cells)
-    fig.savefig(path, dpi=120)
+    with atomic_write(path) as tmp:  # a full disk leaves no partial image
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".").lower() or None)
     plt.close(fig)

@@ -141,3 +141,9 @@ def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     ranks = scipy_stats.rankdata(probs)
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def wilson_interval(correct: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval for an accuracy of correct/n (sound for small n and accuracies near 1)."""
+    interval = scipy_stats.binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return interval.low, interval.high

@@ -7,20 +7,19 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
-from scipy.stats import binomtest
 
+from sentiment_lora import methods
+from sentiment_lora.analysis.ranking import pareto, usual_size
+from sentiment_lora.analysis.stats import wilson_interval
 from sentiment_lora.errors import UserError
-from sentiment_lora.ranking import pareto, usual_size
-from sentiment_lora.results import METRICS_FILE, read_metrics
+from sentiment_lora.outputs import atomic_write
+from sentiment_lora.rundir.record import METRICS_FILE, read_metrics
 
 COLUMNS = [
     "run", "trial", "state", "model", "method", "targets", "variant", "rank", "alpha", "trainable", "trainable_pct",
     "n_train", "val_acc", "test_acc", "test_acc_ci95", "test_f1", "test_majority", "test_bal_acc", "test_f1_min",
     "epochs", "time_s", "pareto",
 ]  # fmt: skip
-
-# The fine-tuning methods a run's metrics.json names in `method` (sentiment_lora's `method` config group).
-METHODS = ("lora", "linear_probe", "bitfit", "ia3", "full")
 
 
 def find_runs(paths: Iterable[Path]) -> tuple[list[Path], list[str]]:
@@ -45,12 +44,6 @@ def find_runs(paths: Iterable[Path]) -> tuple[list[Path], list[str]]:
     return runs, notes
 
 
-def wilson_interval(correct: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval for an accuracy of correct/n (sound for small n and accuracies near 1)."""
-    interval = binomtest(correct, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return interval.low, interval.high
-
-
 class Skipped(Exception):
     """A run directory whose metrics.json cannot give a row; the message says why, naming the file."""
 
@@ -61,36 +54,20 @@ def _section(metrics: dict, key: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def rank_used(lora: dict) -> int | None:
-    """The rank a run trained with: recorded as rank_used once the model is built (lora.budget may have chosen
-    it); before that, or in older records, the configured one, unless a budget was to choose it."""
-    if lora.get("rank_used") is not None:
-        return lora["rank_used"]
-    return None if lora.get("budget") is not None else lora.get("rank")
-
-
-def variant_of(lora: dict) -> str:
-    """What else than targets, rank and alpha shapes the adapters, in a few words: "LoRA" when nothing does."""
-    parts = []
-    if lora.get("scaling") == "rslora":
-        parts.append("rsLoRA")
-    if lora.get("dora"):
-        parts.append("DoRA")
-    if lora.get("loraplus_lr_ratio"):
-        parts.append(f"LoRA+ x{lora['loraplus_lr_ratio']:g}")
-    if lora.get("layers") is not None:
-        parts.append("layers " + ",".join(str(index) for index in lora["layers"]))
-    elif lora.get("top_layers") is not None:
-        parts.append(f"top {lora['top_layers']}")
-    if lora.get("budget") is not None:
-        parts.append(f"budget {lora['budget']:,}")
-    return " ".join(parts) or "LoRA"
+def method_columns(metrics: dict, method: str | None) -> dict:
+    """variant, rank, alpha and targets of a row, from the method's section of metrics.json as the method reads it
+    (methods.base.Method.table_columns); a method this install lacks gives its section's targets alone."""
+    known = methods.recorded(method) if method else None
+    section = _section(metrics, known.record_section if known is not None else method or "")
+    if known is None:
+        return {"variant": None, "rank": None, "alpha": None, "targets": section.get("targets")}
+    return known.table_columns(section)
 
 
 def method_of(metrics: dict, run_dir: Path) -> str | None:
-    """The fine-tuning method of a run: `method` in metrics.json, else the run config's method.name, else "lora"
-    (runs written before the method group existed were all LoRA, head-only ones included). None for a reference
-    row (TF-IDF), which is no fine-tuning of the encoder."""
+    """The fine-tuning method of a run: `method` in metrics.json, else the run config's method.name, else the
+    default method (runs written before the method group existed were all LoRA, head-only ones included). None for
+    a reference row (TF-IDF), which is no fine-tuning of the encoder."""
     if metrics.get("status") == "reference":
         return None
     recorded = metrics.get("method")
@@ -100,11 +77,11 @@ def method_of(metrics: dict, run_dir: Path) -> str | None:
         return recorded
     from omegaconf import OmegaConf
 
-    from sentiment_lora.ranking import run_config
+    from sentiment_lora.analysis.ranking import run_config
 
     cfg = run_config(Path(run_dir))
     configured = OmegaConf.select(cfg, "method.name", default=None) if cfg is not None else None
-    return str(configured) if configured else "lora"
+    return str(configured) if configured else methods.DEFAULT
 
 
 # The numbers a row is built from, by section of metrics.json ("" for the top level).
@@ -115,6 +92,7 @@ NUMBERS = {
     "split_sizes": ("train",),
     "": ("epochs_run", "time_s"),
 }
+RATES = ("accuracy", "f1", "majority_accuracy", "balanced_accuracy", "f1_minority")
 
 
 def _check_numbers(metrics: dict, path: Path) -> None:
@@ -123,9 +101,14 @@ def _check_numbers(metrics: dict, path: Path) -> None:
         values = _section(metrics, section) if section else metrics
         for key in keys:
             value = values.get(key)
+            name = f"{section}.{key}" if section else key
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                name = f"{section}.{key}" if section else key
                 raise Skipped(f"{path}: {name} is {value!r}, not a number; skipped")
+            # A rate outside [0, 1] (a hand-edited 7.5, NaN) would fail deep in the intervals' arithmetic.
+            if value is not None and key in RATES and not 0 <= value <= 1:
+                raise Skipped(f"{path}: {name} is {value!r}, not between 0 and 1; skipped")
+            if value is not None and key == "n" and (value < 0 or not float(value).is_integer()):
+                raise Skipped(f"{path}: {name} is {value!r}, not a count of reviews; skipped")
 
 
 def row_of(run_dir: Path) -> dict:
@@ -140,12 +123,10 @@ def row_of(run_dir: Path) -> dict:
     if not isinstance(metrics, dict) or metrics.get("status") not in ("complete", "pruned", "failed", "reference"):
         raise Skipped(f"{path} is not a sentiment-lora run (or a dry run), skipped")
     _check_numbers(metrics, path)
-    lora, params, trial = _section(metrics, "lora"), _section(metrics, "params"), _section(metrics, "trial")
+    params, trial = _section(metrics, "params"), _section(metrics, "trial")
     val, test = _section(metrics, "val"), _section(metrics, "test")
     method = method_of(metrics, run_dir)
-    # The lora section describes adapters only in a LoRA run (the other methods record the config's defaults
-    # there); another method's own targets, if it records any, are in a section named after it (metrics["ia3"]).
-    adapters = lora if method == "lora" else _section(metrics, method or "")
+    columns = method_columns(metrics, method)
     ci, low, high = "", None, None
     if test.get("accuracy") is not None and test.get("n"):
         low, high = wilson_interval(round(test["accuracy"] * test["n"]), test["n"])
@@ -156,10 +137,10 @@ def row_of(run_dir: Path) -> dict:
         "state": metrics["status"],
         "model": _section(metrics, "model").get("name"),
         "method": method,
-        "targets": "+".join(adapters.get("targets") or []) or None,
-        "variant": variant_of(lora) if method == "lora" else None,
-        "rank": rank_used(lora) if method == "lora" else None,
-        "alpha": lora.get("alpha") if method == "lora" else None,
+        "targets": "+".join(columns["targets"] or []) or None,
+        "variant": columns["variant"],
+        "rank": columns["rank"],
+        "alpha": columns["alpha"],
         "trainable": params.get("trainable"),
         "trainable_pct": params.get("trainable_pct"),
         # The reviews trained on (split_sizes.train: data.n_train where it is set), the learning curve's x.
@@ -311,23 +292,27 @@ def at_one_size(configurations: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.Da
     return kept, note + " (the learning curve has every size)"
 
 
-# Variants named in a front point's label.
-PLOT_TAGS = {"rsLoRA": "rs", "DoRA": "DoRA", "LoRA+": "LoRA+"}
-# One marker per method (colours are the target sets), so 40 points stay apart without a label each.
-METHOD_MARKERS = {"lora": "o", "linear_probe": "s", "bitfit": "^", "ia3": "D", "full": "P"}
+# One marker per method (colours are the target sets), so 40 points stay apart without a label each; a method this
+# install does not register gets OTHER_MARKER.
 OTHER_MARKER = "X"
 
 
+def method_marker(method: str) -> str:
+    known = methods.recorded(method)
+    return known.marker if known is not None else OTHER_MARKER
+
+
 def method_order(method: str) -> tuple:
-    """The methods in METHODS' order (LoRA first), any other after them by name."""
-    return (METHODS.index(method), "") if method in METHODS else (len(METHODS), method)
+    """The methods in the registry's order (LoRA first), any other after them by name."""
+    names = methods.names()
+    return (names.index(method), "") if method in names else (len(names), method)
 
 
 def majority_accuracy(runs: pd.DataFrame) -> float | None:
     """The accuracy of always answering the test set's most frequent label, from the first run (or reference)
     that recorded its test labels (metrics.json's test.majority_accuracy, else test_predictions.csv); None when
     none did."""
-    from sentiment_lora.ranking import correctness
+    from sentiment_lora.analysis.ranking import correctness
 
     recorded = runs["test_majority"].dropna() if "test_majority" in runs else pd.Series(dtype=float)
     if not recorded.empty:
@@ -341,15 +326,12 @@ def majority_accuracy(runs: pd.DataFrame) -> float | None:
 
 
 def point_label(row) -> str:
-    """A front point's label: the method, and for LoRA its targets, rank and variant."""
-    method = "lora" if pd.isna(row.get("method")) else row["method"]
-    if method != "lora":
+    """A front point's label, as its method writes it (LoRA: targets, rank and variant; others: name and targets)."""
+    method = methods.DEFAULT if pd.isna(row.get("method")) else row["method"]
+    known = methods.recorded(method)
+    if known is None:
         return str(method).replace("_", " ") + (f" {row['targets']}" if pd.notna(row.get("targets")) else "")
-    label = str(row["targets"]) if pd.notna(row.get("targets")) else "lora"
-    if pd.notna(row.get("rank")):
-        label += f" r{int(row['rank'])}"
-    variant = str(row.get("variant") or "")
-    return label + "".join(f" {tag}" for word, tag in PLOT_TAGS.items() if word in variant)
+    return known.point_label(row)
 
 
 def draw_axis(table: pd.DataFrame, majority: float | None = None):
@@ -363,8 +345,8 @@ def draw_axis(table: pd.DataFrame, majority: float | None = None):
     # Constrained layout makes room for a legend outside the axes, where it cannot hide a point.
     fig, ax = plt.subplots(figsize=(10, 5.5), layout="constrained")
     rows = table[table["trainable"].notna() & table["test_acc"].notna()].copy()
-    methods = rows["method"] if "method" in rows else pd.Series("lora", index=rows.index)
-    rows["method"] = methods.fillna("lora")
+    recorded = rows["method"] if "method" in rows else pd.Series(methods.DEFAULT, index=rows.index)
+    rows["method"] = recorded.fillna(methods.DEFAULT)
     # Colour: the target set (LoRA's modules, a method's own where it records them); black for a method without
     # any, which its marker names.
     rows["colour_key"] = rows["targets"].fillna("")
@@ -373,11 +355,11 @@ def draw_axis(table: pd.DataFrame, majority: float | None = None):
     for (method, key), group in rows.groupby(["method", "colour_key"], sort=True):
         low = (group["test_acc"] - group["test_low"]).clip(lower=0).fillna(0)
         high = (group["test_high"] - group["test_acc"]).clip(lower=0).fillna(0)
-        marker = METHOD_MARKERS.get(method, OTHER_MARKER)
+        marker = method_marker(method)
         ax.errorbar(group["trainable"], group["test_acc"], yerr=[low, high], fmt=marker, capsize=2, markersize=6,
                     alpha=0.85, color=colours[key], zorder=3)  # fmt: skip
     handles = [
-        Line2D([], [], linestyle="none", marker=METHOD_MARKERS.get(method, OTHER_MARKER), color="black", label=method)
+        Line2D([], [], linestyle="none", marker=method_marker(method), color="black", label=method)
         for method in sorted(rows["method"].unique(), key=method_order)
     ]
     handles += [Line2D([], [], linestyle="none", marker="o", color=colours[key], label=key) for key in keys]
@@ -422,7 +404,8 @@ def plot(table: pd.DataFrame, path: Path, majority: float | None = None) -> None
     import matplotlib.pyplot as plt
 
     fig = draw_axis(table, majority)
-    fig.savefig(path, dpi=120)
+    with atomic_write(path) as tmp:  # a full disk leaves no partial image
+        fig.savefig(tmp, dpi=120, format=Path(path).suffix.lstrip(".").lower() or None)
     plt.close(fig)
 
 

@@ -1,4 +1,4 @@
-"""data=hf: reviews from a Hugging Face `datasets` dataset, as raw frames for data.py to validate as it does files.
+"""data=hf: reviews from a Hugging Face `datasets` dataset, as raw frames for pipeline.py to validate as it does files.
 
 By name (data.name, data.config_name): `datasets.load_dataset`, which reads the local Hugging Face cache
 (HF_DATASETS_CACHE, or data.cache_dir) and, unless HF_HUB_OFFLINE=1, the hub. By folder (data.path): a
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from sentiment_lora.data.splits import SPLIT_NAMES, SPLITS
 from sentiment_lora.errors import UserError
-from sentiment_lora.splits import SPLIT_NAMES, SPLITS
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _chosen_splits(held: list[str], data_cfg, where: str) -> dict[str, str]:
         if name is None:
             name = next((split for split in held if SPLIT_NAMES.get(split.lower()) == role), None)
         if name is None and role == "val":
-            continue  # no validation split (IMDB's has train, test, unsupervised): data.py draws one from train
+            continue  # no validation split (IMDB's has train, test, unsupervised): pipeline.py draws one from train
         if name is None:
             raise UserError(
                 f"{where}: holds the splits {', '.join(held)}, none of them a {role} split; name one with "

@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sentiment_lora import credentials, results
+from sentiment_lora import credentials, locks
 from sentiment_lora.errors import UserError
+from sentiment_lora.rundir import record as results
+from sentiment_lora.rundir.files import atomic_target
 
 log = logging.getLogger(__name__)
 
 RUN_CONFIG_FILE = "run.yaml"
-CHECKPOINT_FILE = "checkpoint.safetensors"  # checkpoint.py's (which imports torch): named here too
+CHECKPOINT_FILE = "checkpoint.safetensors"  # rundir/checkpoint.py's (which imports torch): named here too
 SEED_DIR = re.compile(r"seed_(\d+)")
 HEADER = (
     "# This run's own config, written by sentiment-lora when the run started and never rewritten: predict, export\n"
@@ -37,8 +40,18 @@ HEADER = (
 )
 
 
-class RunExists(UserError):
+class Refused(UserError):
+    """A command refused before it wrote anything into the run directory (its train.log included)."""
+
+
+class RunExists(Refused):
     """A command into a directory that holds a run of another configuration: refused, the directory untouched."""
+
+
+def is_refusal(error: BaseException) -> bool:
+    """A refused command (another configuration's run, a damaged checkpoint, another process's directory): the
+    directory is not this command's to write, not even a failed record or a log line."""
+    return isinstance(error, (Refused, locks.InUse))
 
 
 def seed_runs(run_dir: Path) -> list[Path]:
@@ -58,19 +71,37 @@ def holds_run(run_dir: Path) -> bool:
 
 
 def hydra_subdir() -> str | None:
-    """hydra.output_subdir: `.hydra`, or None (Hydra then writes no files) in a directory that holds a run."""
+    """hydra.output_subdir: `.hydra`, or None (Hydra then writes no files) in a directory that holds a run or that
+    another process is writing. Hydra asks for it before it writes .hydra/ and runs the job, so the job's lock on
+    its run directory (locks.py) is taken here: a second command into a run in progress finds it taken before it
+    could write a byte there (the job then refuses itself, train.main)."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
         output_dir = HydraConfig.get().runtime.output_dir
     except (ValueError, OmegaConfBaseException):
         return ".hydra"  # composed outside a job (tests, --cfg): nothing to protect
-    return None if output_dir and holds_run(Path(output_dir)) else ".hydra"
+    if not output_dir:
+        return ".hydra"
+    try:
+        locks.acquire(Path(output_dir))
+    except locks.InUse:
+        return None
+    return None if holds_run(Path(output_dir)) else ".hydra"
+
+
+def log_file(path: str) -> str:
+    """Hydra's job log file `path`, or os.devnull when its folder exists and this process cannot write it: Hydra
+    would otherwise fail with "Unable to configure handler 'file'" before the run could say anything."""
+    folder = Path(path).parent
+    return os.devnull if folder.is_dir() and not os.access(folder, os.W_OK) else path
 
 
 def register_resolver() -> None:
     if not OmegaConf.has_resolver("sentiment_lora.hydra_subdir"):
         OmegaConf.register_resolver("sentiment_lora.hydra_subdir", hydra_subdir)
+    if not OmegaConf.has_resolver("sentiment_lora.log_file"):
+        OmegaConf.register_resolver("sentiment_lora.log_file", log_file)
 
 
 def read_own_config(run_dir: Path) -> DictConfig | None:
@@ -100,7 +131,7 @@ def _write_own_config(run_dir: Path, cfg) -> None:
     # digest is taken from the config itself, so a resume still compares what was run).
     overrides = [credentials.masked_override(item) for item in _command_overrides()]
     own = {"digest": results.config_digest(cfg), "overrides": overrides, "config": credentials.masked_values(plain)}
-    with results.atomic_target(Path(run_dir) / RUN_CONFIG_FILE) as tmp:
+    with atomic_target(Path(run_dir) / RUN_CONFIG_FILE) as tmp:
         tmp.write_text(HEADER + OmegaConf.to_yaml(OmegaConf.create(own)))
 
 
@@ -149,6 +180,17 @@ def _recorded_status(run_dir: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
+def _check_checkpoint(path: Path) -> None:
+    """A resume reads the whole checkpoint here, before the run logs or writes anything: a damaged one is refused
+    with the directory untouched (the run would find it only after its data and model were set up)."""
+    from sentiment_lora.rundir.checkpoint import read_checkpoint
+
+    try:
+        read_checkpoint(path)
+    except UserError as err:
+        raise Refused(str(err)) from None
+
+
 def claim(cfg, run_dir: Path) -> float | tuple[float, ...] | None:
     """Before a job (or one seed of it) trains in run_dir: the recorded objectives when run_dir already holds this
     configuration's finished run (nothing is written), None when the job should go ahead (run.yaml then exists).
@@ -177,13 +219,16 @@ def claim(cfg, run_dir: Path) -> float | tuple[float, ...] | None:
         if (record.get("config_id"), record.get("seed")) != (results.config_id(cfg), cfg.trainer.seed):
             raise _refuse(run_dir, what, "", resumable)
     elif (run_dir / CHECKPOINT_FILE).exists():
-        from sentiment_lora.checkpoint import checkpoint_digest  # torch and safetensors: only when there is one
+        from sentiment_lora.rundir.checkpoint import checkpoint_digest  # torch and safetensors: only when there is one
 
         if checkpoint_digest(run_dir / CHECKPOINT_FILE) != results.config_digest(cfg):
             raise _refuse(run_dir, what, "", resumable)
     if record is not None and record.get("status") == "dry_run":
-        rank = (record.get("lora") or {}).get("rank_used")  # null lora section: a method other than LoRA
-        print(results.counts_line(cfg, rank, record["params"]))  # as the dry run printed it
+        from sentiment_lora import methods
+
+        method = methods.of(cfg)
+        facts = record.get(method.record_section)
+        print(method.counts_line(cfg, record["params"], facts if isinstance(facts, dict) else None))  # as printed
         return math.nan
     if record is not None and record.get("status") in ("complete", "pruned"):
         value = results.objectives_of(record, cfg.objectives)
@@ -195,6 +240,8 @@ def claim(cfg, run_dir: Path) -> float | tuple[float, ...] | None:
             f" ({', '.join(scores)})" if scores else "",
         )
         return value
+    if cfg.trainer.checkpoint and (run_dir / CHECKPOINT_FILE).exists():
+        _check_checkpoint(run_dir / CHECKPOINT_FILE)  # a resume
     if own is None:
         _write_own_config(run_dir, cfg)  # an older run's resume or retry: from now on it has its own config
     return None

@@ -6,10 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from sentiment_lora import __version__
+from sentiment_lora.rundir.files import atomic_target, sha256_of, write_json_atomic
 
 METRICS_FILE = "metrics.json"
 # The layout of a run directory and its metrics.json, recorded in every metrics.json as `run_format` (with the
@@ -38,10 +35,17 @@ def _plain(value: Any) -> Any:
 
 
 def identifiers(cfg) -> dict[str, Any]:
-    """What a results table needs to say which run this was. `lora` is null for a method other than LoRA (its keys
-    are not read then); `optimizer` holds the learning rate and weight decay the run trained with (method.lr and
-    method.weight_decay where the method sets them)."""
-    lora_method = cfg.method.name == "lora"
+    """What a results table needs to say which run this was. The method's own keys are in its section (LoRA's
+    `lora`, null for another method, as before methods existed; methods.base.Method.config_record); `optimizer`
+    holds the learning rate and weight decay the run trained with (method.lr and method.weight_decay where the
+    method sets them)."""
+    from sentiment_lora import methods
+
+    method = methods.of(cfg)
+    sections = {methods.get(methods.DEFAULT).record_section: None}
+    own = method.config_record(cfg)
+    if own is not None or method.record_section in sections:
+        sections[method.record_section] = own
     return {
         "method": cfg.method.name,
         "model": {
@@ -50,21 +54,10 @@ def identifiers(cfg) -> dict[str, Any]:
             "pretrained": cfg.model.pretrained,
             "path": cfg.model.path,
             "pooling": cfg.model.pooling,
+            # What the default's choice weighed (choose_model.py); null when the model was named.
+            "choice": _plain(cfg.model.get("choice")) or None,
         },
-        "lora": {
-            "rank": cfg.lora.rank,
-            "alpha": cfg.lora.alpha,
-            "dropout": cfg.lora.dropout,
-            "targets": list(cfg.lora.targets),
-            "top_layers": cfg.lora.top_layers,
-            "layers": None if cfg.lora.layers is None else list(cfg.lora.layers),
-            "scaling": cfg.lora.scaling,
-            "dora": cfg.lora.dora,
-            "loraplus_lr_ratio": cfg.lora.loraplus_lr_ratio,
-            "budget": cfg.lora.budget,
-        }
-        if lora_method
-        else None,
+        **sections,
         "optimizer": {
             "name": cfg.optimizer.name,
             "lr": cfg.optimizer.lr if cfg.method.lr is None else cfg.method.lr,
@@ -86,7 +79,7 @@ def identifiers(cfg) -> dict[str, Any]:
         "speed": {
             "length_grouping": cfg.trainer.length_grouping,
             # A linear probe always caches its pooled vectors, whatever trainer.frozen_prefix says.
-            "frozen_prefix": "cache" if cfg.method.name == "linear_probe" else cfg.trainer.frozen_prefix,
+            "frozen_prefix": "cache" if method.caches_whole_encoder else cfg.trainer.frozen_prefix,
             "attention_dropout": cfg.model.attention_dropout,
         },
         "trial": {"id": cfg.trial.id, "number": cfg.trial.number},
@@ -105,18 +98,17 @@ def config_digest(cfg, ignore: tuple[str, ...] = ()) -> str:
     """A short hash of everything in the config that can change a run's numbers (and of nothing in `ignore`)."""
     from omegaconf import OmegaConf
 
+    from sentiment_lora import methods
+
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
-    method = plain.get("method") or {"name": "lora"}
-    if method == {"name": "lora", "lr": None, "weight_decay": None}:
-        plain.pop("method")  # the default method: a LoRA run keeps the digest it had before methods existed
-    elif method["name"] != "lora":
-        plain.pop("lora", None)  # not read by the other methods: runs that differ only in lora.* are one config
-        if method["name"] == "linear_probe":
-            plain["trainer"].pop("frozen_prefix", None)  # a probe always caches its pooled vectors
-    if (plain.get("lora") or {}).get("budget") is not None:
-        plain["lora"].pop("rank", None)  # the budget chooses the rank: a lora.rank beside it changes nothing
-    for key in (*NOT_RESULTS, *ignore):
+    section = plain.get("method") or {"name": methods.DEFAULT}
+    method = methods.get(section["name"])
+    if section == {"name": methods.DEFAULT, "lr": None, "weight_decay": None}:
+        plain.pop("method")  # the default method: a run of it keeps the digest it had before methods existed
+    # Keys the method does not read (another method's section, a probe's frozen_prefix, a rank its budget sets):
+    # runs that differ only in them are one configuration.
+    for key in (*NOT_RESULTS, *method.unread_keys(cfg), *ignore):
         *parents, last = key.split(".")
         node = plain
         for parent in parents:
@@ -139,32 +131,9 @@ def objectives_of(record: dict[str, Any], names) -> float | tuple[float, ...]:
     return returned[0] if len(returned) == 1 else tuple(returned)
 
 
-# How a dry run names each method's trainable groups, head last (params.by_group keys).
-METHOD_GROUPS = {
-    "linear_probe": (),
-    "bitfit": (("encoder", "encoder biases"),),
-    "ia3": (("ia3", "ia3"),),
-    "full": (("encoder", "encoder"),),
-}
-
-
-def counts_line(cfg, rank: int | None, params: dict[str, Any]) -> str:
-    """What a dry run prints: the configured architecture's exact parameter counts."""
-    groups = params["by_group"]
-    method = cfg.method.name
-    if method != "lora":
-        parts = [f"{label} {groups.get(key, 0):,}" for key, label in (*METHOD_GROUPS[method], ("head", "head"))]
-        return (
-            f"{cfg.model.name} {method}: trainable {params['trainable']:,} of {params['total']:,} "
-            f"({params['trainable_pct']:.3f}%) = {' + '.join(parts)}"
-        )
-    budget = "" if cfg.lora.budget is None else f" (budget {cfg.lora.budget:,})"
-    dora = f" + dora_magnitude {groups['dora_magnitude']:,}" if groups["dora_magnitude"] else ""
-    return (
-        f"{cfg.model.name} lora r={rank}{budget} targets={list(cfg.lora.targets)}: "
-        f"trainable {params['trainable']:,} of {params['total']:,} ({params['trainable_pct']:.3f}%) "
-        f"= lora {groups['lora']:,}{dora} + head {groups['head']:,}"
-    )
+def facts_fields(method, facts: dict | None) -> dict[str, Any]:
+    """write_record's fields for what only the built model knows (method.run_facts), in the method's section."""
+    return {} if facts is None else {method.record_section: facts}
 
 
 def write_record(run_dir: Path, status: str, cfg, **fields: Any) -> None:
@@ -176,50 +145,6 @@ def write_record(run_dir: Path, status: str, cfg, **fields: Any) -> None:
     for key, value in fields.items():
         record[key] = {**record[key], **value} if isinstance(record.get(key), dict) else value
     write_json_atomic(Path(run_dir) / METRICS_FILE, record)
-
-
-def _jsonable(value: Any) -> Any:
-    # JSON has no NaN; null is what readers of metrics.json get for an undefined metric.
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    return value
-
-
-def new_file_mode() -> int:
-    """The mode open() gives a new file: 0o666 less the process umask (0o644 under umask 022)."""
-    # The umask can only be read by setting it; set it straight back.
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-@contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
-    """A temporary path in the same folder to write `path` to; renamed onto it when the block succeeds, removed
-    when it fails: readers never see half a file."""
-    path = Path(path)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    # mkstemp creates the file 0o600, which the rename would carry over: give it an ordinary file's mode, before
-    # it is written (readers of a run in progress) and after (a writer like safetensors' replaces it with its own
-    # 0o600 file). One rule for every file of a run: the mode open() gives under the umask.
-    os.chmod(tmp, new_file_mode())
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_target(path) as tmp, open(tmp, "w") as out:
-        json.dump(_jsonable(payload), out, indent=2, allow_nan=False)
-        out.write("\n")
 
 
 def read_metrics(run_dir: Path) -> dict[str, Any]:
@@ -237,15 +162,8 @@ def write_predictions(run_dir: Path, labels: np.ndarray, probs: np.ndarray) -> N
 HASHED_FILES = (
     "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "head.safetensors", "encoder.safetensors",
     "encoder_trained.safetensors", PREDICTIONS_FILE,
+    "run.yaml",  # immutable.RUN_CONFIG_FILE: predict and export build the model from it (lora.rank, targets, ...)
 )  # fmt: skip
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def artefact_hashes(run_dir: Path) -> dict[str, str]:

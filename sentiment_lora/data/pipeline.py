@@ -1,7 +1,7 @@
 """Reviews in, tokenized batches out: reading CSV, TSV, JSONL and Parquet files, validation, label maps, HTML
 stripping, duplicates, sampling, the stratified split, batches.
 
-Where the IMDB file comes from is sources.py's concern, a `datasets` dataset (data=hf) hf_data.py's."""
+Where the IMDB file comes from is sources.py's concern, a `datasets` dataset (data=hf) data/hf.py's."""
 
 from __future__ import annotations
 
@@ -9,10 +9,13 @@ import csv
 import hashlib
 import io
 import logging
+import lzma
 import math
 import re
 import unicodedata
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import fsspec
@@ -28,12 +31,13 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from sentiment_lora import hf_data, memo
-from sentiment_lora import labels as labels_lib
+from sentiment_lora import memo
 from sentiment_lora.config import per_class_minimum
+from sentiment_lora.data import hf as hf_data
+from sentiment_lora.data import labels as labels_lib
+from sentiment_lora.data.splits import column_splits, disjoint, pool_splits, stratified_draw
 from sentiment_lora.errors import UserError
 from sentiment_lora.sources import imdb_csv
-from sentiment_lora.splits import column_splits, disjoint, pool_splits, stratified_draw
 
 log = logging.getLogger(__name__)
 
@@ -59,16 +63,45 @@ HTML_ELEMENTS = (
     | HTMLTreeBuilder.DEFAULT_EMPTY_ELEMENT_TAGS
     | HTMLTreeBuilder.DEFAULT_BLOCK_ELEMENTS
 )
-# "<" and the name html.parser would read as a tag's (a letter, then up to a space, "/" or ">").
-TAG_START = re.compile(r"<(/?)([A-Za-z][^\s/>]*)")
+# "<", the name html.parser would read as a tag's (a letter, then up to a space, "/" or ">"), what follows up to the
+# tag's ">" (quoted values may hold "<" or ">"), and that ">" when there is one.
+TAG = re.compile(r"""<(/?)([A-Za-z][^\s/>]*)((?:"[^"]*"|'[^']*'|[^<>"'])*)(>?)""")
+# One attribute: a name, and a value after "=" (quoted or bare), as HTML writes it.
+ATTRIBUTE = re.compile(r"""\s*([^\s"'<>/=]+)(\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+))?\s*""")
+# HTML's boolean attributes, the ones written without a value (<input disabled>, <hr noshade>). html.parser takes
+# any word after an element's name for one, so "a<b and c>d" lost "b and c" as a <b> tag with attributes "and"
+# and "c": a word without a value that is no boolean attribute makes the tag text.
+BOOLEAN_ATTRIBUTES = frozenset(
+    """
+    allowfullscreen async autofocus autoplay checked compact controls declare default defer disabled formnovalidate
+    hidden inert ismap itemscope loop multiple muted nohref nomodule noresize noshade novalidate nowrap open
+    playsinline readonly required reversed selected truespeed""".split()
+)
 # An address in angle brackets (<http://...>, <mailto:...>) goes as a link's href goes: an address says nothing of
 # the film, and html.parser always dropped it, so the default IMDB draw's test set keeps its texts (and its
 # eval_fingerprint, which docs/results.md's tables pair on).
 ANGLE_ADDRESS = re.compile(r"<(?:[A-Za-z][A-Za-z0-9+.-]*://|mailto:)[^\s<>]*>")
 
 
+def _attributes_are_markup(attributes: str) -> bool:
+    """Whether what follows a tag's name reads as HTML attributes (a lone "/" of <br/> included)."""
+    attributes = attributes.strip().removesuffix("/")
+    position = 0
+    while position < len(attributes):
+        found = ATTRIBUTE.match(attributes, position)
+        if not found or (found.group(2) is None and found.group(1).lower() not in BOOLEAN_ATTRIBUTES):
+            return False
+        position = found.end()
+    return True
+
+
 def _escape_non_element(match: re.Match) -> str:
-    return match.group(0) if match.group(2).lower() in HTML_ELEMENTS else "&lt;" + match.group(0)[1:]
+    """A tag that names an HTML element, with attributes that read as HTML's, stays markup; any other is text. Hand-
+    written: html.parser and BeautifulSoup take any <word ...> for a tag, and no library tells a tag from prose."""
+    closed = bool(match.group(4))  # without its ">", html.parser decides as it always did, on the name alone
+    if match.group(2).lower() in HTML_ELEMENTS and (not closed or _attributes_are_markup(match.group(3))):
+        return match.group(0)
+    return "&lt;" + match.group(0)[1:]
 
 
 def strip_html(text: str) -> str:
@@ -80,7 +113,7 @@ def strip_html(text: str) -> str:
     with warnings.catch_warnings():
         # A review that merely looks like a URL or file name is still a review.
         warnings.simplefilter("ignore", MarkupResemblesLocatorWarning)
-        marked = TAG_START.sub(_escape_non_element, ANGLE_ADDRESS.sub(" ", text))
+        marked = TAG.sub(_escape_non_element, ANGLE_ADDRESS.sub(" ", text))
         soup = BeautifulSoup(marked, "html.parser")
         return " ".join(soup.get_text(" ").split())
 
@@ -90,6 +123,8 @@ EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".
               ".parquet": "parquet", ".pq": "parquet"}  # fmt: skip
 COMPRESSIONS = (".gz", ".bz2", ".zip", ".xz", ".zst")
 FORMAT_NAMES = {"csv": "CSV", "tsv": "TSV", "jsonl": "JSONL", "parquet": "Parquet"}
+# What reading a compressed file whose bytes are not what its name says raises (gzip, bz2, zip, lzma, zstandard).
+DECOMPRESSION_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile)
 # The separators a CSV header is sniffed among (data.delimiter=null).
 SNIFFED = ",;\t|"
 
@@ -130,8 +165,8 @@ def read_table(
         raise UserError(f"data file {path}: is a directory, not a {FORMAT_NAMES[kind]} file")
     if not path.is_file():
         raise UserError(f"data file {path}: not found")
-    sep = "\t" if kind == "tsv" else delimiter or (sniff_delimiter(path) if kind == "csv" else ",")
     try:
+        sep = "\t" if kind == "tsv" else delimiter or (sniff_delimiter(path) if kind == "csv" else ",")
         if kind in ("csv", "tsv"):
             frame = pd.read_csv(path, sep=sep, dtype={text_column: "string"}, keep_default_na=False)
         elif kind == "jsonl":
@@ -144,7 +179,17 @@ def read_table(
                 frame = pd.read_parquet(io.BytesIO(handle.read()))
     except pd.errors.EmptyDataError:
         raise UserError(f"data file {path}: is empty (no header, no rows)") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError, pa.ArrowException) as err:
+    except DECOMPRESSION_ERRORS as err:
+        # Not what its name says: plain text named .gz, a truncated .gz, a damaged .bz2 (pandas infers the
+        # compression from the name). OSError covers gzip's BadGzipFile and bz2's "Invalid data stream".
+        compression = next((suffix for suffix in path.suffixes[::-1] if suffix.lower() in COMPRESSIONS), None)
+        if compression is None:
+            raise UserError(f"data file {path}: cannot be read ({err})") from None
+        raise UserError(
+            f"data file {path}: is not valid {compression} data ({err}); its name says {compression}: recompress "
+            f"it, or rename it without {compression} if it is not compressed"
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, pa.ArrowException) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"data file {path}: cannot be parsed as {FORMAT_NAMES[kind]} ({first_line})") from None
     if kind == "jsonl" and frame.empty and not len(frame.columns):
@@ -203,6 +248,9 @@ def labelled(
         if not isinstance(text, str):  # JSONL and Parquet type their values; CSV's are read as texts
             if labels_lib.key_of(text) is None:
                 raise UserError(f"{where}: column '{text_column}', data row {index + 1}: no text (null)")
+            if isinstance(text, (dict, list, tuple, np.ndarray)):  # a JSON object or array, a Parquet list or struct
+                kind = "an object" if isinstance(text, dict) else "a list"
+                raise UserError(f"{where}: column '{text_column}', data row {index + 1}: {kind}, not a text")
             text = str(text)
         if not text.strip():
             raise UserError(f"{where}: column '{text_column}', data row {index + 1}: empty text")
@@ -380,7 +428,7 @@ def sample(frame: pd.DataFrame, n_samples: int | None, seed: int, balance: bool,
 
 
 def load_data(data_cfg) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
-    """The configured data: HTML-stripped, each review once, split (see splits.py for the three ways); and what
+    """The configured data: HTML-stripped, each review once, split (see data/splits.py for the three ways); and what
     metrics.json records of it (`n_samples`: the reviews used, `duplicates_dropped`, `train_dropped_as_in_eval`,
     `labels_dropped`: rows whose label data.label_map maps to null)."""
     columns = (data_cfg.text_column, data_cfg.label_column)

@@ -1,0 +1,274 @@
+"""PEFT's other methods (LoHa, LoKr, AdaLoRA, VeRA, OFT, BOFT, HRA, FourierFT, MiSS, C3A, RoAd, LN tuning, prompt
+tuning) on every family of the table: exact counts by group against counts typed here from each method's paper
+formula and the module shapes of a fresh tiny model, method.budget against the same formulas, and the one-line
+refusals. The run, resume, predict and export of each method are in tests/test_methods.py's tables."""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from sentiment_lora import methods
+from sentiment_lora.errors import UserError
+from sentiment_lora.model import SentimentClassifier
+from sentiment_lora.trained import count_params
+
+from .conftest import compose_config
+from .test_families import EXPECTED, FAMILIES, FUSED, tiny_config
+
+# Per method: its params.by_group key, the knob method.budget sets, and the trainable count of one adapted Linear
+# (in, out) at knob value k, typed from the method's paper and PEFT's docs (not read from PEFT's layers).
+
+
+def lokr_count(n_in: int, n_out: int, rank: int) -> int:
+    """LoKr: W1 (x) W2 with each width split m * n, m the largest divisor <= sqrt(width) (LyCORIS's factorization);
+    W1 (out_m x in_m) whole, W2 (out_n x in_n) as a rank-r product unless r reaches half its larger side."""
+
+    def split(width):
+        small = max(d for d in range(1, math.isqrt(width) + 1) if width % d == 0)
+        return small, width // small
+
+    (in_m, in_n), (out_m, out_n) = split(n_in), split(n_out)
+    second = rank * (out_n + in_n) if rank < max(out_n, in_n) / 2 else out_n * in_n
+    return out_m * in_m + second
+
+
+PER_LINEAR = {
+    "loha": ("loha", "rank", lambda i, o, r: 2 * r * (i + o)),
+    "lokr": ("lokr", "rank", lokr_count),
+    "adalora": ("adalora", "init_rank", lambda i, o, r: r * (i + o) + r),  # P, Q and the singular values E
+    "vera": ("vera", "rank", lambda i, o, r: r + o),  # d (r) and b (out); the shared A and B are frozen
+    "oft": ("oft", "block_size", lambda i, o, b: (i // b) * b * (b - 1) // 2),  # skew-symmetric blocks
+    "boft": ("boft", "block_size", lambda i, o, b: i * b + o),  # one butterfly factor of b x b blocks, output scale
+    "hra": ("hra", "rank", lambda i, o, r: r * i),  # r Householder vectors of the input width
+    "fourierft": ("fourierft", "n_frequency", lambda i, o, n: n),
+    "miss": ("miss", "rank", lambda i, o, r: r * o),
+    "c3a": ("c3a", "block_size", lambda i, o, b: i * o // b),  # (out / b) x (in / b) circulant kernels of b
+    "road": ("road", "variant", lambda i, o, v: int(v[-1]) * o),  # road_1: one angle and scale per output pair...
+}
+WHOLE = ("ln_tuning", "prompt_tuning")
+NEW_METHODS = [*PER_LINEAR, *WHOLE]
+# Knob values a tiny model (hidden 32) needs where PEFT's default does not fit it.
+TINY_KNOBS = {"miss": 8}
+
+
+def tiny_classifier(model_type: str) -> SentimentClassifier:
+    torch.manual_seed(0)
+    return SentimentClassifier(AutoModel.from_config(tiny_config(model_type)), "mean", 0.0)
+
+
+def method_cfg(method: str, model_type: str = "bert", *extra: str):
+    targets = "[qkv]" if model_type in FUSED else "[q,v]"
+    overrides = ["model=tiny", f"method={method}", "trainer.max_length=32"]
+    if method in PER_LINEAR:
+        overrides.append(f"method.targets={targets}")
+    if method in TINY_KNOBS and not any(item.startswith("method.budget") for item in extra):
+        overrides.append(f"method.{PER_LINEAR[method][1]}={TINY_KNOBS[method]}")
+    return compose_config([*overrides, *extra])
+
+
+@functools.cache
+def adapted_shapes(model_type: str) -> list[tuple[int, int]]:
+    """(in, out) of the Linears q and v (a fused family: its qkv Linear) in every physical layer, from a fresh
+    model and the names test_families.EXPECTED types."""
+    model = AutoModel.from_config(tiny_config(model_type))
+    table = EXPECTED[model_type]
+    names = table["qkv"] if model_type in FUSED else table["q"] + table["v"]
+    layers = [0] if model_type == "albert" else [0, 1]
+    shapes = []
+    for name in names:
+        for index in layers:
+            linear = model.get_submodule(name.replace(".N.", f".{index}."))
+            shapes.append((linear.in_features, linear.out_features))
+    return shapes
+
+
+@functools.cache
+def layer_norm_count(model_type: str) -> int:
+    """Every LayerNorm's weight and bias, found by class name on a fresh model (DeBERTa v1's own class too)."""
+    model = AutoModel.from_config(tiny_config(model_type))
+    return sum(
+        sum(p.numel() for p in module.parameters(recurse=False))
+        for module in model.modules()
+        if type(module).__name__.endswith("LayerNorm")
+    )
+
+
+@functools.cache
+def embedding_width(model_type: str) -> int:
+    return AutoModel.from_config(tiny_config(model_type)).get_input_embeddings().embedding_dim
+
+
+def expected_groups(method: str, model_type: str, knob) -> dict[str, int]:
+    head = 33  # Linear(32, 1)
+    if method == "ln_tuning":
+        return {"ln_tuning": layer_norm_count(model_type), "head": head}
+    if method == "prompt_tuning":
+        width = embedding_width(model_type)
+        return {"prompt": knob * width, "head": head}
+    group, _, per_linear = PER_LINEAR[method]
+    return {group: sum(per_linear(i, o, knob) for i, o in adapted_shapes(model_type)), "head": head}
+
+
+DEFAULT_KNOB = {"adalora": 12, "vera": 256, "oft": 32, "boft": 4, "hra": 8, "fourierft": 1000, "c3a": 32,
+                "road": "road_1", "loha": 8, "lokr": 8, "miss": 8, "prompt_tuning": 20, "ln_tuning": None}  # fmt: skip
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_counts_by_group_equal_the_papers_formulas_on_every_family(method, model_type):
+    wrapped = methods.get(method).attach(tiny_classifier(model_type), method_cfg(method, model_type), 40)
+    params = count_params(wrapped, methods.get(method))
+    groups = {key: value for key, value in params["by_group"].items() if value}
+    assert groups == expected_groups(method, model_type, DEFAULT_KNOB[method])
+    assert params["trainable"] == sum(groups.values())
+
+
+BUDGETS = (1_000, 3_000)
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+@pytest.mark.parametrize("method", [name for name in NEW_METHODS if name != "ln_tuning"])
+def test_a_budget_chooses_the_knob_whose_formula_count_is_nearest(method, budget):
+    """Against every knob value the formula allows on tiny BERT (q and v, 32 -> 32): the chosen one's count is
+    the nearest to the budget, and it is what the model trains."""
+    candidates = {
+        "oft": [2, 4, 8, 16, 32], "boft": [2, 4, 8, 16, 32], "c3a": [1, 2, 4, 8, 16, 32],
+        "road": ["road_1", "road_2", "road_4"], "vera": range(1, 4000), "fourierft": range(1, 1025),
+        "prompt_tuning": range(1, 200),
+    }.get(method, range(1, 33))  # fmt: skip
+    counts = {value: sum(expected_groups(method, "bert", value).values()) for value in candidates}
+    reachable = min(counts.values()) <= budget <= max(counts.values())
+    cfg = method_cfg(method, "bert", f"method.budget={budget}")
+    if not reachable:
+        with pytest.raises(UserError, match=rf"config method.budget: {budget:,} is too (large|small) for"):
+            methods.get(method).attach(tiny_classifier("bert"), cfg, 40)
+        return
+    wrapped = methods.get(method).attach(tiny_classifier("bert"), cfg, 40)
+    trained = count_params(wrapped, methods.get(method))["trainable"]
+    assert abs(trained - budget) == min(abs(count - budget) for count in counts.values())
+    facts = methods.get(method).run_facts(wrapped, cfg)
+    (used,) = facts.values() if method != "adalora" else [facts["init_rank_used"]]
+    assert counts[used] == trained
+
+
+@pytest.mark.parametrize(
+    "method,override,message",
+    [
+        ("oft", "method.block_size=5", r"config method.block_size: OFT on bert: 5 does not fit the adapted layers "
+                                       r"\(widths 32\); values that fit: 2, 4, 8, 16, 32"),
+        ("boft", "method.block_size=1", "config method.block_size: BOFT on bert: 1 does not fit"),
+        ("c3a", "method.block_size=3", "config method.block_size: C3A on bert: 3 does not fit"),
+        ("miss", "method.rank=64", "config method.rank: MiSS on bert: 64 does not fit the adapted layers .*1 to 32"),
+        ("hra", "method.rank=33", "config method.rank: HRA on bert: 33 does not fit .*1 to 32"),
+        ("road", "method.group_size=6", "config method: RoAd cannot adapt this bert encoder: .*by group_size"),
+        ("adalora", "method.target_rank=20", "config method.target_rank: 20 exceeds method.init_rank 12"),
+        ("prompt_tuning", "method.virtual_tokens=490", "config method.virtual_tokens: 490 virtual tokens and "
+                                                       "trainer.max_length 32 exceed the 512 positions"),
+        ("loha", "method.budget=10", "config method.budget: 10 is too small for LoHa: rank=1 trains 545"),
+    ],
+)  # fmt: skip
+def test_a_setting_that_cannot_adapt_the_encoder_is_one_line(method, override, message):
+    cfg = method_cfg(method, "bert", override)
+    with pytest.raises(UserError, match=message) as caught:
+        registered = methods.get(method)
+        registered.validate(cfg)
+        registered.attach(tiny_classifier("bert"), cfg, 40)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("model_type", sorted(FUSED))
+@pytest.mark.parametrize("method", list(PER_LINEAR))
+def test_q_alone_on_a_fused_family_names_the_methods_key(method, model_type):
+    cfg = method_cfg(method, model_type, "method.targets=[q,v]")
+    with pytest.raises(UserError, match=r"method.targets: 'q' cannot be adapted alone on .*use target 'qkv'"):
+        methods.get(method).attach(tiny_classifier(model_type), cfg, 40)
+
+
+def test_ln_tuning_has_no_budget_to_choose():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="method.budget"):
+        compose_config(["model=tiny", "method=ln_tuning", "method.budget=1000"])
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_prompt_tuning_pools_the_reviews_own_tokens(pooling):
+    """The virtual tokens' outputs are not pooled: mean pooling averages the review's unpadded tokens (padding
+    changes nothing), and cls pooling reads the review's [CLS], which attended to the virtual tokens."""
+    torch.manual_seed(0)
+    classifier = SentimentClassifier(AutoModel.from_config(tiny_config("bert")), pooling, 0.0)
+    model = methods.get("prompt_tuning").attach(classifier, method_cfg("prompt_tuning"), 40).eval()
+    ids = torch.randint(1000, 2000, (2, 9))
+    ids[:, 0] = 101
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        full = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert full.shape[1] == 20 + 9  # the virtual tokens come first
+        review = full[:, 20:]
+        if pooling == "mean":
+            expected = (review * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+        else:
+            expected = review[:, 0]
+        torch.testing.assert_close(model.features(ids, mask), expected, rtol=0, atol=1e-6)
+        repadded = ids.clone()
+        repadded[1, 5:] = 0
+        torch.testing.assert_close(model(repadded, mask), model(ids, mask), rtol=0, atol=1e-6)
+
+
+def test_prompt_tuning_refuses_the_cache_and_the_merge():
+    method = methods.get("prompt_tuning")
+    assert "virtual tokens change the sequence" in method.cache_refusal
+    model = method.attach(tiny_classifier("bert"), method_cfg("prompt_tuning"), 40)
+    assert method.frozen_depth(model) is None  # nothing below the virtual tokens is frozen
+    with pytest.raises(UserError, match="cannot be merged into the encoder: prepends trained virtual tokens"):
+        method.merged(model)
+
+
+@pytest.mark.parametrize("init", ["loftq", "eva", "corda"])
+def test_lora_inits_that_cannot_run_here_are_one_line(init):
+    cfg = compose_config(["model=tiny", f"lora.init={init}"])
+    with pytest.raises(UserError, match=f"config lora.init: '{init}' cannot run here: "):
+        methods.get("lora").validate(cfg)
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_pissa_and_olora_start_the_adapted_model_at_the_base_models_function(init):
+    """PiSSA and OLoRA move the top singular (QR) directions into A and B and leave the residual in the base: the
+    adapted model starts as the base model computes, and its base weights differ from the seeded ones."""
+    ids = torch.randint(1000, 2000, (2, 7))
+    mask = torch.ones_like(ids)
+    before = tiny_classifier("bert").eval()
+    with torch.no_grad():
+        expected = before(ids, mask)
+    wrapped = methods.get("lora").attach(tiny_classifier("bert"), compose_config(["model=tiny", f"lora.init={init}"]))
+    wrapped.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(ids, mask), expected, rtol=0, atol=1e-5)
+    query = wrapped.base_model.model.encoder.encoder.layer[0].attention.self.query
+    assert not torch.allclose(query.base_layer.weight, before.encoder.encoder.layer[0].attention.self.query.weight)
+    assert wrapped.peft_config["default"].init_lora_weights == init
+
+
+@pytest.mark.parametrize("method", NEW_METHODS)
+def test_dry_run_prints_and_records_the_exact_counts(tmp_path, capsys, method):
+    import json
+
+    from sentiment_lora.run import dry_run
+
+    dry_run(method_cfg(method, "bert", "dry_run=true"), tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    params = metrics["params"]
+    expected = expected_groups(method, "bert", DEFAULT_KNOB[method])
+    assert {key: value for key, value in params["by_group"].items() if value} == expected
+    printed = capsys.readouterr().out
+    assert f"trainable {params['trainable']:,} of {params['total']:,}" in printed
+    assert f"tiny {method}" in printed and printed.rstrip().endswith("head 33")
+    knob = PER_LINEAR[method][1] if method in PER_LINEAR else "virtual_tokens" if method == "prompt_tuning" else None
+    if knob:  # the size used, as the dry run chose it
+        assert f"{knob}={DEFAULT_KNOB[method]}" in printed
