@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from sentiment_lora import fastpath
-from sentiment_lora.model import attach_lora, build_classifier, classifier_of
+from sentiment_lora.methods.lora_adapters import attach_lora
+from sentiment_lora.model import build_classifier, classifier_of
 from sentiment_lora.run import set_up, train
 
 from .conftest import TINY_FAST, compose_config, write_reviews
