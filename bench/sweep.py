@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sentiment_lora import methods
 from sentiment_lora.rundir.record import METRICS_FILE, read_metrics
 
 BENCH_CONF = Path(__file__).resolve().parent / "conf"
@@ -55,6 +56,7 @@ def run_sweep(path: str, trials: int, data: list[str], out: Path) -> dict:
     trials_run = [read_metrics(p.parent) for p in found]
     complete = [t for t in trials_run if t["status"] == "complete"]
     best = max(complete, key=lambda t: t["val"]["accuracy"])
+    adapters = methods.get(methods.DEFAULT).record_section  # the presets sweep the default method's keys
     return {
         "wall_s": wall,
         "complete": len(complete),
@@ -62,11 +64,11 @@ def run_sweep(path: str, trials: int, data: list[str], out: Path) -> dict:
         "failed": sum(t["status"] == "failed" for t in trials_run),
         "epochs": sum(t.get("epochs_run", 0) for t in trials_run),
         "best_val": best["val"]["accuracy"],
-        "best": f"r{best['lora']['rank']} a{best['lora']['alpha']:g} {'+'.join(best['lora']['targets'])} "
-        f"top{best['lora']['top_layers']}",
+        "best": f"r{best[adapters]['rank']} a{best[adapters]['alpha']:g} {'+'.join(best[adapters]['targets'])} "
+        f"top{best[adapters]['top_layers']}",
         "params": [trial_params(t) for t in trials_run],
         "trials": [
-            f"{t['status']} {'+'.join(t['lora']['targets'])} top{t['lora']['top_layers']} "
+            f"{t['status']} {'+'.join(t[adapters]['targets'])} top{t[adapters]['top_layers']} "
             f"val {((t.get('val') or {}).get('accuracy') or float('nan')):.3f} {t.get('time_s', 0):.0f}s"
             for t in trials_run
         ],
@@ -75,7 +77,7 @@ def run_sweep(path: str, trials: int, data: list[str], out: Path) -> dict:
 
 def trial_params(record: dict) -> tuple:
     """What the sampler chose for a trial, from its metrics.json."""
-    lora = record["lora"]
+    lora = record[methods.get(methods.DEFAULT).record_section]
     lr = round(record["optimizer"]["lr"], 9)
     return lora["rank"], lora["alpha"], "+".join(lora["targets"]), lora["top_layers"], lr
 

@@ -46,7 +46,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sentiment_lora import encoders  # noqa: E402
+from sentiment_lora import encoders, methods  # noqa: E402
 from sentiment_lora.config import CONF_DIR, register_configs  # noqa: E402
 from sentiment_lora.data import pipeline as data_lib  # noqa: E402
 from sentiment_lora.methods.targets import adapted_layers, matched_modules, target_pattern  # noqa: E402
@@ -71,7 +71,7 @@ VARIANTS = {
 }
 # The other fine-tuning methods (conf/method/), each on the model's default recipe as `default` is: what one epoch
 # of each costs beside LoRA's.
-METHOD_RUNS = {name: [f"method={name}"] for name in ("linear_probe", "bitfit", "ia3", "full")}
+METHOD_RUNS = {name: [f"method={name}"] for name in methods.names() if name != methods.DEFAULT}
 # The HF Trainer baselines and the layout each trains: `hf` the seed layout, `hf-recipe` the default recipe's.
 BASELINES = {"hf": "HF Trainer + PEFT", "hf-recipe": "HF Trainer + PEFT, the default recipe's layout"}
 # Models with a default recipe (conf/recipe/): the seed layout is `recipe@_global_=seed` there, the schema's own

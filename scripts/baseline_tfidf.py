@@ -125,14 +125,13 @@ def fit_and_score(cfg) -> dict:
     metrics = {
         "status": "reference",
         "model": {"name": "tfidf-logreg", "source": "sklearn", "pretrained": None, "path": None, "pooling": None},
-        "lora": {"rank": None, "alpha": None, "dropout": None, "targets": []},
         "data": {"name": cfg.data.name, "source": cfg.data.source, "path": cfg.data.path, "seed": cfg.data.seed,
                  "n_train": cfg.data.n_train, **data_facts},
         "data_fingerprint": data_lib.fingerprint(splits),
         "eval_fingerprint": data_lib.fingerprint(splits, ("val", "test")),
         "split_sizes": {name: len(splits[name]) for name in data_lib.SPLITS},
         "params": {"trainable": n_params, "total": n_params, "trainable_pct": 100.0,
-                   "by_group": {"lora": 0, "dora_magnitude": 0, "head": 0, "encoder": 0}},
+                   "by_group": {"head": 0, "encoder": 0}},  # no method: no group of its own
         "val": val,
         "test": test,
         "history": [],

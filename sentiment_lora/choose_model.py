@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from sentiment_lora import sources
+from sentiment_lora import methods, sources
 from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
 
@@ -57,14 +57,7 @@ def layer_flops(lengths: np.ndarray, shape: Shape) -> float:
 
 def frozen_layers(cfg, n_layers: int) -> int:
     """Leading layers with nothing to train: computed without a backward pass (once, under frozen_prefix=cache)."""
-    from sentiment_lora.methods.targets import adapted_layers
-
-    if cfg.method.name == "linear_probe" or (cfg.method.name == "lora" and list(cfg.lora.targets) == ["head"]):
-        return n_layers
-    if cfg.method.name != "lora":
-        return 0
-    adapted = adapted_layers(n_layers, cfg.lora.top_layers, cfg.lora.layers)
-    return 0 if adapted is None else min(adapted)
+    return methods.of(cfg).untrained_layers(cfg, n_layers)
 
 
 def estimate_tflops(cfg, lengths: dict[str, np.ndarray]) -> float:
@@ -80,10 +73,11 @@ def estimate_tflops(cfg, lengths: dict[str, np.ndarray]) -> float:
     frozen = frozen_layers(cfg, shape.layers)
     trained = shape.layers - frozen
     one_layer = {name: layer_flops(split, shape) for name, split in lengths.items()}
-    passes = 3 if cfg.method.name == "full" else 2
+    method = methods.of(cfg)
+    passes = 3 if method.encoder_weight_gradients else 2
     epochs = cfg.trainer.epochs
     above = epochs * (passes * one_layer["train"] + one_layer["val"]) + one_layer["test"]
-    cached = cfg.method.name == "linear_probe" or cfg.trainer.frozen_prefix == "cache"
+    cached = method.caches_whole_encoder or cfg.trainer.frozen_prefix == "cache"
     below = sum(one_layer.values()) if cached else epochs * (one_layer["train"] + one_layer["val"]) + one_layer["test"]
     return (trained * above + frozen * below) / 1e12
 

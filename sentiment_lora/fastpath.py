@@ -87,14 +87,27 @@ def frozen_weights_in(model: nn.Module, dtype: torch.dtype | None) -> int:
     embeddings and norms run in fp32 under autocast and keep their fp32 parameters."""
     if dtype is None:
         return 0
+    # A PEFT layer other than plain LoRA may read its base weight outside a product that autocast casts (DoRA's
+    # weight norm, orthogonal rotations...): there a bf16 copy would change the numbers, and a run's test predictions
+    # would differ from what predict computes on the saved fp32 weights. Such base layers keep fp32.
+    exact_only = {id(module.base_layer) for module in model.modules() if _reads_base_weight(module)}
     cast = 0
     for module in model.modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) and id(module) not in exact_only:
             for parameter in (module.weight, module.bias):
                 if parameter is not None and not parameter.requires_grad and parameter.dtype != dtype:
                     parameter.data = parameter.data.to(dtype)
                     cast += 1
     return cast
+
+
+def _plain_lora(module: nn.Module) -> bool:
+    return isinstance(module, LoraLayer) and not any(module.use_dora.values())
+
+
+def _reads_base_weight(module: nn.Module) -> bool:
+    """A PEFT tuner layer (it wraps `base_layer`) whose forward may use the base weight beyond base_layer(x)."""
+    return isinstance(getattr(module, "base_layer", None), nn.Linear) and not _plain_lora(module)
 
 
 def lora_inputs_as_they_come(model: nn.Module, dtype: torch.dtype | None) -> int:
@@ -103,7 +116,7 @@ def lora_inputs_as_they_come(model: nn.Module, dtype: torch.dtype | None) -> int
     (two copies of a bf16 activation, and LoRA dropout over fp32) bought nothing. Returns the layers switched."""
     if dtype is None:
         return 0
-    layers = [module for module in model.modules() if isinstance(module, LoraLayer)]
+    layers = [module for module in model.modules() if _plain_lora(module)]  # DoRA's path keeps PEFT's casts
     for layer in layers:
         layer.cast_input_dtype_enabled = False
     return len(layers)

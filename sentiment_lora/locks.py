@@ -13,6 +13,7 @@ Hand-written rather than `filelock`: it needs the holder's pid in the refusal, t
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -24,7 +25,10 @@ from pathlib import Path
 from sentiment_lora.errors import UserError
 
 LOCK_SUFFIX = ".lock"
-_held: dict[Path, int] = {}  # folder (resolved) -> the open, flocked lock file of this process
+# Where no lock file can be made (a read-only or full parent folder), the folder itself is flocked: it still keeps
+# two writers apart, without the holder's pid.
+NO_LOCK_FILE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+_held: dict[Path, tuple[int, bool]] = {}  # folder (resolved) -> (flocked descriptor, whether it is the lock file)
 
 
 class InUse(UserError):
@@ -62,16 +66,19 @@ def acquire(folder: Path, what: str = "run directory") -> None:
         return
     path = lock_file(key)
     while True:
-        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            if err.errno not in NO_LOCK_FILE:
+                raise
+            _lock_the_folder_itself(key, folder, what)
+            return
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _holder(handle)
             os.close(handle)
-            raise InUse(
-                f"{what} {folder}: in use by {holder}; wait for it, or use another "
-                f"{'folder' if what != 'run directory' else 'directory'}"
-            ) from None
+            raise _in_use(folder, what, holder) from None
         # The previous holder removes the file on release: a lock on a file no longer at `path` guards nothing.
         try:
             same = os.stat(path).st_ino == os.fstat(handle).st_ino
@@ -83,16 +90,37 @@ def acquire(folder: Path, what: str = "run directory") -> None:
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     os.ftruncate(handle, 0)
     os.write(handle, json.dumps({"pid": os.getpid(), "started": started, "folder": str(key)}).encode())
-    _held[key] = handle
+    _held[key] = (handle, True)
+
+
+def _in_use(folder: Path, what: str, holder: str) -> InUse:
+    other = "directory" if what == "run directory" else "folder"
+    return InUse(f"{what} {folder}: in use by {holder}; wait for it, or use another {other}")
+
+
+def _lock_the_folder_itself(key: Path, folder: Path, what: str) -> None:
+    """No lock file can be made beside the folder: flock the folder (a directory descriptor); a folder that does
+    not exist there cannot be written either, so there is nothing to lock."""
+    try:
+        handle = os.open(key, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        raise _in_use(folder, what, "another process") from None
+    _held[key] = (handle, False)
 
 
 def release(folder: Path) -> None:
     """Give the lock back (the file removed first, while still locked: see `acquire`)."""
     key = Path(folder).expanduser().resolve()
-    handle = _held.pop(key, None)
+    handle, is_lock_file = _held.pop(key, (None, False))
     if handle is None:
         return
-    lock_file(key).unlink(missing_ok=True)
+    if is_lock_file:
+        lock_file(key).unlink(missing_ok=True)
     os.close(handle)
 
 

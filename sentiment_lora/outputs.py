@@ -103,4 +103,5 @@ def disk_problem(err: BaseException, fallback: Path) -> str | None:
     elif hidden:
         path = Path(*path.parts[: hidden[0]])
     reason = os.strerror(number)
-    return f"{reason[0].lower()}{reason[1:]} while writing {path} ({free_space(path)} now)"
+    space = f" ({free_space(path)} now)" if number in (errno.ENOSPC, errno.EDQUOT) else ""
+    return f"{reason[0].lower()}{reason[1:]} while writing {path}{space}"

@@ -24,6 +24,7 @@ from sentiment_lora.choose_model import choice_line
 from sentiment_lora.config import validate
 from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.loop import EpochHook, Fitted, evaluate, fit
+from sentiment_lora.methods.base import method_lr
 from sentiment_lora.metrics import imbalance_warning
 from sentiment_lora.model import build_classifier, load_tokenizer, plain_state
 from sentiment_lora.rundir import claim as immutable
@@ -204,11 +205,12 @@ def train_seeds(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float 
 
 
 def method_optimizer(cfg):
-    """cfg.optimizer with method.lr and method.weight_decay in place of its own, where the method sets them."""
+    """cfg.optimizer with method.lr (times method.lr_scale) and method.weight_decay in place of its own, where the
+    method sets them."""
     optimizer_cfg = copy.deepcopy(cfg.optimizer)
-    for key in ("lr", "weight_decay"):
-        if cfg.method[key] is not None:
-            optimizer_cfg[key] = cfg.method[key]
+    if cfg.method.weight_decay is not None:
+        optimizer_cfg.weight_decay = cfg.method.weight_decay
+    optimizer_cfg.lr = method_lr(cfg)
     return optimizer_cfg
 
 

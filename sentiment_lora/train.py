@@ -187,7 +187,8 @@ def unknown_group_option(args: list[str]) -> str | None:
             values = list(override.sweep_string_iterator())
         else:
             values = [override.get_value_element_as_str()]
-        choices = {path.stem for path in group.glob("*.yaml")}
+        # Options may sit in subfolders (method=at_lora_budget/vera).
+        choices = {path.relative_to(group).with_suffix("").as_posix() for path in group.rglob("*.yaml")}
         if override.key_or_group == "method":  # a method registered from outside the package has no YAML here
             choices |= set(methods.names())
         choices = sorted(choices)
@@ -253,7 +254,7 @@ def _output_dir(args: list[str]) -> tuple[str, Path] | None:
 def unwritable_output_dir(args: list[str]) -> str | None:
     """A run or sweep folder that cannot be made or written (a read-only outputs/, sweep dir or run's parent):
     Hydra's os.mkdir would end in a traceback. A completed run's own read-only folder is let through: its
-    re-run is still the no-op, and another config the refusal (immutable.log_file keeps Hydra's log out)."""
+    re-run is still the no-op, and another config the refusal (see cli: Hydra logs to the console there)."""
     found = _output_dir(args)
     if found is None:
         return None
@@ -283,6 +284,12 @@ def cli() -> None:
     problem = next((found for check in checks if (found := check(args))), None)
     if problem:
         exit_with(UserError(problem))
+    found = _output_dir(args)
+    chosen = any(arg.lstrip("+").startswith("hydra/job_logging=") for arg in args)
+    if found and found[0] == "hydra.run.dir" and found[1].is_dir() and not os.access(found[1], os.W_OK) and not chosen:
+        # Hydra's train.log handler would fail ("Unable to configure handler 'file'") before the run could answer
+        # with its no-op or refusal: in a run directory this process cannot write, Hydra logs to the console only.
+        sys.argv.append("hydra/job_logging=stdout")
     try:  # no model= given: the default chooses one from the data, as if the command had named it
         sys.argv += choose_model.chosen_overrides(args, _overrides(args))
     except UserError as err:

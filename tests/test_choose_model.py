@@ -220,3 +220,27 @@ def test_every_trial_of_a_sweep_trains_the_model_its_first_config_chose(short_an
         "chosen once, from the sweep's first config, for every trial"
         in (tmp_path / "sweep" / "1" / "train.log").read_text()
     )
+
+
+@pytest.mark.slow
+def test_the_cost_benchmark_sets_a_runs_estimate_beside_its_wall_time(tmp_path):
+    import subprocess
+    import sys
+
+    from sentiment_lora.run import train_seeds
+
+    from .conftest import REPO, TINY_FAST
+
+    reviews = write_texts(tmp_path / "reviews.csv", words=12, n=40)
+    cfg = compose_config([*TINY_FAST, "trainer.epochs=1", "data=csv", f"data.path={reviews}"])
+    (tmp_path / "run").mkdir()
+    train_seeds(cfg, tmp_path / "run")  # as the command line runs it: run.yaml too
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "choice_cost.py"), str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = done.stdout.strip().splitlines()[-1].split(" | ")
+    lengths = choose_model.split_lengths(cfg)
+    assert row[1] == "tiny" and row[2] == "/".join(str(len(lengths[name])) for name in ("train", "val", "test"))
+    assert float(row[4].split(",")[0]) == pytest.approx(choose_model.estimate_tflops(cfg, lengths), rel=0.01)
+    wall = json.loads((tmp_path / "run" / "metrics.json").read_text())["time_s"]
+    assert row[5].split(",")[0] == f"{wall:.0f}"

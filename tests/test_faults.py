@@ -25,10 +25,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sentiment_lora import credentials
-from sentiment_lora import export as export_lib
 from sentiment_lora import predict as predict_lib
 from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
+from sentiment_lora.export import cli as export_cli
 from sentiment_lora.train import cli
 
 from .conftest import REPO, TINY_FAST, write_reviews
@@ -356,8 +356,8 @@ def test_export_on_a_full_disk_is_one_line_and_leaves_no_folder(run_dir, tmp_pat
     def full(*args, **kwargs):
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(export_lib, "write_export", full)
-    code, _, err = call(export_lib.main, [run_dir, tmp_path / "E"], capsys)
+    monkeypatch.setattr(export_cli, "write_export", full)
+    code, _, err = call(export_cli.main, [run_dir, tmp_path / "E"], capsys)
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"error: no space left on device while writing {tmp_path / 'E'} (")
     assert list(tmp_path.iterdir()) == []
@@ -375,8 +375,8 @@ def test_summarize_on_a_full_disk_is_one_line_and_leaves_no_partial_csv(run_dir,
 def test_a_read_only_completed_run_re_run_is_the_no_op_and_another_config_the_refusal(
     run_dir, tmp_path, capsys, monkeypatch
 ):
-    """os.access says the folder cannot be written, as for a read-only mount (root passes chmod): Hydra's log file
-    goes to os.devnull there instead of failing with "Unable to configure handler 'file'"."""
+    """os.access says the folder cannot be written, as for a read-only mount (root passes chmod): Hydra logs to the
+    console there instead of failing with "Unable to configure handler 'file'"."""
     copy = tmp_path / "RO"
     shutil.copytree(run_dir, copy)
     before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
@@ -526,3 +526,55 @@ def test_ctrl_c_during_an_optuna_sweep_is_one_line(tmp_path):
         "error: sweep interrupted (SIGINT); the runs it finished are kept in their run directories (an Optuna study "
         "records the interrupted trial as FAIL)"
     ], err
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 3 MiB tmpfs at tmp_path/full: a real full disk (root only: where mount fails, the mocked tests above
+    stand in)."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                                           capture_output=True).returncode:  # fmt: skip
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def command_line(module_or_script: str, *args) -> list[str]:
+    entry = [module_or_script] if module_or_script.endswith(".py") else ["-m", module_or_script]
+    return [sys.executable, *entry, *map(str, args)]
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_is_one_line_for_train_predict_export_and_summarize(run_dir, small_tmpfs, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    write_reviews(tmp_path / "reviews.csv", n=40)
+    target = small_tmpfs / "T"
+    train = [*TINY_FAST, "trainer.epochs=1", "data=csv", "data.path=reviews.csv", f"hydra.run.dir={target}"]
+    done = subprocess.run(command_line("sentiment_lora.train", *train), cwd=tmp_path, env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    assert done.returncode == 2 and error_lines(done.stderr)[0].startswith(
+        f"error: run directory {target}: no space left on device while writing {target}"
+    ), done.stderr
+    shutil.rmtree(target)
+    filler = small_tmpfs / "filler"
+    with open(filler, "wb") as handle:  # every byte taken
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+        except OSError:
+            pass
+    commands = {
+        "predict": command_line("sentiment_lora.predict", run_dir, "--csv", "reviews.csv", "--out", small_tmpfs / "p"),
+        "export": command_line("sentiment_lora.export", run_dir, small_tmpfs / "E"),
+        "summarize": command_line(str(REPO / "scripts" / "summarize.py"), run_dir, "--csv", small_tmpfs / "s.csv",
+                                  "--plot", small_tmpfs / "s.png"),
+    }  # fmt: skip
+    for name, command in commands.items():
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 2 and len(error_lines(done.stderr)) == 1, (name, done.stderr)
+        assert "no space left on device while writing" in done.stderr and "free now)" in done.stderr, done.stderr
+        assert [path.name for path in small_tmpfs.iterdir()] == ["filler"], name  # nothing half-written

@@ -8,6 +8,8 @@ every time: the waits below are bounded polls for that moment, not sleeps that h
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import re
@@ -155,3 +157,52 @@ def test_two_exports_into_one_folder_the_second_is_refused(tmp_path, reviews):
     assert code == 0, output[-3000:]
     assert json.loads((out / "classifier.json").read_text())["method"] == "lora"  # the first export's, whole
     assert sorted(path.name for path in out.parent.iterdir()) == ["E"]  # no temporary folder, no lock file left
+
+
+def test_the_lock_is_taken_once_per_process_and_names_its_holder(tmp_path):
+    folder = tmp_path / "R"
+    folder.mkdir()
+    with locks.holding(folder):
+        with locks.holding(folder):  # taken again in the holding process: a no-op, left held after the block
+            pass
+        assert locks.holds(folder) and locks.lock_file(folder).is_file()
+        assert sorted(path.name for path in folder.iterdir()) == []  # beside the folder, never in it
+    assert not locks.holds(folder) and not locks.lock_file(folder).exists()
+
+    # Another holder (an open file description of its own, as another process has), its pid in the file.
+    path = locks.lock_file(folder)
+    path.write_text(json.dumps({"pid": 4242, "started": "2026-12-06 22:00:00 UTC"}))
+    with open(path) as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(locks.InUse) as refused:
+            locks.acquire(folder, "export folder")
+    assert str(refused.value) == (
+        f"export folder {folder}: in use by process 4242 (started 2026-12-06 22:00:00 UTC); wait for it, or use "
+        "another folder"
+    )
+    locks.acquire(folder)  # its holder gone: the file it left is simply taken
+    locks.release(folder)
+    assert not path.exists()
+
+
+def test_a_folder_whose_parent_takes_no_lock_file_is_locked_itself(tmp_path, monkeypatch):
+    folder = tmp_path / "R"
+    folder.mkdir()
+    real_open = os.open
+
+    def read_only_parent(path, flags, *args):
+        if str(path).endswith(locks.LOCK_SUFFIX):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(locks.os, "open", read_only_parent)
+    handle = real_open(folder, os.O_RDONLY | os.O_DIRECTORY)  # another writer holds the folder itself
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(locks.InUse, match="in use by another process; wait for it, or use another directory"):
+            locks.acquire(folder)
+    finally:
+        os.close(handle)
+    with locks.holding(folder):
+        assert locks.holds(folder)
+    assert not locks.holds(folder) and sorted(path.name for path in tmp_path.iterdir()) == ["R"]

@@ -169,6 +169,39 @@ def run_config(run_dir: Path):
     return None
 
 
+def method_value(row, cfg) -> str:
+    """A run's method as --effect method compares it: its name, and the budget it was sized to if any (a method at
+    its defaults and at a parameter budget are two rows)."""
+    from omegaconf import OmegaConf
+
+    name = row.get("method") or methods.DEFAULT
+    budget = OmegaConf.select(cfg, "method.budget", default=None)
+    return str(name) if budget is None else f"{name} (budget {budget:,})"
+
+
+def run_lr(cfg) -> float | None:
+    """The lr a run trained at (methods.base.method_lr), None where its config does not say."""
+    from omegaconf import OmegaConf
+
+    lr = OmegaConf.select(cfg, "method.lr", default=None) or OmegaConf.select(cfg, "optimizer.lr", default=None)
+    return None if lr is None else lr * OmegaConf.select(cfg, "method.lr_scale", default=1.0)
+
+
+def chosen_on_validation(frame: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """Where one method ran at several configurations beside the others (an lr grid: method.lr_scale), only its
+    configuration with the best mean validation accuracy is compared; test accuracy never chooses it."""
+    kept = []
+    for (_, value), runs_of in frame.groupby(["group", "value_text"], sort=False):
+        by_config = runs_of.groupby("config", sort=False)["val_acc"].mean()
+        if len(by_config) > 1:
+            best = by_config.fillna(-1.0).idxmax()
+            runs_of = runs_of[runs_of["config"] == best]
+            notes.append(f"{value}: lr {runs_of['lr'].iloc[0]} chosen on validation among {len(by_config)} "
+                         "configurations")  # fmt: skip
+        kept.append(runs_of)
+    return pd.concat(kept)
+
+
 def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
     """The effect of one config key, everything else held fixed: configurations that differ only in `key` (and the
     training seed) are paired on the same test reviews, each value against the group's baseline: the schema's
@@ -179,7 +212,9 @@ def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
     of the table (the family is "does `key` matter anywhere").
 
     `method` is the fine-tuning method (the row's `method`: metrics.json's, else the config's method.name, else
-    lora): each method against LoRA, with everything outside the method group fixed.
+    lora; with its method.budget, a row of its own): each method against LoRA, with everything outside the method
+    group fixed; a method run at several lrs (hparams_search=method_comparison) is compared at the one chosen on
+    validation.
     """
     from omegaconf import OmegaConf
 
@@ -207,15 +242,19 @@ def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
         if cfg is None or found is None:
             notes.append(f"{row['run']}: no config or test predictions, left out of the {key} comparison")
             continue
-        value = (row.get("method") or methods.DEFAULT) if key == "method" else OmegaConf.select(cfg, key, default=None)
+        value = method_value(row, cfg) if key == "method" else OmegaConf.select(cfg, key, default=None)
         group = (row["eval_fingerprint"], config_digest(cfg, ignore=("trainer.seed", "seeds", *held_apart)))
-        members.append({**row.to_dict(), "group": group, "value": value, "correct": found[1]})
+        config = config_digest(cfg, ignore=("trainer.seed", "seeds"))
+        members.append({**row.to_dict(), "group": group, "value": value, "correct": found[1], "config": config,
+                        "lr": run_lr(cfg)})  # fmt: skip
     if not members:
         return pd.DataFrame(), [*notes, f"no complete run records {key}"]
     schema_default = OmegaConf.select(OmegaConf.structured(Config), key, default=None)
     default = methods.DEFAULT if key == "method" else text(schema_default)
     frame = pd.DataFrame(members)
     frame["value_text"] = frame["value"].map(text)
+    if key == "method":
+        frame = chosen_on_validation(frame, notes)
     rows = []
     for _, group in frame.groupby("group", sort=False):
         values = sorted(group["value_text"].unique(), key=lambda v: (v != default, *natural(v)))

@@ -14,6 +14,7 @@ from sentiment_lora import __version__, methods
 from sentiment_lora.analysis.stats import bootstrap_interval, f1_at, roc_auc
 from sentiment_lora.credentials import masked_override
 from sentiment_lora.export.formats import DEFAULT_FORMAT, FORMATS, ExportFormat
+from sentiment_lora.methods.base import method_lr
 from sentiment_lora.rundir.completed import Run, overrides_of
 from sentiment_lora.rundir.record import PREDICTIONS_FILE
 
@@ -33,7 +34,8 @@ def train_command(run: Run) -> str | None:
     return " ".join(["python -m sentiment_lora.train", *(shlex.quote(masked_override(item)) for item in overrides)])
 
 
-def _value(value) -> str:
+def card_value(value) -> str:
+    """A config value as the card writes it: floats short (5e-05), None as null."""
     if isinstance(value, float):
         return f"{value:g}"
     return "null" if value is None else str(value)
@@ -50,7 +52,7 @@ def base_model_lines(cfg) -> list[str]:
     elif model.source == "hub":
         base = f"`{model.pretrained}` (Hugging Face hub)"
     else:
-        arch = ", ".join(f"{key}={_value(value)}" for key, value in model.arch.items())
+        arch = ", ".join(f"{key}={card_value(value)}" for key, value in model.arch.items())
         base = f"random init ({arch}): no pretrained weights; the trained encoder is in this folder"
     return [
         f"- base: {base}",
@@ -66,10 +68,6 @@ def merged_what(method: methods.Method) -> str:
     if method.has_adapter:
         return f"the {method.title} adapter is merged into the encoder's weights (PEFT merge_and_unload)"
     return f"no adapter: the run's own encoder ({method.title}) is saved whole"
-
-
-def method_lr(cfg) -> float:
-    return cfg.optimizer.lr if cfg.method.lr is None else cfg.method.lr
 
 
 def _test_predictions(run: Run, n: int | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -115,7 +113,7 @@ def metric_lines(run: Run) -> list[str]:
     lines += [
         "",
         f"{n} test reviews, evaluated once with the weights of the epoch selected on validation accuracy "
-        f"(epoch {val.get('epoch')}, validation accuracy {_value(val.get('accuracy'))} on {val.get('n')} reviews). "
+        f"(epoch {val.get('epoch')}, validation accuracy {card_value(val.get('accuracy'))} on {val.get('n')} reviews). "
         "Intervals: Wilson for accuracy, precision and recall; a percentile bootstrap over reviews (1,000 "
         "resamples) for F1 and ROC AUC.",
     ]
@@ -234,10 +232,10 @@ def _data_lines(run: Run) -> list[str]:
     return [
         "## Data",
         "",
-        f"- data config `{cfg.data.name}` (source {cfg.data.source}, path {_value(data.get('path'))}); text column "
+        f"- data config `{cfg.data.name}` (source {cfg.data.source}, path {card_value(data.get('path'))}); text column "
         f"`{cfg.data.text_column}`, label column `{cfg.data.label_column}`; HTML stripped: {cfg.data.strip_html}",
-        f"- reviews used: {_value(data.get('n_samples'))}; split sizes: {metrics.get('split_sizes')}; duplicates "
-        f"dropped: {_value(data.get('duplicates_dropped'))}",
+        f"- reviews used: {card_value(data.get('n_samples'))}; split sizes: {metrics.get('split_sizes')}; duplicates "
+        f"dropped: {card_value(data.get('duplicates_dropped'))}",
         f"- data_fingerprint `{metrics.get('data_fingerprint')}` (every split's texts and labels), eval_fingerprint "
         f"`{metrics.get('eval_fingerprint')}` (validation and test sets)",
         f"- max_length {cfg.trainer.max_length} tokens, truncation {truncation}"

@@ -142,7 +142,8 @@ class AdapterMethod(PeftMethod):
 
     def nearest(self, adapted: dict[str, nn.Linear], method_cfg, budget: int, head: int, total_steps) -> int:
         """The knob value whose count (adapters + head) is nearest `budget` (ties: the smaller count); counts grow
-        along `sizes`, so it bisects, building only a few candidates."""
+        along `sizes`, so it bisects, building only a few candidates (each distinct shape once per candidate).
+        The base's nearest_size bisects a contiguous range; knobs here are divisors or variants too."""
         sizes = self.sizes(adapted)
         counted: dict[int, int] = {}
 
@@ -153,9 +154,12 @@ class AdapterMethod(PeftMethod):
 
         low, high = 0, len(sizes) - 1
         key = f"config method.budget: {budget:,} is"
-        if budget < count(low):
+        # As lora.budget: refused only when the nearest size would lie beyond the ends (half a step past them).
+        below_first = (count(low + 1) - count(low)) / 2 if high > low else 0
+        past_last = (count(high) - count(high - 1)) / 2 if high > low else 0
+        if budget < count(low) - below_first:
             raise UserError(f"{key} too small for {self.title}: {self.knob}={sizes[low]} trains {count(low):,}")
-        if budget > count(high):
+        if budget > count(high) + past_last:
             raise UserError(f"{key} too large for {self.title}: {self.knob}={sizes[high]} trains {count(high):,}")
         while high - low > 1:
             middle = (low + high) // 2

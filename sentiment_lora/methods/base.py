@@ -34,6 +34,9 @@ What a method declares, and who asks:
   facts known once the model is built, e.g. the rank a budget chose); table_columns(section): how summarize fills
   a row's variant/rank/alpha/targets; point_label and marker: its points on the plots; counts_line: the dry
   run's line; card_lines: the model card's lines; is_ceiling: the learning curve's gaps are to it.
+- untrained_layers(cfg, n_layers), encoder_weight_gradients: what the model choice's FLOP estimate needs before
+  any model is built (the leading layers with nothing to train; whether the backward computes every encoder
+  weight's gradient, as full fine-tuning's does).
 - validate(cfg): checks of its keys that need no model; optimizer(model, cfg, optimizer_cfg): its optimizer.
 - unread_keys(cfg): config keys this method does not read, so runs differing only there are one configuration.
 
@@ -85,8 +88,8 @@ class MethodConfig:
         "lora",
     )
     lr: float | None = described(
-        "This method's peak learning rate, in place of optimizer.lr; null: optimizer.lr. Each method's YAML sets "
-        "its documented default.",
+        "This method's peak learning rate, in place of optimizer.lr; null: optimizer.lr. Its default is the "
+        "method's own (Method.default_lr; method=full: 5e-5).",
         None,
         within=POSITIVE,
     )
@@ -95,6 +98,19 @@ class MethodConfig:
         None,
         within=NON_NEGATIVE,
     )
+    lr_scale: float = described(
+        "Multiplies this method's learning rate (method.lr, else optimizer.lr): a grid of it is a grid around each "
+        "method's own default (hparams_search=method_comparison sweeps 0.3, 1, 3).",
+        1.0,
+        within=POSITIVE,
+    )
+
+
+def method_lr(cfg) -> float:
+    """The peak learning rate a run trains at: method.lr (else optimizer.lr) times method.lr_scale."""
+    method = cfg.get("method") or {}  # a config written before methods existed has no method group
+    lr = cfg.optimizer.lr if method.get("lr") is None else method.get("lr")
+    return lr * method.get("lr_scale", 1.0)
 
 
 @dataclass
@@ -153,6 +169,7 @@ class Method:
     cache_refusal: ClassVar[str | None] = None  # why trainer.frozen_prefix=eval/cache cannot run under it
     budget_key: ClassVar[str | None] = None  # the key method.budget-like requests are read from ("method.budget")
     marker: ClassVar[str] = "X"  # its matplotlib marker on the accuracy-against-parameters plots
+    encoder_weight_gradients: ClassVar[bool] = False  # its backward computes every encoder weight's gradient
     is_ceiling: ClassVar[bool] = False  # the learning curve measures every series' gap to it (vs_<name>_*)
 
     def config_node(self) -> MethodConfig:
@@ -167,6 +184,11 @@ class Method:
 
     def validate(self, cfg) -> None:
         """Checks of the method's own keys that need no model (UserError, one line naming the key)."""
+
+    def untrained_layers(self, cfg, n_layers: int) -> int:
+        """How many leading encoder layers hold nothing to train, from the config alone (model=choose estimates a
+        run's cost before building a model): all of them when only the head trains, else none."""
+        return n_layers if self.caches_whole_encoder else 0
 
     def frozen_depth(self, classifier: SentimentClassifier) -> int | None:
         """How many leading encoder layers hold nothing trainable (None: the embeddings train)."""
@@ -205,9 +227,8 @@ class Method:
 
     def config_record(self, cfg) -> dict[str, Any] | None:
         """The method's keys as metrics.json records them under `record_section` (None: nothing to record)."""
-        own = {key: value for key, value in OmegaConf.to_container(cfg.method, resolve=True).items()}
-        own = {key: value for key, value in own.items() if key not in BASE_KEYS}
-        return own or None
+        keys = OmegaConf.to_container(cfg.method, resolve=True).items()
+        return {key: value for key, value in keys if key not in BASE_KEYS} or None
 
     def run_facts(self, model: nn.Module, cfg) -> dict[str, Any] | None:
         """What only the built model knows, added to record_section (LoRA: the rank its budget chose)."""

@@ -25,6 +25,7 @@ class Full(Method):
     export_note = ", fine-tuned"
     marker = "P"
     is_ceiling = True
+    encoder_weight_gradients = True
 
     def attach(self, classifier: SentimentClassifier, cfg, total_steps: int | None = None) -> nn.Module:
         from sentiment_lora.methods.inplace import train_only, used_encoder_parameters

@@ -174,6 +174,14 @@ class Lora(PeftMethod):
 
         return attach_lora(classifier, cfg.lora, cfg.model.targets_map)
 
+    def untrained_layers(self, cfg, n_layers: int) -> int:
+        from sentiment_lora.methods.targets import adapted_layers
+
+        if list(cfg.lora.targets) == ["head"]:
+            return n_layers
+        adapted = adapted_layers(n_layers, cfg.lora.top_layers, cfg.lora.layers)
+        return 0 if adapted is None else min(adapted)
+
     def validate(self, cfg) -> None:
         if not cfg.lora.targets:
             raise UserError("config lora.targets: is empty; name at least one of " + ", ".join(TARGETS))
@@ -245,6 +253,8 @@ class Lora(PeftMethod):
         )
 
     def card_lines(self, cfg, run_dir: Path, metrics: dict) -> list[str]:
+        from sentiment_lora.export.card import card_value as _shown  # the card imports the registry
+
         lines = ["| key | value |", "| --- | --- |"]
         for key, value in OmegaConf.to_container(cfg.lora, resolve=True).items():
             shown = ", ".join(map(str, value)) if isinstance(value, list) else _shown(value)
@@ -267,9 +277,3 @@ class Lora(PeftMethod):
         if cfg.lora.get("init", "default") in ("pissa", "olora"):
             return f"lora.init={cfg.lora.init}: it rewrites each trial's base weights, which the population shares"
         return None
-
-
-def _shown(value) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return "null" if value is None else str(value)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from pathlib import Path
 
@@ -90,18 +89,9 @@ def hydra_subdir() -> str | None:
     return None if holds_run(Path(output_dir)) else ".hydra"
 
 
-def log_file(path: str) -> str:
-    """Hydra's job log file `path`, or os.devnull when its folder exists and this process cannot write it: Hydra
-    would otherwise fail with "Unable to configure handler 'file'" before the run could say anything."""
-    folder = Path(path).parent
-    return os.devnull if folder.is_dir() and not os.access(folder, os.W_OK) else path
-
-
 def register_resolver() -> None:
     if not OmegaConf.has_resolver("sentiment_lora.hydra_subdir"):
         OmegaConf.register_resolver("sentiment_lora.hydra_subdir", hydra_subdir)
-    if not OmegaConf.has_resolver("sentiment_lora.log_file"):
-        OmegaConf.register_resolver("sentiment_lora.log_file", log_file)
 
 
 def read_own_config(run_dir: Path) -> DictConfig | None:

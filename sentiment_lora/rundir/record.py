@@ -38,8 +38,9 @@ def identifiers(cfg) -> dict[str, Any]:
     """What a results table needs to say which run this was. The method's own keys are in its section (LoRA's
     `lora`, null for another method, as before methods existed; methods.base.Method.config_record); `optimizer`
     holds the learning rate and weight decay the run trained with (method.lr and method.weight_decay where the
-    method sets them)."""
+    method sets them; method.lr_scale multiplies the lr)."""
     from sentiment_lora import methods
+    from sentiment_lora.methods.base import method_lr
 
     method = methods.of(cfg)
     sections = {methods.get(methods.DEFAULT).record_section: None}
@@ -60,7 +61,7 @@ def identifiers(cfg) -> dict[str, Any]:
         **sections,
         "optimizer": {
             "name": cfg.optimizer.name,
-            "lr": cfg.optimizer.lr if cfg.method.lr is None else cfg.method.lr,
+            "lr": method_lr(cfg),
             "weight_decay": cfg.optimizer.weight_decay if cfg.method.weight_decay is None else cfg.method.weight_decay,
         },
         "data": {
@@ -103,6 +104,8 @@ def config_digest(cfg, ignore: tuple[str, ...] = ()) -> str:
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
     section = plain.get("method") or {"name": methods.DEFAULT}
+    if section.get("lr_scale", 1.0) == 1.0:
+        section.pop("lr_scale", None)  # the default scale: runs keep the digest they had before the key existed
     method = methods.get(section["name"])
     if section == {"name": methods.DEFAULT, "lr": None, "weight_decay": None}:
         plain.pop("method")  # the default method: a run of it keeps the digest it had before methods existed
