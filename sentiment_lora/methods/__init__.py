@@ -3,7 +3,6 @@ and lm-evaluation-harness's `@register_model` keep theirs).
 
     from sentiment_lora import methods
     from sentiment_lora.methods.base import Method, MethodConfig
-from sentiment_lora.schema import CONF_DIR
 
     @methods.register
     class HeadNorm(Method):
