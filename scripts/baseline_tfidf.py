@@ -44,7 +44,7 @@ def check_out_folder(out_dir: Path) -> None:
     """--out is a folder of its own: not a file, not under one, not inside a run directory."""
     for folder in (out_dir, *out_dir.parents):
         if folder.exists() and not folder.is_dir():
-            raise UserError(f"--out {out_dir}: {folder} is a file, not a folder; choose a folder for the baseline")
+            raise UserError(f"--out {out_dir}: {folder} is a file, not a folder; choose another --out")
     holder = next((folder for folder in out_dir.parents if holds_run(folder)), None)
     if holder is not None:
         raise UserError(f"--out {out_dir}: is inside the run directory {holder}; give the baseline a folder of its own")
@@ -166,9 +166,6 @@ def main(argv: list[str] | None = None) -> int:
         size = args.n_train if args.n_train is not None else (given[-1] if given else None)
         size = None if str(size).lower() in ("null", "none") else size
         out = args.out or Path("outputs") / "baselines" / ("tfidf_default" if size is None else f"tfidf_n{size}")
-        for folder in (out, *out.parents):  # before the fit: mkdir would fail on a file after it, in a traceback
-            if folder.exists() and not folder.is_dir():
-                raise UserError(f"--out {out}: {folder} is a file, not a folder; choose another --out")
         metrics = run(overrides, out)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
