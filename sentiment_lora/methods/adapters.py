@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sentiment_lora.errors import UserError
-from sentiment_lora.methods.base import BudgetConfig, PeftMethod
+from sentiment_lora.methods.base import BudgetConfig, PeftMethod, nearest_size
 from sentiment_lora.schema import described
 
 if TYPE_CHECKING:  # the registry is read without torch (methods/base.py)
@@ -155,31 +155,18 @@ class AdapterMethod(PeftMethod):
     def nearest(self, adapted: dict[str, nn.Linear], method_cfg, budget: int, head: int, total_steps) -> int:
         """The knob value whose count (adapters + head) is nearest `budget` (ties: the smaller count); counts grow
         along `sizes`, so it bisects, building only a few candidates (each distinct shape once per candidate).
-        The base's nearest_size bisects a contiguous range; knobs here are divisors or variants too."""
+        Knobs here are divisors or variants too, so the base's nearest_size bisects their indices."""
         sizes = self.sizes(adapted)
-        counted: dict[int, int] = {}
 
-        def count(index: int) -> int:
-            if index not in counted:
-                counted[index] = head + self.count_at(adapted, method_cfg, sizes[index], total_steps)
-            return counted[index]
+        def refusal(too: str, index: int, count: int) -> str:
+            at = f"{self.knob}={sizes[index]} trains {count:,}"
+            return f"config method.budget: {budget:,} is too {too} for {self.title}: {at}"
 
-        low, high = 0, len(sizes) - 1
-        key = f"config method.budget: {budget:,} is"
-        # As lora.budget: refused only when the nearest size would lie beyond the ends (half a step past them).
-        below_first = (count(low + 1) - count(low)) / 2 if high > low else 0
-        past_last = (count(high) - count(high - 1)) / 2 if high > low else 0
-        if budget < count(low) - below_first:
-            raise UserError(f"{key} too small for {self.title}: {self.knob}={sizes[low]} trains {count(low):,}")
-        if budget > count(high) + past_last:
-            raise UserError(f"{key} too large for {self.title}: {self.knob}={sizes[high]} trains {count(high):,}")
-        while high - low > 1:
-            middle = (low + high) // 2
-            if count(middle) <= budget:
-                low = middle
-            else:
-                high = middle
-        return sizes[high] if abs(count(high) - budget) < abs(budget - count(low)) else sizes[low]
+        index = nearest_size(
+            lambda index: head + self.count_at(adapted, method_cfg, sizes[index], total_steps),
+            budget, 0, len(sizes) - 1, "method.budget", refusal,
+        )  # fmt: skip
+        return sizes[index]
 
     def peft_config(self, classifier: SentimentClassifier, cfg, total_steps: int | None) -> peft.PeftConfig:
         pattern, adapted = self.adapted(classifier, cfg)

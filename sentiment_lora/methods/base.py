@@ -128,18 +128,34 @@ class BudgetConfig(MethodConfig):
 BASE_KEYS = tuple(item.name for item in fields(MethodConfig))
 
 
-def nearest_size(count_at: Callable[[int], int], budget: int, low: int, high: int, key: str) -> int:
+def nearest_size(
+    count_at: Callable[[int], int],
+    budget: int,
+    low: int,
+    high: int,
+    key: str,
+    refusal: Callable[[str, int, int], str] | None = None,
+) -> int:
     """The knob value in [low, high] whose count is nearest `budget` (ties: the smaller value), for a count that
-    grows with the knob; a budget outside the range's counts is one error line naming `key`.
+    grows with the knob; a budget outside the range's counts is one error line naming `key` (or refusal(too,
+    value, count)'s line, too being "small" or "large", where a method words it itself).
 
     Bisection on the exact count, as each candidate is costly to count (a method may build adapters to count).
     """
     count_at = functools.cache(count_at)
     smallest, largest = count_at(low), count_at(high)
     if budget < smallest - (count_at(low + 1) - smallest if high > low else 0) / 2:
-        raise UserError(f"config {key}: {budget:,} is too small: the smallest size, {low}, trains {smallest:,}")
+        raise UserError(
+            refusal("small", low, smallest)
+            if refusal
+            else f"config {key}: {budget:,} is too small: the smallest size, {low}, trains {smallest:,}"
+        )
     if budget > largest + (largest - count_at(high - 1) if high > low else 0) / 2:
-        raise UserError(f"config {key}: {budget:,} is too large: the largest size, {high}, trains {largest:,}")
+        raise UserError(
+            refusal("large", high, largest)
+            if refusal
+            else f"config {key}: {budget:,} is too large: the largest size, {high}, trains {largest:,}"
+        )
     while high - low > 1:
         middle = (low + high) // 2
         if count_at(middle) <= budget:
