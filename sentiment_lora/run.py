@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from sentiment_lora import fastpath, methods, prefix, tracking
+from sentiment_lora import fastpath, methods, peak_memory, prefix, tracking
 from sentiment_lora.choose_model import choice_line
 from sentiment_lora.config import validate
 from sentiment_lora.data import pipeline as data_lib
@@ -44,7 +44,9 @@ def train(cfg, run_dir: Path, on_epoch: EpochHook | None = None) -> float | tupl
         torch.set_num_threads(cfg.trainer.num_threads)
     if cfg.dry_run:
         return dry_run(cfg, run_dir)
+    memory_since = peak_memory.reset()  # before set_up: the data and the model count towards the run's peak
     run = set_up(cfg, run_dir)
+    run.memory_since = memory_since
     return finish(run, fit_alone(run, on_epoch), on_epoch)
 
 
@@ -81,6 +83,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: object
     checkpoint: Checkpoint
+    memory_since: str = "process"  # what the recorded peak memory covers: 'run' when train() could reset it
 
     def facts_record(self) -> dict:
         return results.facts_fields(self.method, self.method_facts)
@@ -173,7 +176,7 @@ def finish(run: Run, fitted: Fitted, on_epoch: EpochHook | None = None, tested=N
         **fitted.record(), test=test, device=str(run.device), precision=precision_name(run.dtype),
         precision_reason=precision_reason(trainer.precision, run.device),
         prefix_cache_s=run.frozen.seconds, test_time_s=test_time, time_s=time.perf_counter() - run.started,
-        warnings=warnings,
+        peak_memory=peak_memory.record(run.device, run.memory_since), warnings=warnings,
     )  # fmt: skip
     run.checkpoint.finish()
     return results.objectives_of({"val": fitted.best, "params": run.params}, cfg.objectives)
