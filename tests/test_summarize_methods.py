@@ -41,7 +41,9 @@ def write_run(root: Path, name: str, *, method: str = "lora", targets=("q", "v")
                "params": {"trainable": trainable, "total": 22_713_985, "trainable_pct": trainable / 227_139.85},
                "val": {"accuracy": val}, "test": {"accuracy": accuracy, "f1": accuracy, "n": int(LABELS.size)},
                "config_id": config_id(cfg), "eval_fingerprint": "E1",
-               "split_sizes": {"train": n_train, "val": 50, "test": int(LABELS.size)}}  # fmt: skip
+               "split_sizes": {"train": n_train, "val": 50, "test": int(LABELS.size)},
+               "history": [{"epoch": 1, "train_time_s": 10.0 * rank}, {"epoch": 2, "train_time_s": 12.0 * rank}],
+               "peak_memory": {"rss_mb": 100.0 * rank + seed, "since": "run start"}}  # fmt: skip
     if record_method:
         metrics["method"] = method
     if status == "reference":
@@ -173,7 +175,13 @@ def test_effect_method_pairs_each_method_with_lora_on_the_same_reviews(tmp_path,
         -0.15
     )
     assert table.loc["full", "seeds"] == "2 vs 2" and table.loc["linear_probe", "supported"]
-    assert "full vs lora" in out and "Effect of method" in out
+    # What each side cost: seconds per training epoch (the mean of the history's), the largest peak over seeds.
+    assert table.loc["full", "s_per_epoch"] == pytest.approx(44.0) and table.loc["full", "peak_rss_mb"] == 402
+    assert table.loc["full", "baseline_trainable"] == 8000 and table.loc["full", "trainable"] == TRAINABLE["full"]
+    assert table.loc["full", "test_low"] == table.loc["full", "test_high"] == 0.90  # two equal seeds: no spread
+    rows = {line.split("|")[4].strip(): line for line in out.splitlines() if line.count("|") > 10}
+    assert "Effect of method" in out and {"lora (baseline)", "full", "linear_probe"} <= set(rows)
+    assert "+5.0 [" in rows["full"] and "0.8500" in rows["lora (baseline)"]
 
 
 SIZES = (100, 400, 1600)

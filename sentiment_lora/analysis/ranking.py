@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from sentiment_lora import methods
-from sentiment_lora.analysis.stats import compare, holm, seed_summary
+from sentiment_lora.analysis.stats import compare, holm, seed_summary, wilson_interval
 from sentiment_lora.rundir.record import PREDICTIONS_FILE
 
 ALPHA = 0.05
@@ -202,6 +202,27 @@ def chosen_on_validation(frame: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     return pd.concat(kept)
 
 
+def costs(runs_of: pd.DataFrame, correct: np.ndarray, prefix: str = "") -> dict:
+    """What one side of a comparison cost and scored beside its test accuracy: trainable parameters, mean
+    validation accuracy, the test accuracy's 95% interval (Wilson over the test reviews for one seed, the
+    t-interval over seeds for several), mean training seconds per epoch and the largest peak resident memory."""
+    per_seed = correct.mean(axis=1)
+    if len(per_seed) == 1:
+        low, high = wilson_interval(int(correct.sum()), correct.shape[1])
+    else:
+        summary = seed_summary(per_seed.tolist())
+        low, high = summary["low"], summary["high"]
+
+    def column(name: str, how: str):
+        values = pd.to_numeric(runs_of[name], errors="coerce") if name in runs_of else pd.Series(dtype=float)
+        return None if values.isna().all() else getattr(values, how)()
+
+    return {f"{prefix}{key}": value for key, value in {
+        "trainable": column("trainable", "max"), "val_acc": column("val_acc", "mean"), "test_low": low,
+        "test_high": high, "s_per_epoch": column("s_per_epoch", "mean"), "peak_rss_mb": column("peak_rss_mb", "max"),
+    }.items()}  # fmt: skip
+
+
 def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
     """The effect of one config key, everything else held fixed: configurations that differ only in `key` (and the
     training seed) are paired on the same test reviews, each value against the group's baseline: the schema's
@@ -264,11 +285,14 @@ def effects(runs: pd.DataFrame, key: str) -> tuple[pd.DataFrame, list[str]]:
         first = group[group["value_text"] == values[0]].iloc[0]  # the fixed part, described by the baseline's runs
         for value in values[1:]:
             result = compare(matrices[value], matrices[values[0]])
+            baseline_runs = group[group["value_text"] == values[0]]
             fixed = {"targets": first["targets"], "variant": first["variant"], "rank": first["rank"]}
             rows.append({**fixed, "baseline": values[0], "value": value,
                          "seeds": f"{len(matrices[value])} vs {len(matrices[values[0]])}",
                          "test_acc": matrices[value].mean(), "baseline_acc": matrices[values[0]].mean(),
-                         "diff": result.diff, "low": result.low, "high": result.high, "p": result.p})  # fmt: skip
+                         "diff": result.diff, "low": result.low, "high": result.high, "p": result.p,
+                         **costs(group[group["value_text"] == value], matrices[value]),
+                         **costs(baseline_runs, matrices[values[0]], "baseline_")})  # fmt: skip
     table = pd.DataFrame(rows)
     if table.empty:
         return table, [*notes, f"no two configurations differ only in {key}"]

@@ -18,7 +18,7 @@ from sentiment_lora.rundir.record import METRICS_FILE, read_metrics
 COLUMNS = [
     "run", "trial", "state", "model", "method", "targets", "variant", "rank", "alpha", "trainable", "trainable_pct",
     "n_train", "val_acc", "test_acc", "test_acc_ci95", "test_f1", "test_majority", "test_bal_acc", "test_f1_min",
-    "epochs", "time_s", "pareto",
+    "epochs", "s_per_epoch", "peak_rss_mb", "time_s", "pareto",
 ]  # fmt: skip
 
 
@@ -90,6 +90,7 @@ NUMBERS = {
     "test": ("accuracy", "n", "f1", "majority_accuracy", "balanced_accuracy", "f1_minority"),
     "params": ("trainable", "trainable_pct"),
     "split_sizes": ("train",),
+    "peak_memory": ("rss_mb",),
     "": ("epochs_run", "time_s"),
 }
 RATES = ("accuracy", "f1", "majority_accuracy", "balanced_accuracy", "f1_minority")
@@ -163,9 +164,20 @@ def row_of(run_dir: Path) -> dict:
         "config_id": metrics.get("config_id") or f"run {run_dir}",
         "eval_fingerprint": metrics.get("eval_fingerprint") or metrics.get("data_fingerprint"),
         "epochs": metrics.get("epochs_run"),
+        "s_per_epoch": seconds_per_epoch(metrics),
+        # The run's resident peak (metrics.json's peak_memory; runs written before it was recorded leave it blank).
+        "peak_rss_mb": _section(metrics, "peak_memory").get("rss_mb"),
         "time_s": metrics.get("time_s"),
         "error": metrics.get("error"),
     }
+
+
+def seconds_per_epoch(metrics: dict) -> float | None:
+    """Mean training seconds of an epoch (history's train_time_s: without validation, test or the prefix cache)."""
+    history = metrics.get("history") if isinstance(metrics.get("history"), list) else []
+    times = [epoch.get("train_time_s") for epoch in history if isinstance(epoch, dict)]
+    times = [t for t in times if isinstance(t, int | float) and not isinstance(t, bool) and t > 0]
+    return sum(times) / len(times) if times else None
 
 
 def mark_pareto(table: pd.DataFrame) -> pd.Series:
@@ -209,7 +221,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     shown["n_train"] = shown["n_train"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}")
     shown["trainable"] = shown["trainable"].map(lambda v: "" if pd.isna(v) else f"{int(v):,}")
     shown["trainable_pct"] = shown["trainable_pct"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
-    shown["time_s"] = shown["time_s"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+    for column in ("time_s", "s_per_epoch", "peak_rss_mb"):
+        shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
     shown["epochs"] = shown["epochs"].map(lambda v: "" if pd.isna(v) else str(int(v)))
     return shown.to_markdown(index=False)
 
@@ -410,21 +423,38 @@ def plot(table: pd.DataFrame, path: Path, majority: float | None = None) -> None
 
 
 def effects_markdown(table: pd.DataFrame) -> str:
-    """ranking.effects as markdown: differences in points, Holm-adjusted p, and whether the data supports one."""
-    shown = pd.DataFrame(
-        {
-            "targets": table["targets"].fillna(""),
-            "variant": table["variant"].fillna(""),
-            "r": table["rank"].map(lambda v: _number(v, ".0f")),
-            "value vs baseline": table["value"] + " vs " + table["baseline"],
-            "seeds": table["seeds"],
-            "test acc": [f"{a:.4f} vs {b:.4f}" for a, b in zip(table["test_acc"], table["baseline_acc"], strict=True)],
-            "Δ points [95% CI]": [
-                f"{100 * d:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-                for d, lo, hi in zip(table["diff"], table["low"], table["high"], strict=True)
-            ],
-            "p (Holm)": table["p_holm"].map(lambda v: _number(v, ".3g")),
-            "supported": table["supported"].map({True: "yes", False: "no"}),
-        }
-    )
-    return shown.to_markdown(index=False)
+    """ranking.effects as markdown, one row per value: each fixed part's baseline first (the row the others are
+    paired against), then its comparisons; differences in points, Holm-adjusted p, whether the data supports one,
+    and what each side cost (trainable parameters, seconds per training epoch, peak resident MiB)."""
+    rows = []
+    fixed = ["targets", "variant", "rank", "baseline"]
+    for _, comparisons in table.groupby(fixed, sort=False, dropna=False):
+        first = comparisons.iloc[0]
+        rows.append(_effect_side(first, "baseline_", first["baseline"], first["baseline_acc"], seeds=None))
+        for _, row in comparisons.iterrows():
+            rows.append(_effect_side(row, "", row["value"], row["test_acc"], seeds=row["seeds"]))
+    return pd.DataFrame(rows).to_markdown(index=False)
+
+
+def _effect_side(row, prefix: str, value: str, test_acc: float, seeds: str | None) -> dict:
+    """One side of an effects row as a markdown row; the baseline's (seeds None) has no difference of its own."""
+    interval = (row.get(f"{prefix}test_low"), row.get(f"{prefix}test_high"))
+    test = f"{test_acc:.4f}" + ("" if any(v is None or pd.isna(v) for v in interval) else
+                                " [{:.4f}, {:.4f}]".format(*interval))  # fmt: skip
+    difference = "" if seeds is None else "{:+.1f} [{:+.1f}, {:+.1f}]".format(
+        *(100 * row[key] for key in ("diff", "low", "high")))  # fmt: skip
+    return {
+        "targets": "" if pd.isna(row["targets"]) else row["targets"],
+        "variant": "" if pd.isna(row["variant"]) else row["variant"],
+        "r": _number(row["rank"], ".0f"),
+        "value": value if seeds is not None else f"{value} (baseline)",
+        "trainable": _number(row.get(f"{prefix}trainable"), ",.0f"),
+        "seeds": seeds.split(" vs ")[0] if seeds else row["seeds"].split(" vs ")[1],
+        "val acc": _number(row.get(f"{prefix}val_acc"), ".4f"),
+        "test acc [95% CI]": test,
+        "Δ points vs baseline [95% CI]": difference,
+        "p (Holm)": "" if seeds is None else _number(row["p_holm"], ".3g"),
+        "supported": "" if seeds is None else ("yes" if row["supported"] else "no"),
+        "s/epoch": _number(row.get(f"{prefix}s_per_epoch"), ".0f"),
+        "peak MiB": _number(row.get(f"{prefix}peak_rss_mb"), ",.0f"),
+    }
