@@ -182,6 +182,7 @@ def test_effect_method_pairs_each_method_with_lora_on_the_same_reviews(tmp_path,
     rows = {line.split("|")[4].strip(): line for line in out.splitlines() if line.count("|") > 10}
     assert "Effect of method" in out and {"lora (baseline)", "full", "linear_probe"} <= set(rows)
     assert "+5.0 [" in rows["full"] and "0.8500" in rows["lora (baseline)"]
+    assert table.loc["full", "value_rank"] == table.loc["full", "baseline_rank"] == 4  # each side's own description
 
 
 SIZES = (100, 400, 1600)

@@ -443,10 +443,16 @@ def _effect_side(row, prefix: str, value: str, test_acc: float, seeds: str | Non
                                 " [{:.4f}, {:.4f}]".format(*interval))  # fmt: skip
     difference = "" if seeds is None else "{:+.1f} [{:+.1f}, {:+.1f}]".format(
         *(100 * row[key] for key in ("diff", "low", "high")))  # fmt: skip
+    own = prefix or "value_"  # each side's own targets, variant and rank (a method's differ from the baseline's)
+
+    def described(key: str):
+        value = row.get(f"{own}{key}", row[key])
+        return None if value is None or pd.isna(value) else value
+
     return {
-        "targets": "" if pd.isna(row["targets"]) else row["targets"],
-        "variant": "" if pd.isna(row["variant"]) else row["variant"],
-        "r": _number(row["rank"], ".0f"),
+        "targets": described("targets") or "",
+        "variant": described("variant") or "",
+        "r": _number(described("rank"), ".0f"),
         "value": value if seeds is not None else f"{value} (baseline)",
         "trainable": _number(row.get(f"{prefix}trainable"), ",.0f"),
         "seeds": seeds.split(" vs ")[0] if seeds else row["seeds"].split(" vs ")[1],
@@ -455,6 +461,6 @@ def _effect_side(row, prefix: str, value: str, test_acc: float, seeds: str | Non
         "Δ points vs baseline [95% CI]": difference,
         "p (Holm)": "" if seeds is None else _number(row["p_holm"], ".3g"),
         "supported": "" if seeds is None else ("yes" if row["supported"] else "no"),
-        "s/epoch": _number(row.get(f"{prefix}s_per_epoch"), ".0f"),
+        "s/epoch": _number(row.get(f"{prefix}s_per_epoch"), ".3g"),
         "peak MiB": _number(row.get(f"{prefix}peak_rss_mb"), ",.0f"),
     }
