@@ -184,6 +184,7 @@ def test_effect_method_pairs_each_method_with_lora_on_the_same_reviews(tmp_path,
     assert "+5.0 [" in rows["full"] and "0.8500" in rows["lora (baseline)"]
     # Each side described by its own columns: full fine-tuning has no rank, LoRA's baseline has 4.
     assert pd.isna(table.loc["full", "value_rank"]) and table.loc["full", "baseline_rank"] == 4
+    assert table.loc["full", "value_lr"] == table.loc["full", "baseline_lr"] == 1e-3
 
 
 SIZES = (100, 400, 1600)

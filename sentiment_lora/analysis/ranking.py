@@ -203,7 +203,7 @@ def chosen_on_validation(frame: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
 
 
 def costs(runs_of: pd.DataFrame, correct: np.ndarray, prefix: str = "") -> dict:
-    """What one side of a comparison is (its own targets, variant and rank: value_* or baseline_*), and what it
+    """What one side of a comparison is (its own targets, variant, rank and lr: value_* or baseline_*), and what it
     cost and scored beside its test accuracy: trainable parameters, mean
     validation accuracy, the test accuracy's 95% interval (Wilson over the test reviews for one seed, the
     t-interval over seeds for several), mean training seconds per epoch and the largest peak resident memory."""
@@ -218,7 +218,8 @@ def costs(runs_of: pd.DataFrame, correct: np.ndarray, prefix: str = "") -> dict:
         values = pd.to_numeric(runs_of[name], errors="coerce") if name in runs_of else pd.Series(dtype=float)
         return None if values.isna().all() else getattr(values, how)()
 
-    described = {f"{prefix or 'value_'}{key}": runs_of[key].iloc[0] for key in ("targets", "variant", "rank")}
+    described = {f"{prefix or 'value_'}{key}": runs_of[key].iloc[0] if key in runs_of else None
+                 for key in ("targets", "variant", "rank", "lr")}  # fmt: skip
     return described | {f"{prefix}{key}": value for key, value in {
         "trainable": column("trainable", "max"), "val_acc": column("val_acc", "mean"), "test_low": low,
         "test_high": high, "s_per_epoch": column("s_per_epoch", "mean"), "peak_rss_mb": column("peak_rss_mb", "max"),

@@ -446,7 +446,7 @@ def _effect_side(row, prefix: str, value: str, test_acc: float, seeds: str | Non
     own = prefix or "value_"  # each side's own targets, variant and rank (a method's differ from the baseline's)
 
     def described(key: str):
-        value = row.get(f"{own}{key}", row[key])
+        value = row.get(f"{own}{key}", row.get(key))
         return None if value is None or pd.isna(value) else value
 
     return {
@@ -454,6 +454,7 @@ def _effect_side(row, prefix: str, value: str, test_acc: float, seeds: str | Non
         "variant": described("variant") or "",
         "r": _number(described("rank"), ".0f"),
         "value": value if seeds is not None else f"{value} (baseline)",
+        "lr": _number(described("lr"), ".3g"),
         "trainable": _number(row.get(f"{prefix}trainable"), ",.0f"),
         "seeds": seeds.split(" vs ")[0] if seeds else row["seeds"].split(" vs ")[1],
         "val acc": _number(row.get(f"{prefix}val_acc"), ".4f"),
