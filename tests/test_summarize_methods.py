@@ -324,3 +324,8 @@ def test_the_baseline_folder_follows_the_run_rules(tmp_path, capsys):
         assert len(lines) == 1 and lines[0].startswith(f"error: {expected}"), lines
     assert sorted(path.name for path in run_dir.iterdir()) == ["metrics.json"]
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_a_peft_methods_point_label_shows_its_size_as_an_integer():
+    row = pd.Series({"method": "hra", "rank": 8.0, "targets": "q+v"})  # a pandas column of sizes holds floats
+    assert point_label(row) == "HRA rank=8"

@@ -206,5 +206,7 @@ class AdapterMethod(PeftMethod):
 
     def point_label(self, row) -> str:
         rank = row.get("rank")
+        if isinstance(rank, float) and rank.is_integer():  # a pandas column of sizes holds floats
+            rank = int(rank)
         shown = f" {self.knob}={rank}" if rank is not None and rank == rank else ""  # NaN: not recorded
         return f"{self.title}{shown}"
