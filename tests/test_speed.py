@@ -245,3 +245,20 @@ def test_the_throughput_benchmark_gives_the_hf_trainer_the_precision_of_the_sent
     lines = bench.table(rows, 10).splitlines()
     assert lines[0].split("|")[2].strip() == "precision"
     assert [line.split("|")[2].strip() for line in lines[2:]] == [expected, expected]
+
+
+def test_a_cache_of_the_embeddings_alone_runs_as_eval_and_holds_nothing(tmp_path, monkeypatch):
+    # Adapters in the first layer leave only the embeddings frozen: cheap to recompute, every token's state to hold.
+    reviews = write_reviews(tmp_path / "reviews.csv", n=60)
+    overrides = [*DEEP_TINY, "data=csv", f"data.path={reviews}", "trainer.precision=fp32", "trainer.epochs=1"]
+    computed = []
+    real_cache = prefix.cache_frozen_prefix
+    monkeypatch.setattr(prefix, "cache_frozen_prefix", lambda *args: computed.append(args[2]) or real_cache(*args))
+    cached = run(tmp_path, "cache", [*overrides, "trainer.frozen_prefix=cache"])
+    recomputed = run(tmp_path, "eval", [*overrides, "trainer.frozen_prefix=eval"])
+    assert computed == [] and cached["prefix_cache_s"] == 0
+    assert cached["history"][0]["train_loss"] == recomputed["history"][0]["train_loss"]
+    assert cached["test"]["loss"] == recomputed["test"]["loss"]
+    computed.clear()
+    run(tmp_path, "top", [*overrides, "trainer.frozen_prefix=cache", "lora.top_layers=2"])  # two layers below
+    assert computed == [2, 2, 2]
