@@ -1,7 +1,7 @@
-"""PEFT's other methods (LoHa, LoKr, AdaLoRA, VeRA, OFT, BOFT, HRA, FourierFT, MiSS, C3A, RoAd, VB-LoRA, RandLoRA, LN
-tuning, prompt tuning) on every family of the table: exact counts by group against counts typed here from each
-method's paper formula and the module shapes of a fresh tiny model, method.budget against the same formulas, and the
-one-line refusals. The run, resume, predict and export of each method are in tests/test_methods.py's tables."""
+"""PEFT's other methods (LoHa, LoKr, AdaLoRA, VeRA, OFT, BOFT, HRA, FourierFT, MiSS, C3A, RoAd, VB-LoRA, RandLoRA,
+SHiRA, LN tuning, prompt tuning) on every family of the table: exact counts by group against counts typed here from
+each method's paper formula and the module shapes of a fresh tiny model, method.budget against the same formulas,
+and the one-line refusals. The run, resume, predict and export of each method are in tests/test_methods.py's tables."""
 
 from __future__ import annotations
 
@@ -59,6 +59,7 @@ PER_LINEAR = {
     # r = 4 pairs composed from the bank: r * (in + out) / L logits over n vectors; the bank is counted once below.
     "vblora": ("vblora", "num_vectors", lambda i, o, n, length: 4 * (i // length + o // length) * n),
     "randlora": ("randlora", "rank", lambda i, o, r: randlora_count(min(i, o), r)),
+    "shira": ("shira", "rank", lambda i, o, r: r * (i + o)),  # a rank-r LoRA pair's count of the weight's entries
 }
 
 
@@ -83,7 +84,7 @@ def adapters_count(method: str, shapes, knob) -> int:
 WHOLE = ("ln_tuning", "prompt_tuning", "p_tuning")
 NEW_METHODS = [*PER_LINEAR, *WHOLE]
 # Knob values a tiny model (hidden 32) needs where PEFT's default does not fit it.
-TINY_KNOBS = {"miss": 8}
+TINY_KNOBS = {"miss": 8, "shira": 8}  # SHiRA: r (in + out) <= in * out, so r <= 16 on 32 x 32
 
 
 def tiny_classifier(model_type: str) -> SentimentClassifier:
@@ -147,7 +148,7 @@ def expected_groups(method: str, model_type: str, knob) -> dict[str, int]:
 
 DEFAULT_KNOB = {"adalora": 12, "vera": 256, "oft": 32, "boft": 4, "hra": 8, "fourierft": 1000, "c3a": 32,
                 "road": "road_1", "loha": 8, "lokr": 8, "miss": 8, "prompt_tuning": 20, "p_tuning": 20,
-                "ln_tuning": None, "vblora": 256, "randlora": 32}  # fmt: skip
+                "ln_tuning": None, "vblora": 256, "randlora": 32, "shira": 8}  # fmt: skip
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -172,7 +173,7 @@ def test_a_budget_chooses_the_knob_whose_formula_count_is_nearest(method, budget
         "oft": [2, 4, 8, 16, 32], "boft": [2, 4, 8, 16, 32], "c3a": [1, 2, 4, 8, 16, 32],
         "road": ["road_1", "road_2", "road_4"], "vera": range(1, 4000), "fourierft": range(1, 1025),
         "prompt_tuning": range(1, 200), "p_tuning": range(1, 200), "vblora": range(1, 4000),
-        "randlora": [32, 16, 8, 4, 2, 1],
+        "randlora": [32, 16, 8, 4, 2, 1], "shira": range(1, 17),
     }.get(method, range(1, 33))  # fmt: skip
     counts = {value: sum(expected_groups(method, "bert", value).values()) for value in candidates}
     ordered = sorted(counts.values())
@@ -210,6 +211,7 @@ def test_a_budget_chooses_the_knob_whose_formula_count_is_nearest(method, budget
         ("vblora", "method.num_vectors=1", "config method.topk: 2 exceeds the bank's 1 vectors"),
         ("randlora", "method.rank=33", "config method.rank: RandLoRA on bert: 33 exceeds the adapted layers' smaller "
                                        "width 32; values that fit: 1 to 32"),
+        ("shira", "method.rank=17", "config method.rank: SHiRA on bert: 17 does not fit the adapted layers .*1 to 16"),
     ],
 )  # fmt: skip
 def test_a_setting_that_cannot_adapt_the_encoder_is_one_line(method, override, message):
@@ -393,7 +395,7 @@ def minilm_count(method: str, knob) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["loha", "adalora", "vera", "oft", "boft", "hra", "fourierft", "miss", "c3a",
-                                    "road", "prompt_tuning", "p_tuning", "vblora", "randlora"])  # fmt: skip
+                                    "road", "prompt_tuning", "p_tuning", "vblora", "randlora", "shira"])  # fmt: skip
 def test_the_budget_rows_train_the_count_nearest_the_lora_default_on_minilm(tmp_path, method):
     import json
 
@@ -404,7 +406,7 @@ def test_the_budget_rows_train_the_count_nearest_the_lora_default_on_minilm(tmp_
         "oft": divisors_384[1:], "boft": [d for d in divisors_384 if d % 2 == 0], "c3a": divisors_384,
         "road": ["road_1", "road_2", "road_4"], "vera": range(1, 20_000), "fourierft": range(1, 20_000),
         "prompt_tuning": range(1, 290), "p_tuning": range(1, 290), "vblora": range(1, 1000),
-        "randlora": divisors_384,
+        "randlora": divisors_384, "shira": range(1, 193),
     }.get(method, range(1, 385))  # fmt: skip
     nearest = min((minilm_count(method, value) for value in candidates), key=lambda count: (abs(count - 84_484), count))
     dry_run(compose_config(["model=minilm", f"method=at_lora_budget/{method}", "dry_run=true"]), tmp_path)
