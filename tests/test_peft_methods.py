@@ -1,7 +1,7 @@
 """PEFT's other methods (LoHa, LoKr, AdaLoRA, VeRA, OFT, BOFT, HRA, FourierFT, MiSS, C3A, RoAd, VB-LoRA, RandLoRA,
-SHiRA, DeLoRA, LN tuning, prompt tuning) on every family of the table: exact counts by group against counts typed
-here from each method's paper formula and the module shapes of a fresh tiny model, method.budget against the same
-formulas, and the one-line refusals. The run, resume, predict and export of each method are in
+SHiRA, DeLoRA, HiRA, LN tuning, prompt tuning) on every family of the table: exact counts by group against counts
+typed here from each method's paper formula and the module shapes of a fresh tiny model, method.budget against the
+same formulas, and the one-line refusals. The run, resume, predict and export of each method are in
 tests/test_methods.py's tables."""
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ PER_LINEAR = {
     "randlora": ("randlora", "rank", lambda i, o, r: randlora_count(min(i, o), r)),
     "shira": ("shira", "rank", lambda i, o, r: r * (i + o)),  # a rank-r LoRA pair's count of the weight's entries
     "delora": ("delora", "rank", lambda i, o, r: r * (i + o) + 1),  # B and A, and the one norm bound lambda
+    "hira": ("hira", "rank", lambda i, o, r: r * (i + o)),  # B (out x r) and A (r x in), applied through W0
 }
 
 
@@ -150,7 +151,7 @@ def expected_groups(method: str, model_type: str, knob) -> dict[str, int]:
 
 DEFAULT_KNOB = {"adalora": 12, "vera": 256, "oft": 32, "boft": 4, "hra": 8, "fourierft": 1000, "c3a": 32,
                 "road": "road_1", "loha": 8, "lokr": 8, "miss": 8, "prompt_tuning": 20, "p_tuning": 20,
-                "ln_tuning": None, "vblora": 256, "randlora": 32, "shira": 8, "delora": 8}  # fmt: skip
+                "ln_tuning": None, "vblora": 256, "randlora": 32, "shira": 8, "delora": 8, "hira": 32}  # fmt: skip
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -215,6 +216,7 @@ def test_a_budget_chooses_the_knob_whose_formula_count_is_nearest(method, budget
                                        "width 32; values that fit: 1 to 32"),
         ("shira", "method.rank=17", "config method.rank: SHiRA on bert: 17 does not fit the adapted layers .*1 to 16"),
         ("delora", "method.rank=33", "config method.rank: DeLoRA on bert: 33 does not fit .*1 to 32"),
+        ("hira", "method.rank=33", "config method.rank: HiRA on bert: 33 does not fit .*1 to 32"),
     ],
 )  # fmt: skip
 def test_a_setting_that_cannot_adapt_the_encoder_is_one_line(method, override, message):
@@ -399,7 +401,7 @@ def minilm_count(method: str, knob) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["loha", "adalora", "vera", "oft", "boft", "hra", "fourierft", "miss", "c3a",
                                     "road", "prompt_tuning", "p_tuning", "vblora", "randlora", "shira",
-                                    "delora"])  # fmt: skip
+                                    "delora", "hira"])  # fmt: skip
 def test_the_budget_rows_train_the_count_nearest_the_lora_default_on_minilm(tmp_path, method):
     import json
 
