@@ -1,7 +1,7 @@
 """PEFT's other methods (LoHa, LoKr, AdaLoRA, VeRA, OFT, BOFT, HRA, FourierFT, MiSS, C3A, RoAd, VB-LoRA, RandLoRA,
-SHiRA, DeLoRA, HiRA, LN tuning, prompt tuning) on every family of the table: exact counts by group against counts
-typed here from each method's paper formula and the module shapes of a fresh tiny model, method.budget against the
-same formulas, and the one-line refusals. The run, resume, predict and export of each method are in
+SHiRA, DeLoRA, HiRA, GraLoRA, LN tuning, prompt tuning) on every family of the table: exact counts by group against
+counts typed here from each method's paper formula and the module shapes of a fresh tiny model, method.budget
+against the same formulas, and the one-line refusals. The run, resume, predict and export of each method are in
 tests/test_methods.py's tables."""
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ PER_LINEAR = {
     "shira": ("shira", "rank", lambda i, o, r: r * (i + o)),  # a rank-r LoRA pair's count of the weight's entries
     "delora": ("delora", "rank", lambda i, o, r: r * (i + o) + 1),  # B and A, and the one norm bound lambda
     "hira": ("hira", "rank", lambda i, o, r: r * (i + o)),  # B (out x r) and A (r x in), applied through W0
+    "gralora": ("gralora", "rank", lambda i, o, r: 2 * (r * (i // 2) + (o // 2) * r)),  # k = 2 A and B blocks
 }
 
 
@@ -151,7 +152,8 @@ def expected_groups(method: str, model_type: str, knob) -> dict[str, int]:
 
 DEFAULT_KNOB = {"adalora": 12, "vera": 256, "oft": 32, "boft": 4, "hra": 8, "fourierft": 1000, "c3a": 32,
                 "road": "road_1", "loha": 8, "lokr": 8, "miss": 8, "prompt_tuning": 20, "p_tuning": 20,
-                "ln_tuning": None, "vblora": 256, "randlora": 32, "shira": 8, "delora": 8, "hira": 32}  # fmt: skip
+                "ln_tuning": None, "vblora": 256, "randlora": 32, "shira": 8, "delora": 8, "hira": 32,
+                "gralora": 32}  # fmt: skip
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -176,7 +178,7 @@ def test_a_budget_chooses_the_knob_whose_formula_count_is_nearest(method, budget
         "oft": [2, 4, 8, 16, 32], "boft": [2, 4, 8, 16, 32], "c3a": [1, 2, 4, 8, 16, 32],
         "road": ["road_1", "road_2", "road_4"], "vera": range(1, 4000), "fourierft": range(1, 1025),
         "prompt_tuning": range(1, 200), "p_tuning": range(1, 200), "vblora": range(1, 4000),
-        "randlora": [32, 16, 8, 4, 2, 1], "shira": range(1, 17),
+        "randlora": [32, 16, 8, 4, 2, 1], "shira": range(1, 17), "gralora": range(2, 33, 2),
     }.get(method, range(1, 33))  # fmt: skip
     counts = {value: sum(expected_groups(method, "bert", value).values()) for value in candidates}
     ordered = sorted(counts.values())
@@ -217,6 +219,10 @@ def test_a_budget_chooses_the_knob_whose_formula_count_is_nearest(method, budget
         ("shira", "method.rank=17", "config method.rank: SHiRA on bert: 17 does not fit the adapted layers .*1 to 16"),
         ("delora", "method.rank=33", "config method.rank: DeLoRA on bert: 33 does not fit .*1 to 32"),
         ("hira", "method.rank=33", "config method.rank: HiRA on bert: 33 does not fit .*1 to 32"),
+        ("gralora", "method.rank=7", "config method.rank: GraLoRA on bert: 7 is not a multiple of method.subblocks 2 "
+                                     "from 2 to 32"),
+        ("gralora", "method.subblocks=3", r"config method.subblocks: GraLoRA on bert: 3 does not divide the adapted "
+                                          r"layers' widths \(32\); values that fit: 1, 2, 4, 8, 16, 32"),
     ],
 )  # fmt: skip
 def test_a_setting_that_cannot_adapt_the_encoder_is_one_line(method, override, message):
@@ -401,7 +407,7 @@ def minilm_count(method: str, knob) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["loha", "adalora", "vera", "oft", "boft", "hra", "fourierft", "miss", "c3a",
                                     "road", "prompt_tuning", "p_tuning", "vblora", "randlora", "shira",
-                                    "delora", "hira"])  # fmt: skip
+                                    "delora", "hira", "gralora"])  # fmt: skip
 def test_the_budget_rows_train_the_count_nearest_the_lora_default_on_minilm(tmp_path, method):
     import json
 
@@ -412,7 +418,7 @@ def test_the_budget_rows_train_the_count_nearest_the_lora_default_on_minilm(tmp_
         "oft": divisors_384[1:], "boft": [d for d in divisors_384 if d % 2 == 0], "c3a": divisors_384,
         "road": ["road_1", "road_2", "road_4"], "vera": range(1, 20_000), "fourierft": range(1, 20_000),
         "prompt_tuning": range(1, 290), "p_tuning": range(1, 290), "vblora": range(1, 1000),
-        "randlora": divisors_384, "shira": range(1, 193),
+        "randlora": divisors_384, "shira": range(1, 193), "gralora": range(2, 385, 2),
     }.get(method, range(1, 385))  # fmt: skip
     nearest = min((minilm_count(method, value) for value in candidates), key=lambda count: (abs(count - 84_484), count))
     dry_run(compose_config(["model=minilm", f"method=at_lora_budget/{method}", "dry_run=true"]), tmp_path)
