@@ -1,8 +1,8 @@
 """PEFT's other methods (LoHa, LoKr, AdaLoRA, VeRA, OFT, BOFT, HRA, FourierFT, MiSS, C3A, RoAd, VB-LoRA, RandLoRA,
-SHiRA, DeLoRA, HiRA, GraLoRA, LN tuning, prompt tuning) on every family of the table: exact counts by group against
-counts typed here from each method's paper formula and the module shapes of a fresh tiny model, method.budget
-against the same formulas, and the one-line refusals. The run, resume, predict and export of each method are in
-tests/test_methods.py's tables."""
+SHiRA, DeLoRA, HiRA, GraLoRA, WaveFT, LN tuning, prompt tuning) on every family of the table: exact counts by group
+against counts typed here from each method's paper formula and the module shapes of a fresh tiny model,
+method.budget against the same formulas, and the one-line refusals. The run, resume, predict and export of each
+method are in tests/test_methods.py's tables."""
 
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ PER_LINEAR = {
     "delora": ("delora", "rank", lambda i, o, r: r * (i + o) + 1),  # B and A, and the one norm bound lambda
     "hira": ("hira", "rank", lambda i, o, r: r * (i + o)),  # B (out x r) and A (r x in), applied through W0
     "gralora": ("gralora", "rank", lambda i, o, r: 2 * (r * (i // 2) + (o // 2) * r)),  # k = 2 A and B blocks
+    "waveft": ("waveft", "n_frequency", lambda i, o, n: n),  # n wavelet coefficients
 }
 
 
@@ -88,7 +89,8 @@ def adapters_count(method: str, shapes, knob) -> int:
 WHOLE = ("ln_tuning", "prompt_tuning", "p_tuning")
 NEW_METHODS = [*PER_LINEAR, *WHOLE]
 # Knob values a tiny model (hidden 32) needs where PEFT's default does not fit it.
-TINY_KNOBS = {"miss": 8, "shira": 8}  # SHiRA: r (in + out) <= in * out, so r <= 16 on 32 x 32
+# SHiRA: r (in + out) <= in * out, so r <= 16 on 32 x 32; WaveFT: PEFT's 2,592 coefficients exceed 32 x 32.
+TINY_KNOBS = {"miss": 8, "shira": 8, "waveft": 500}
 
 
 def tiny_classifier(model_type: str) -> SentimentClassifier:
@@ -153,7 +155,7 @@ def expected_groups(method: str, model_type: str, knob) -> dict[str, int]:
 DEFAULT_KNOB = {"adalora": 12, "vera": 256, "oft": 32, "boft": 4, "hra": 8, "fourierft": 1000, "c3a": 32,
                 "road": "road_1", "loha": 8, "lokr": 8, "miss": 8, "prompt_tuning": 20, "p_tuning": 20,
                 "ln_tuning": None, "vblora": 256, "randlora": 32, "shira": 8, "delora": 8, "hira": 32,
-                "gralora": 32}  # fmt: skip
+                "gralora": 32, "waveft": 500}  # fmt: skip
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -179,6 +181,7 @@ def test_a_budget_chooses_the_knob_whose_formula_count_is_nearest(method, budget
         "road": ["road_1", "road_2", "road_4"], "vera": range(1, 4000), "fourierft": range(1, 1025),
         "prompt_tuning": range(1, 200), "p_tuning": range(1, 200), "vblora": range(1, 4000),
         "randlora": [32, 16, 8, 4, 2, 1], "shira": range(1, 17), "gralora": range(2, 33, 2),
+        "waveft": range(1, 1025),
     }.get(method, range(1, 33))  # fmt: skip
     counts = {value: sum(expected_groups(method, "bert", value).values()) for value in candidates}
     ordered = sorted(counts.values())
@@ -223,6 +226,8 @@ def test_a_budget_chooses_the_knob_whose_formula_count_is_nearest(method, budget
                                      "from 2 to 32"),
         ("gralora", "method.subblocks=3", r"config method.subblocks: GraLoRA on bert: 3 does not divide the adapted "
                                           r"layers' widths \(32\); values that fit: 1, 2, 4, 8, 16, 32"),
+        ("waveft", "method.n_frequency=1025", "config method.n_frequency: WaveFT on bert: 1025 does not fit .*1 to "
+                                              "1024"),
     ],
 )  # fmt: skip
 def test_a_setting_that_cannot_adapt_the_encoder_is_one_line(method, override, message):
@@ -407,7 +412,7 @@ def minilm_count(method: str, knob) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["loha", "adalora", "vera", "oft", "boft", "hra", "fourierft", "miss", "c3a",
                                     "road", "prompt_tuning", "p_tuning", "vblora", "randlora", "shira",
-                                    "delora", "hira", "gralora"])  # fmt: skip
+                                    "delora", "hira", "gralora", "waveft"])  # fmt: skip
 def test_the_budget_rows_train_the_count_nearest_the_lora_default_on_minilm(tmp_path, method):
     import json
 
@@ -419,6 +424,7 @@ def test_the_budget_rows_train_the_count_nearest_the_lora_default_on_minilm(tmp_
         "road": ["road_1", "road_2", "road_4"], "vera": range(1, 20_000), "fourierft": range(1, 20_000),
         "prompt_tuning": range(1, 290), "p_tuning": range(1, 290), "vblora": range(1, 1000),
         "randlora": divisors_384, "shira": range(1, 193), "gralora": range(2, 385, 2),
+        "waveft": range(1, 20_000),
     }.get(method, range(1, 385))  # fmt: skip
     nearest = min((minilm_count(method, value) for value in candidates), key=lambda count: (abs(count - 84_484), count))
     dry_run(compose_config(["model=minilm", f"method=at_lora_budget/{method}", "dry_run=true"]), tmp_path)
