@@ -1,7 +1,8 @@
-"""PEFT's other methods (LoHa, LoKr, AdaLoRA, VeRA, OFT, BOFT, HRA, FourierFT, MiSS, C3A, RoAd, LN tuning, prompt
-tuning) on every family of the table: exact counts by group against counts typed here from each method's paper
-formula and the module shapes of a fresh tiny model, method.budget against the same formulas, and the one-line
-refusals. The run, resume, predict and export of each method are in tests/test_methods.py's tables."""
+"""PEFT's other methods (LoHa, LoKr, AdaLoRA, VeRA, OFT, BOFT, HRA, FourierFT, MiSS, C3A, RoAd, VB-LoRA, RandLoRA,
+SHiRA, DeLoRA, HiRA, GraLoRA, WaveFT, LN tuning, prompt tuning) on every family of the table: exact counts by group
+against counts typed here from each method's paper formula and the module shapes of a fresh tiny model,
+method.budget against the same formulas, and the one-line refusals. The run, resume, predict and export of each
+method are in tests/test_methods.py's tables."""
 
 from __future__ import annotations
 
@@ -38,6 +39,12 @@ def lokr_count(n_in: int, n_out: int, rank: int) -> int:
     return out_m * in_m + second
 
 
+def randlora_count(smaller: int, rank: int) -> int:
+    """RandLoRA: n = ceil(smaller / r) frozen rank-r bases, each scaled by a trained lambda (r) and gamma (smaller)."""
+    bases = -(-smaller // rank)
+    return rank * bases + bases * smaller
+
+
 PER_LINEAR = {
     "loha": ("loha", "rank", lambda i, o, r: 2 * r * (i + o)),
     "lokr": ("lokr", "rank", lokr_count),
@@ -50,11 +57,40 @@ PER_LINEAR = {
     "miss": ("miss", "rank", lambda i, o, r: r * o),
     "c3a": ("c3a", "block_size", lambda i, o, b: i * o // b),  # (out / b) x (in / b) circulant kernels of b
     "road": ("road", "variant", lambda i, o, v: int(v[-1]) * o),  # road_1: one angle and scale per output pair...
+    # r = 4 pairs composed from the bank: r * (in + out) / L logits over n vectors; the bank is counted once below.
+    "vblora": ("vblora", "num_vectors", lambda i, o, n, length: 4 * (i // length + o // length) * n),
+    "randlora": ("randlora", "rank", lambda i, o, r: randlora_count(min(i, o), r)),
+    "shira": ("shira", "rank", lambda i, o, r: r * (i + o)),  # a rank-r LoRA pair's count of the weight's entries
+    "delora": ("delora", "rank", lambda i, o, r: r * (i + o) + 1),  # B and A, and the one norm bound lambda
+    "hira": ("hira", "rank", lambda i, o, r: r * (i + o)),  # B (out x r) and A (r x in), applied through W0
+    "gralora": ("gralora", "rank", lambda i, o, r: 2 * (r * (i // 2) + (o // 2) * r)),  # k = 2 A and B blocks
+    "waveft": ("waveft", "n_frequency", lambda i, o, n: n),  # n wavelet coefficients
 }
+
+
+def vblora_length(shapes) -> int:
+    """VB-LoRA's vector length: PEFT's 256 where it divides every width, else the largest divisor below it."""
+    return max(d for d in range(1, 257) if all(i % d == 0 and o % d == 0 for i, o in shapes))
+
+
+# Methods whose adapted layers share one trained tensor besides their own, counted once from every adapted shape.
+SHARED = {"vblora": lambda shapes, n: n * vblora_length(shapes)}  # the bank: n vectors of length L
+
+
+def adapters_count(method: str, shapes, knob) -> int:
+    """The method's trained adapter parameters over the adapted (in, out) shapes at knob value `knob`."""
+    per_linear = PER_LINEAR[method][2]
+    if method == "vblora":  # each Linear's logits count pieces of the shared vector length
+        length = vblora_length(shapes)
+        return SHARED[method](shapes, knob) + sum(per_linear(i, o, knob, length) for i, o in shapes)
+    return sum(per_linear(i, o, knob) for i, o in shapes) + (SHARED[method](shapes, knob) if method in SHARED else 0)
+
+
 WHOLE = ("ln_tuning", "prompt_tuning", "p_tuning")
 NEW_METHODS = [*PER_LINEAR, *WHOLE]
 # Knob values a tiny model (hidden 32) needs where PEFT's default does not fit it.
-TINY_KNOBS = {"miss": 8}
+# SHiRA: r (in + out) <= in * out, so r <= 16 on 32 x 32; WaveFT: PEFT's 2,592 coefficients exceed 32 x 32.
+TINY_KNOBS = {"miss": 8, "shira": 8, "waveft": 500}
 
 
 def tiny_classifier(model_type: str) -> SentimentClassifier:
@@ -113,13 +149,13 @@ def expected_groups(method: str, model_type: str, knob) -> dict[str, int]:
         # p-tuning's prompt encoder: Linear(d, d), Linear(d, d), Linear(d, d) (PEFT's MLP at the embedding width).
         encoder = 3 * (width * width + width) if method == "p_tuning" else 0
         return {"prompt": knob * width + encoder, "head": head}
-    group, _, per_linear = PER_LINEAR[method]
-    return {group: sum(per_linear(i, o, knob) for i, o in adapted_shapes(model_type)), "head": head}
+    return {PER_LINEAR[method][0]: adapters_count(method, adapted_shapes(model_type), knob), "head": head}
 
 
 DEFAULT_KNOB = {"adalora": 12, "vera": 256, "oft": 32, "boft": 4, "hra": 8, "fourierft": 1000, "c3a": 32,
                 "road": "road_1", "loha": 8, "lokr": 8, "miss": 8, "prompt_tuning": 20, "p_tuning": 20,
-                "ln_tuning": None}  # fmt: skip
+                "ln_tuning": None, "vblora": 256, "randlora": 32, "shira": 8, "delora": 8, "hira": 32,
+                "gralora": 32, "waveft": 500}  # fmt: skip
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -143,7 +179,9 @@ def test_a_budget_chooses_the_knob_whose_formula_count_is_nearest(method, budget
     candidates = {
         "oft": [2, 4, 8, 16, 32], "boft": [2, 4, 8, 16, 32], "c3a": [1, 2, 4, 8, 16, 32],
         "road": ["road_1", "road_2", "road_4"], "vera": range(1, 4000), "fourierft": range(1, 1025),
-        "prompt_tuning": range(1, 200), "p_tuning": range(1, 200),
+        "prompt_tuning": range(1, 200), "p_tuning": range(1, 200), "vblora": range(1, 4000),
+        "randlora": [32, 16, 8, 4, 2, 1], "shira": range(1, 17), "gralora": range(2, 33, 2),
+        "waveft": range(1, 1025),
     }.get(method, range(1, 33))  # fmt: skip
     counts = {value: sum(expected_groups(method, "bert", value).values()) for value in candidates}
     ordered = sorted(counts.values())
@@ -176,6 +214,20 @@ def test_a_budget_chooses_the_knob_whose_formula_count_is_nearest(method, budget
         ("prompt_tuning", "method.virtual_tokens=490", "config method.virtual_tokens: 490 virtual tokens and "
                                                        "trainer.max_length 32 exceed the 512 positions"),
         ("loha", "method.budget=10", "config method.budget: 10 is too small for LoHa: rank=1 trains 545"),
+        ("vblora", "method.vector_length=12", r"config method.vector_length: VB-LoRA on bert: 12 does not divide the "
+                                              r"adapted layers' widths \(32\); values that fit: 1, 2, 4, 8, 16, 32"),
+        ("vblora", "method.num_vectors=1", "config method.topk: 2 exceeds the bank's 1 vectors"),
+        ("randlora", "method.rank=33", "config method.rank: RandLoRA on bert: 33 exceeds the adapted layers' smaller "
+                                       "width 32; values that fit: 1 to 32"),
+        ("shira", "method.rank=17", "config method.rank: SHiRA on bert: 17 does not fit the adapted layers .*1 to 16"),
+        ("delora", "method.rank=33", "config method.rank: DeLoRA on bert: 33 does not fit .*1 to 32"),
+        ("hira", "method.rank=33", "config method.rank: HiRA on bert: 33 does not fit .*1 to 32"),
+        ("gralora", "method.rank=7", "config method.rank: GraLoRA on bert: 7 is not a multiple of method.subblocks 2 "
+                                     "from 2 to 32"),
+        ("gralora", "method.subblocks=3", r"config method.subblocks: GraLoRA on bert: 3 does not divide the adapted "
+                                          r"layers' widths \(32\); values that fit: 1, 2, 4, 8, 16, 32"),
+        ("waveft", "method.n_frequency=1025", "config method.n_frequency: WaveFT on bert: 1025 does not fit .*1 to "
+                                              "1024"),
     ],
 )  # fmt: skip
 def test_a_setting_that_cannot_adapt_the_encoder_is_one_line(method, override, message):
@@ -354,12 +406,13 @@ def minilm_count(method: str, knob) -> int:
     if method == "p_tuning":  # a 64-wide prompt encoder
         return knob * 384 + (384 * 64 + 64) + (64 * 64 + 64) + (64 * 384 + 384) + 385
     shapes = MINILM_ALL if method == "road" else MINILM_QV
-    return sum(PER_LINEAR[method][2](i, o, knob) for i, o in shapes) + 385
+    return adapters_count(method, shapes, knob) + 385
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["loha", "adalora", "vera", "oft", "boft", "hra", "fourierft", "miss", "c3a",
-                                    "road", "prompt_tuning", "p_tuning"])  # fmt: skip
+                                    "road", "prompt_tuning", "p_tuning", "vblora", "randlora", "shira",
+                                    "delora", "hira", "gralora", "waveft"])  # fmt: skip
 def test_the_budget_rows_train_the_count_nearest_the_lora_default_on_minilm(tmp_path, method):
     import json
 
@@ -369,7 +422,9 @@ def test_the_budget_rows_train_the_count_nearest_the_lora_default_on_minilm(tmp_
     candidates = {
         "oft": divisors_384[1:], "boft": [d for d in divisors_384 if d % 2 == 0], "c3a": divisors_384,
         "road": ["road_1", "road_2", "road_4"], "vera": range(1, 20_000), "fourierft": range(1, 20_000),
-        "prompt_tuning": range(1, 290), "p_tuning": range(1, 290),
+        "prompt_tuning": range(1, 290), "p_tuning": range(1, 290), "vblora": range(1, 1000),
+        "randlora": divisors_384, "shira": range(1, 193), "gralora": range(2, 385, 2),
+        "waveft": range(1, 20_000),
     }.get(method, range(1, 385))  # fmt: skip
     nearest = min((minilm_count(method, value) for value in candidates), key=lambda count: (abs(count - 84_484), count))
     dry_run(compose_config(["model=minilm", f"method=at_lora_budget/{method}", "dry_run=true"]), tmp_path)
