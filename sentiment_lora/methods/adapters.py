@@ -58,6 +58,11 @@ def _probe(shape: Shape) -> nn.Module:
     return nn.ModuleDict({"layer": nn.Linear(shape[0], shape[1], bias=shape[2])})
 
 
+def widths_of(adapted: dict[str, nn.Linear]) -> list[int]:
+    """Every adapted Linear's input and output width (a knob that must divide them all is checked against these)."""
+    return [width for layer in adapted.values() for width in (layer.in_features, layer.out_features)]
+
+
 def divisors(width: int) -> list[int]:
     return [value for value in range(1, width + 1) if width % value == 0]
 
@@ -76,6 +81,8 @@ class AdapterMethod(PeftMethod):
 
     schema: ClassVar[type[AdapterConfig]] = AdapterConfig
     knob: ClassVar[str]  # the method.<key> that sizes it, which method.budget chooses
+    # Names of parameters every adapted layer shares (VB-LoRA's vector bank): counted once, not once per shape.
+    shared: ClassVar[tuple[str, ...]] = ()
     budget_key = "method.budget"
 
     # ---- what each method supplies ----
@@ -94,7 +101,7 @@ class AdapterMethod(PeftMethod):
         fitting = self.sizes(adapted)
         if size in fitting:
             return None
-        widths = sorted({width for layer in adapted.values() for width in (layer.in_features, layer.out_features)})
+        widths = sorted(set(widths_of(adapted)))
         if isinstance(fitting, range):
             shown = f"{fitting.start} to {fitting.stop - 1}"
         else:
@@ -146,18 +153,27 @@ class AdapterMethod(PeftMethod):
         """Trainable adapter parameters at knob value `size`, counted on PEFT's own layers, one per shape."""
         import peft
 
-        total = 0
+        total = shared = 0
         for shape, times in shapes_of(adapted).items():
             config = self.build_config(method_cfg, "layer", size, total_steps, adapted)
             probe = peft.get_peft_model(_probe(shape), config)
-            total += times * sum(p.numel() for p in probe.parameters() if p.requires_grad)
-        return total
+            for name, parameter in probe.named_parameters():
+                if not parameter.requires_grad:
+                    continue
+                if any(part in name for part in self.shared):
+                    shared = parameter.numel()  # one tensor for all layers: each probe holds a copy
+                else:
+                    total += times * parameter.numel()
+        return total + shared
 
-    def nearest(self, adapted: dict[str, nn.Linear], method_cfg, budget: int, head: int, total_steps) -> int:
+    def nearest(
+        self, adapted: dict[str, nn.Linear], method_cfg, budget: int, head: int, total_steps, sizes=None
+    ) -> int:
         """The knob value whose count (adapters + head) is nearest `budget` (ties: the smaller count); counts grow
-        along `sizes`, so it bisects, building only a few candidates (each distinct shape once per candidate).
-        Knobs here are divisors or variants too, so the base's nearest_size bisects their indices."""
-        sizes = self.sizes(adapted)
+        along `sizes` (default: self.sizes; a method whose fitting values depend on another key passes its own),
+        so it bisects, building only a few candidates (each distinct shape once per candidate). Knobs here are
+        divisors or variants too, so the base's nearest_size bisects their indices."""
+        sizes = self.sizes(adapted) if sizes is None else sizes
 
         def refusal(too: str, index: int, count: int) -> str:
             at = f"{self.knob}={sizes[index]} trains {count:,}"

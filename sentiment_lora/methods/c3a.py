@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, common_divisors
+from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, common_divisors, widths_of
 from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, described
 
@@ -25,10 +25,6 @@ class C3aConfig(AdapterConfig):
     )
 
 
-def _widths(adapted) -> list[int]:
-    return [width for layer in adapted.values() for width in (layer.in_features, layer.out_features)]
-
-
 @register
 class C3a(AdapterMethod):
     name = "c3a"
@@ -41,12 +37,12 @@ class C3a(AdapterMethod):
     marker = "X"
 
     def sizes(self, adapted):
-        return sorted(common_divisors(_widths(adapted)), reverse=True)  # larger blocks train fewer parameters
+        return sorted(common_divisors(widths_of(adapted)), reverse=True)  # larger blocks train fewer parameters
 
     def configured_size(self, method_cfg, adapted):
         if method_cfg.block_size is not None:
             return method_cfg.block_size
-        return max(size for size in common_divisors(_widths(adapted)) if size <= PEFT_BLOCK_SIZE)
+        return max(size for size in common_divisors(widths_of(adapted)) if size <= PEFT_BLOCK_SIZE)
 
     def build_config(self, method_cfg, target_modules, size, total_steps, adapted):
         import peft

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sentiment_lora.errors import UserError
-from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, common_divisors
-from sentiment_lora.methods.base import nearest_size
+from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, common_divisors, widths_of
 from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, PROBABILITY, described
 
@@ -33,10 +32,6 @@ class GraloraConfig(AdapterConfig):
         "Rank of a plain LoRA pair beside the blocks (PEFT's hybrid_r; 0: none).", 0, within=NON_NEGATIVE
     )
     dropout: float = described("Dropout on the input of each GraLoRA adapter.", 0.0, within=PROBABILITY)
-
-
-def _widths(adapted) -> list[int]:
-    return [width for layer in adapted.values() for width in (layer.in_features, layer.out_features)]
 
 
 @register
@@ -62,7 +57,7 @@ class Gralora(AdapterMethod):
 
     def size_for(self, classifier, cfg, adapted, total_steps):
         k = cfg.method.subblocks
-        widths = sorted(set(_widths(adapted)))
+        widths = sorted(set(widths_of(adapted)))
         if any(width % k for width in widths):
             raise UserError(
                 f"config method.subblocks: GraLoRA on {classifier.model_type}: {k} does not divide the adapted "
@@ -80,16 +75,7 @@ class Gralora(AdapterMethod):
                 )
             return rank
         head = sum(p.numel() for p in classifier.head.parameters())
-
-        def refusal(too: str, index: int, count: int) -> str:
-            at = f"rank={ranks[index]} trains {count:,}"
-            return f"config method.budget: {budget:,} is too {too} for {self.title}: {at}"
-
-        index = nearest_size(
-            lambda index: head + self.count_at(adapted, cfg.method, ranks[index], total_steps),
-            budget, 0, len(ranks) - 1, "method.budget", refusal,
-        )  # fmt: skip
-        return ranks[index]
+        return self.nearest(adapted, cfg.method, budget, head, total_steps, sizes=ranks)
 
     def build_config(self, method_cfg, target_modules, size, total_steps, adapted):
         import peft

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sentiment_lora.errors import UserError
-from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, _probe, common_divisors, shapes_of
+from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, common_divisors, widths_of
 from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, POSITIVE, PROBABILITY, described
 
@@ -39,10 +39,6 @@ class VbloraConfig(AdapterConfig):
     init_logits_std: float = described("Std of the logits' normal init (PEFT's init_logits_std).", 0.1, within=POSITIVE)
 
 
-def _widths(adapted) -> list[int]:
-    return [width for layer in adapted.values() for width in (layer.in_features, layer.out_features)]
-
-
 @register
 class Vblora(AdapterMethod):
     name = "vblora"
@@ -58,37 +54,20 @@ class Vblora(AdapterMethod):
     groups = ("vblora",)
     prefixes: ClassVar[dict[str, str]] = {"vblora_": "vblora"}  # the logits and the shared bank
     marker = "x"
+    shared = ("vblora_vector_bank",)  # one bank for every adapted layer: counted once
 
     def vector_length(self, method_cfg, adapted) -> int:
         if method_cfg.vector_length is not None:
             return method_cfg.vector_length
-        return max(size for size in common_divisors(_widths(adapted)) if size <= PEFT_VECTOR_LENGTH)
+        return max(size for size in common_divisors(widths_of(adapted)) if size <= PEFT_VECTOR_LENGTH)
 
     def sizes(self, adapted):
         return range(1, MAX_VECTORS + 1)
 
-    def count_at(self, adapted, method_cfg, size, total_steps):
-        """The logits of each shape, counted on PEFT's own layer, and the shared bank once (a probe per shape
-        would count it again)."""
-        import peft
-
-        logits = bank = 0
-        for shape, times in shapes_of(adapted).items():
-            config = self.build_config(method_cfg, "layer", size, total_steps, adapted)
-            probe = peft.get_peft_model(_probe(shape), config)
-            for name, parameter in probe.named_parameters():
-                if not parameter.requires_grad:
-                    continue
-                if "vblora_vector_bank" in name:
-                    bank = parameter.numel()
-                else:
-                    logits += times * parameter.numel()
-        return logits + bank
-
     def peft_config(self, classifier, cfg, total_steps):
         pattern, adapted = self.adapted(classifier, cfg)
         length = self.vector_length(cfg.method, adapted)
-        widths = sorted(set(_widths(adapted)))
+        widths = sorted(set(widths_of(adapted)))
         if any(width % length for width in widths):
             fitting = ", ".join(map(str, common_divisors(widths)))
             shown = ", ".join(map(str, widths))
