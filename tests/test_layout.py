@@ -1,4 +1,4 @@
-"""The package's structure rules (README's Layout): no import cycle among its modules, no function over 80 lines."""
+"""The package's structure rules (docs/layout.md): no import cycle among its modules, no function over 80 lines."""
 
 from __future__ import annotations
 
