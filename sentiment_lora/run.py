@@ -96,7 +96,7 @@ class Run:
         return lambda step: self.method.on_step(self.model, step, total)
 
     def evaluate(self, name: str):
-        rows = self.frozen.rows[name]
+        rows = self.frozen.split_rows(name)
         return evaluate(self.model, rows, self.tokenizer, self.cfg.trainer.eval_batch_size, self.device, self.dtype)
 
 

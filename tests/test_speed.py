@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from sentiment_lora import memo, prefix, runtime
+from sentiment_lora import loop, memo, prefix, runtime
 from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.errors import UserError
 from sentiment_lora.methods.lora_adapters import attach_lora
 from sentiment_lora.methods.targets import matched_modules
 from sentiment_lora.model import SentimentClassifier, build_encoder, classifier_of, frozen_depth, load_tokenizer
-from sentiment_lora.run import train
+from sentiment_lora.run import set_up, train
 
 from .conftest import REPO, TINY_FAST, compose_config, write_reviews
 
@@ -262,3 +262,20 @@ def test_a_cache_of_the_embeddings_alone_runs_as_eval_and_holds_nothing(tmp_path
     computed.clear()
     run(tmp_path, "top", [*overrides, "trainer.frozen_prefix=cache", "lora.top_layers=2"])  # two layers below
     assert computed == [2, 2, 2]
+
+
+def test_the_test_splits_prefix_waits_for_the_test_pass_and_gives_the_encoders_own_numbers(tmp_path):
+    # The test split is read once per run: its cache held through training bought nothing and cost its size
+    # (1.4 GB on the default draw at MiniLM's depth 3), so it is computed when the test pass asks for it.
+    reviews = write_reviews(tmp_path / "reviews.csv", n=60)
+    cfg = compose_config([*DEEP_TINY, "data=csv", f"data.path={reviews}", "trainer.precision=fp32",
+                          "trainer.frozen_prefix=cache", "lora.top_layers=2"])  # fmt: skip
+    memo.clear_all()
+    (tmp_path / "run").mkdir()
+    run_ = set_up(cfg, tmp_path / "run")
+    assert "prefix" in run_.frozen.rows["val"][0] and "prefix" not in run_.frozen.rows["test"][0]
+    _, _, from_cache = run_.evaluate("test")
+    assert "prefix" in run_.frozen.rows["test"][0] and not run_.frozen.pending
+    every_layer = loop.predict(run_.model, run_.encoded["test"], run_.tokenizer, cfg.trainer.eval_batch_size,
+                               run_.device, run_.dtype)  # fmt: skip
+    assert from_cache == pytest.approx(every_layer, abs=1e-6)

@@ -191,7 +191,7 @@ class Population:
             return {}
         self._train_mode(False)
         first = self.members[indices[0]].run
-        rows = first.frozen.rows[split]
+        rows = first.frozen.split_rows(split)
         batch_size = first.cfg.trainer.eval_batch_size
         per_chunk = max(1, (max_rows or len(indices) * batch_size) // batch_size)
         order = data_lib.length_order(rows)
