@@ -10,7 +10,8 @@ sides; each launcher's row gives the median of its turns and their spread, and t
 
 sequential: `hydra/launcher=basic`, Hydra's own launcher: the batch's trials one after another in one process
 (they share the in-process frozen-prefix memo, so only the training differs). population:
-`hydra/launcher=population`, the same trials trained together over one encoder. Each is one
+`hydra/launcher=population`, the same trials trained together over one encoder (stacked on a GPU; on a CPU one
+after another over one shared encoder unless the side is `stacked`). Each is one
 `python -m sentiment_lora.train -m ...` process, timed from start to exit; peak memory is that process's maximum
 resident set (host memory; on a GPU, torch.cuda's peak allocation too, read from the runs). Test accuracies are
 read back from each trial's metrics.json, and the largest difference between the two paths is printed (with
@@ -34,10 +35,14 @@ from loadavg import LoadWatch, median_spread  # noqa: E402
 
 from sentiment_lora.rundir.record import METRICS_FILE, read_metrics  # noqa: E402
 
+# Side names beyond Hydra's launcher names: the population launcher with members stacked or not, whatever the device
+SIDES = {"stacked": ["hydra/launcher=population", "hydra.launcher.stack=true"],
+         "unstacked": ["hydra/launcher=population", "hydra.launcher.stack=false"]}  # fmt: skip
+
 
 def run_sweep(launcher: str, args: list[str], out: Path) -> dict:
-    command = [sys.executable, "-m", "sentiment_lora.train", "-m", f"hydra/launcher={launcher}",
-               f"hydra.sweep.dir={out}", *args]  # fmt: skip
+    chosen = SIDES.get(launcher, [f"hydra/launcher={launcher}"])
+    command = [sys.executable, "-m", "sentiment_lora.train", "-m", *chosen, f"hydra.sweep.dir={out}", *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     out.mkdir(parents=True, exist_ok=True)
     log_path = out.parent / f"{launcher}.log"
@@ -80,7 +85,8 @@ def main() -> None:
         "--launchers",
         default="basic,population,population,basic",
         help="launchers in the order they run (a name may repeat: turns alternate, ABBA by default); ratios are of "
-        "median wall times, against the first name",
+        "median wall times, against the first name. 'population' stacks its members on a GPU only (the launcher's "
+        "default); 'stacked' and 'unstacked' force hydra.launcher.stack",
     )
     parser.add_argument("--keep", type=Path, help="keep the sweep directories here instead of a temporary folder")
     parser.add_argument("--override", action="append", default=[], help="extra override for both sweeps")

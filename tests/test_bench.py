@@ -133,6 +133,7 @@ def test_the_eval_cost_benchmark_times_an_evaluation_pass(tmp_path):
     )  # fmt: skip
     assert "reviews/s (20 test reviews" in output and "samples/s (40 reviews an epoch" in output
     assert "of an epoch (goal: at most 0.33)" in output and "load average" in output
+    assert "FLOPs per review: training" in output and "x training's FLOP rate (the goal needs" in output
 
 
 @pytest.mark.slow
@@ -158,12 +159,13 @@ def test_the_population_benchmark_runs_the_batch_both_ways(tmp_path):
     output = bench(
         "population.py",
         ["--model", "tiny", "--data-csv", str(csv), *TINY_DATA, "--sweep", "lora.rank=2,4 trainer.seed=1",
+         "--launchers", "basic,stacked,stacked,basic",  # members stacked on this CPU too
          "--override", "trainer.max_length=32", "--override", "trainer.precision=fp32",
          *[arg for key in DROPOUT_OFF for arg in ("--override", f"{key}=0")]],
         tmp_path,
     )  # fmt: skip
     rows = table_rows(output)
-    assert [row[0] for row in rows] == ["basic", "population"]
+    assert [row[0] for row in rows] == ["basic", "stacked"]
     assert all(row[2] == "2" and row[3] == "2 (2)" for row in rows)  # two turns each, ABBA
     assert "load average" in output
     assert float(rows[1][-1]) == 0.0  # fp32, dropout off: the population's members are their single runs

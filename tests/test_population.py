@@ -56,8 +56,10 @@ def base(workdir: Path) -> list[str]:
 
 
 def together(cfgs, dirs, hooks=None) -> list:
+    """Members stacked, as on a GPU (a CPU trains them one after another unless told to stack)."""
     hooks = hooks or [None] * len(cfgs)
-    return population.train_together([(cfg, d, hook) for cfg, d, hook in zip(cfgs, dirs, hooks, strict=True)])
+    jobs = [(cfg, d, hook) for cfg, d, hook in zip(cfgs, dirs, hooks, strict=True)]
+    return population.train_together(jobs, stack=True)
 
 
 def alone(cfg, run_dir: Path):
@@ -195,8 +197,8 @@ def test_trials_that_cannot_join_run_alone_and_say_why(workdir, tmp_path, caplog
 
 @pytest.mark.slow
 def test_the_population_launcher_runs_a_sweep_with_one_key(workdir, tmp_path):
-    args = [*base(workdir), "-m", "hydra/launcher=population", "lora.rank=2,4", "method=lora,linear_probe",
-            f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    args = [*base(workdir), "-m", "hydra/launcher=population", "hydra.launcher.stack=true", "lora.rank=2,4",
+            "method=lora,linear_probe", f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
     done = run_cli(args, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = sorted((tmp_path / "sweep").glob("*/metrics.json"))
@@ -211,6 +213,27 @@ def test_the_population_launcher_runs_a_sweep_with_one_key(workdir, tmp_path):
         assert own == 1  # its own lines, not the other member's
     predicted = run_cli(["--help"], cwd=tmp_path)  # the CLI still starts with the plugin registered
     assert predicted.returncode == 0
+
+
+def test_on_a_cpu_trials_that_could_join_train_one_after_another_as_their_single_runs(
+    workdir, tmp_path, monkeypatch, caplog
+):
+    # Stacking did not pay on a CPU (bench/README.md): by default the trials train one after another, each as its
+    # single run does, over the one shared encoder; nothing of the stacked loop runs.
+    from sentiment_lora.population import loop
+
+    monkeypatch.setattr(loop, "Population", lambda *args: pytest.fail("members were stacked on a CPU"))
+    cfgs = [compose_config(base(workdir) + EXACT + ["trainer.epochs=1"] + extra) for extra in MEMBERS[:2]]
+    with caplog.at_level("INFO"):
+        outcomes = population.train_together([(cfg, tmp_path / f"t{i}") for i, cfg in enumerate(cfgs)])
+    assert all(isinstance(value, float) for value in outcomes)
+    assert "2 trials that could join train one after another over one shared encoder: on a CPU" in caplog.text
+    for i, cfg in enumerate(cfgs):
+        single = alone(cfg, tmp_path / f"single{i}")
+        assert record(tmp_path / f"t{i}")["test"]["loss"] == pytest.approx(
+            record(tmp_path / f"single{i}")["test"]["loss"], abs=1e-6
+        )
+        assert outcomes[i] == pytest.approx(single, abs=1e-6)
 
 
 def test_members_and_the_population_share_one_copy_of_the_frozen_encoder(workdir, tmp_path, monkeypatch):
@@ -252,7 +275,7 @@ def test_a_memory_budget_splits_the_trials_into_populations_that_fit(workdir, tm
             for rank in (2, 4, 8, 16)]  # fmt: skip
     with caplog.at_level("INFO"):
         outcomes = population.train_together([(cfg, tmp_path / f"t{i}") for i, cfg in enumerate(cfgs)],
-                                             memory_budget_mb=2)  # fmt: skip
+                                             memory_budget_mb=2, stack=True)  # fmt: skip
     assert all(isinstance(value, float) for value in outcomes)
     assert (
         "population split: 4 trials into 2 populations of at most 2 (about 1 MB per member, budget 2 MB" in caplog.text

@@ -38,6 +38,11 @@ class PopulationLauncherConf:
     # Memory the populations may take, in MB; null: 80% of what is available when they form (host RAM on the CPU,
     # free device memory on a GPU). Trials that could join are split into populations that fit, one after another.
     memory_budget_mb: int | None = None
+    # Stack the members' batches into one forward per step. null: on a GPU, where one trial leaves the device
+    # idle; not on a CPU, where one trial's products already fill the cores (measured there: 0.90x the speed of the
+    # trials one after another, and 1.83x their memory at 4 members): the trials that could join then train one
+    # after another, still sharing one frozen encoder, the data and the frozen prefix. true/false: always/never.
+    stack: bool | None = None
 
 
 ConfigStore.instance().store(
@@ -62,8 +67,10 @@ def _prepare(cfg: DictConfig) -> _Prepared:
 
 
 class PopulationLauncher(Launcher):
-    def __init__(self, max_eval_rows: int | None = None, memory_budget_mb: int | None = None) -> None:
-        self.max_eval_rows, self.memory_budget_mb = max_eval_rows, memory_budget_mb
+    def __init__(
+        self, max_eval_rows: int | None = None, memory_budget_mb: int | None = None, stack: bool | None = None
+    ) -> None:
+        self.max_eval_rows, self.memory_budget_mb, self.stack = max_eval_rows, memory_budget_mb, stack
         self.config: DictConfig | None = None
         self.hydra_context: HydraContext | None = None
         self.task_function: TaskFunction | None = None
@@ -111,6 +118,7 @@ class PopulationLauncher(Launcher):
                 [(job.cfg, job.run_dir, job.on_epoch, as_job(configs[index])) for index, job in prepared.items()],
                 max_eval_rows=self.max_eval_rows,
                 memory_budget_mb=self.memory_budget_mb,
+                stack=self.stack,
             )
         finally:
             unroute(handlers)

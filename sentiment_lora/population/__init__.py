@@ -90,11 +90,14 @@ class _Job:
         self.outcome = error if error is not None else value
 
 
-def train_together(jobs: list[tuple], max_eval_rows: int | None = None, memory_budget_mb: int | None = None) -> list:
+def train_together(
+    jobs: list[tuple], max_eval_rows: int | None = None, memory_budget_mb: int | None = None, stack: bool | None = None
+) -> list:
     """Train the jobs, (cfg, run_dir[, on_epoch[, job_context]]) each, in populations where they can join;
     returns each job's objective(s), or the exception it ended with (a pruned trial's TrialPruned, a failed
     one's error). Trials that could join are split into populations that fit `memory_budget_mb` (None: the
-    memory available; population/memory.py)."""
+    memory available; population/memory.py). `stack` False trains them one after another instead, still over
+    one shared frozen encoder; None stacks them on a GPU only (see CPU_STACKING)."""
     pending = [_Job(index, *job) for index, job in enumerate(jobs)]
     joining: list[_Job] = []
     frozen: dict[tuple, dict] = {}  # one copy of each frozen encoder, shared by every member set up over it
@@ -133,6 +136,12 @@ def train_together(jobs: list[tuple], max_eval_rows: int | None = None, memory_b
     for job in joining:
         groups[join_key(job.run)].append(job)
     for group in groups.values():
+        if len(group) > 1 and not (stack if stack is not None else group[0].run.device.type != "cpu"):
+            log.info("%d trials that could join train one after another over one shared encoder: %s",
+                     len(group), CPU_STACKING if stack is None else "hydra.launcher.stack=false")  # fmt: skip
+            for job in group:
+                _alone(job)
+            continue
         if len(group) == 1:
             with group[0].context():
                 log.info("trial %s trains alone: no other trial of this batch shares its %s", group[0].label, JOINED)
@@ -148,6 +157,15 @@ def train_together(jobs: list[tuple], max_eval_rows: int | None = None, memory_b
     for job in pending:
         locks.release(job.run_dir)
     return [job.outcome for job in pending]
+
+
+# Why a CPU does not stack members by default (bench/README.md, "Populations"): one trial's products (16 reviews x
+# 256 tokens = 4,096 rows) already fill a few cores, so stacking adds no parallelism, only every member's
+# activations at once.
+CPU_STACKING = (
+    "on a CPU stacked members ran 0.90x as fast as one after another and took 1.83x the memory (4 members, "
+    "bench/population.py); hydra.launcher.stack=true stacks them anyway"
+)
 
 
 def share_key(run: Run) -> tuple:
