@@ -2,11 +2,11 @@
 `method.budget=N` chooses by exact count, and PEFT's own refusals turned into one error line.
 
 A method here (LoHa, LoKr, AdaLoRA, VeRA, OFT, BOFT, HRA, FourierFT, MiSS, C3A, RoAd, VB-LoRA, RandLoRA, SHiRA,
-DeLoRA, HiRA, GraLoRA, WaveFT) declares its schema (an `AdapterConfig` with its knob), the knob's key, the knob
-values that fit the adapted layers, and how its PEFT config is built; the rest is here. Counts for a knob value are
-taken from PEFT itself: each distinct adapted Linear shape is wrapped alone and its trainable parameters counted,
-so a count can never drift from what PEFT builds (tests/test_peft_methods.py checks them against counts typed from
-the papers' formulas).
+DeLoRA, HiRA, GraLoRA, WaveFT, TinyLoRA) declares its schema (an `AdapterConfig` with its knob), the knob's key, the
+knob values that fit the adapted layers, and how its PEFT config is built; the rest is here. Counts for a knob value
+are taken from PEFT itself: each distinct adapted Linear shape is wrapped alone and its trainable parameters
+counted, so a count can never drift from what PEFT builds (tests/test_peft_methods.py checks them against counts
+typed from the papers' formulas).
 """
 
 from __future__ import annotations
