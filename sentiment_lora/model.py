@@ -158,11 +158,15 @@ def layers_path_is_table(classifier: SentimentClassifier) -> bool:
 def frozen_depth(classifier: SentimentClassifier) -> int | None:
     """How many leading encoder layers hold no trainable parameter (every layer when only the head trains).
 
-    None when the embeddings train, so nothing below the adapters is frozen.
+    None when the embeddings train, so nothing below the adapters is frozen. A tensor several layers hold (a
+    trained vector or bank an adapter shares across layers) counts at the lowest of them: every one of them uses it.
     """
     layers = classifier.layers()
     first = len(layers)
-    layer_ids = {id(p): index for index, layer in enumerate(layers) for p in layer.parameters()}
+    layer_ids: dict[int, int] = {}
+    for index, layer in enumerate(layers):
+        for parameter in layer.parameters():
+            layer_ids.setdefault(id(parameter), index)
     for parameter in classifier.encoder.parameters():
         if parameter.requires_grad:
             if id(parameter) not in layer_ids:

@@ -254,6 +254,9 @@ def expected_changes(method: str, init: dict) -> tuple[set[str], set[str]]:
         return norms, norms
     if method in ("prompt_tuning", "p_tuning"):  # nothing merges: the encoder's own weights stay as seeded
         return set(), set()
+    if method == "beft":  # its default target, v: the trained vector merges into the value projection's bias
+        values = {name for name in init if re.search(r"self\.value\.bias$", name)}
+        return values, values
     adapted = {name for name in init if re.search(r"self\.(query|value)\.(weight|bias)$", name)}
     # Every method here moves q's and v's weights; those rotating or rescaling outputs (BOFT, RoAd) their biases too.
     return {name for name in adapted if name.endswith("weight")}, adapted

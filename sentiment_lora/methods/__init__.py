@@ -42,4 +42,4 @@ from sentiment_lora.methods import lora, linear_probe, bitfit, ia3, full  # noqa
 # PEFT's other methods that fit an encoder classifier (methods/adapters.py holds what the weight adapters share).
 from sentiment_lora.methods import loha, lokr, adalora, vera, oft, boft, hra, fourierft, miss, c3a, road  # noqa: E402, F401, I001
 from sentiment_lora.methods import ln_tuning, prompt_tuning, p_tuning  # noqa: E402, F401, I001
-from sentiment_lora.methods import vblora, randlora, shira, delora, hira, gralora, waveft  # noqa: E402, F401, I001
+from sentiment_lora.methods import vblora, randlora, shira, delora, hira, gralora, waveft, tinylora, beft  # noqa: E402, F401, I001

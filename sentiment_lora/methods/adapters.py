@@ -2,11 +2,11 @@
 `method.budget=N` chooses by exact count, and PEFT's own refusals turned into one error line.
 
 A method here (LoHa, LoKr, AdaLoRA, VeRA, OFT, BOFT, HRA, FourierFT, MiSS, C3A, RoAd, VB-LoRA, RandLoRA, SHiRA,
-DeLoRA, HiRA, GraLoRA, WaveFT) declares its schema (an `AdapterConfig` with its knob), the knob's key, the knob
-values that fit the adapted layers, and how its PEFT config is built; the rest is here. Counts for a knob value are
-taken from PEFT itself: each distinct adapted Linear shape is wrapped alone and its trainable parameters counted,
-so a count can never drift from what PEFT builds (tests/test_peft_methods.py checks them against counts typed from
-the papers' formulas).
+DeLoRA, HiRA, GraLoRA, WaveFT, TinyLoRA) declares its schema (an `AdapterConfig` with its knob), the knob's key, the
+knob values that fit the adapted layers, and how its PEFT config is built; the rest is here. Counts for a knob value
+are taken from PEFT itself: each distinct adapted Linear shape is wrapped alone and its trainable parameters
+counted, so a count can never drift from what PEFT builds (tests/test_peft_methods.py checks them against counts
+typed from the papers' formulas).
 """
 
 from __future__ import annotations
@@ -71,6 +71,28 @@ def common_divisors(widths: Sequence[int]) -> list[int]:
     return [value for value in divisors(min(widths)) if all(width % value == 0 for width in widths)]
 
 
+def check_listed_targets(cfg) -> None:
+    """method.targets names at least one target, none twice (a method with no knob, BEFT, checks it too)."""
+    targets = list(cfg.method.targets)
+    if not targets:
+        raise UserError(f"config method.targets: is empty; name at least one of {', '.join(ADAPTER_TARGETS)}")
+    if len(set(targets)) != len(targets):
+        raise UserError(f"config method.targets: lists a target twice: {targets}")
+
+
+def adapted_linears(classifier: SentimentClassifier, cfg) -> tuple[str, dict[str, nn.Linear]]:
+    """(PEFT's target_modules regex, the adapted Linears by name) from method.targets through the family table."""
+    from sentiment_lora.methods.targets import check_targets, target_pattern, targets_and_map
+
+    try:
+        targets, mapped, only_layers = targets_and_map(classifier, cfg.method, cfg.model.targets_map)
+        adapted = check_targets(classifier, mapped, targets, only_layers)
+    except UserError as err:
+        # The target helpers are LoRA's and name its key; the targets here are this method's.
+        raise UserError(str(err).replace("lora.targets", "method.targets")) from None
+    return target_pattern(mapped, targets, only_layers), adapted
+
+
 def _peft_reason(err: Exception) -> str:
     lines = str(err).strip().splitlines() or [type(err).__name__]
     return lines[0].rstrip(".")
@@ -115,11 +137,7 @@ class AdapterMethod(PeftMethod):
 
     # ---- shared ----
     def validate(self, cfg) -> None:
-        targets = list(cfg.method.targets)
-        if not targets:
-            raise UserError(f"config method.targets: is empty; name at least one of {', '.join(ADAPTER_TARGETS)}")
-        if len(set(targets)) != len(targets):
-            raise UserError(f"config method.targets: lists a target twice: {targets}")
+        check_listed_targets(cfg)
 
     def unread_keys(self, cfg) -> tuple[str, ...]:
         # The budget chooses the knob: a method.<knob> beside it changes nothing.
@@ -128,15 +146,7 @@ class AdapterMethod(PeftMethod):
 
     def adapted(self, classifier: SentimentClassifier, cfg) -> tuple[str, dict[str, nn.Linear]]:
         """(PEFT's target_modules regex, the adapted Linears by name) from method.targets through the family table."""
-        from sentiment_lora.methods.targets import check_targets, target_pattern, targets_and_map
-
-        try:
-            targets, mapped, only_layers = targets_and_map(classifier, cfg.method, cfg.model.targets_map)
-            adapted = check_targets(classifier, mapped, targets, only_layers)
-        except UserError as err:
-            # The target helpers are LoRA's and name its key; the targets here are this method's.
-            raise UserError(str(err).replace("lora.targets", "method.targets")) from None
-        return target_pattern(mapped, targets, only_layers), adapted
+        return adapted_linears(classifier, cfg)
 
     def size_for(self, classifier: SentimentClassifier, cfg, adapted: dict[str, nn.Linear], total_steps) -> int:
         budget = cfg.method.get("budget")
