@@ -66,6 +66,7 @@ class _Job:
         self.hook = None
         self.run: Run | None = None
         self.outcome: object = None
+        self.random_state: dict | None = None  # torch's streams where this job's set-up left them
 
     @contextmanager
     def context(self) -> Iterator[None]:
@@ -121,6 +122,7 @@ def train_together(
                 job.tracked = tracking.tracked_run(job.cfg, job.run_dir, job.on_epoch)
                 job.hook = job.tracked.__enter__()
                 job.run = set_up(job.cfg, job.run_dir)
+                job.random_state = random_state(job.run.device)
                 memory.share_frozen(job.run.classifier, frozen.setdefault(share_key(job.run), {}))
             except Exception as err:  # noqa: BLE001 - this job fails; the batch goes on
                 job.end(err)
@@ -174,7 +176,25 @@ def share_key(run: Run) -> tuple:
     return encoder, OmegaConf.to_yaml(run.cfg.model), str(run.device), str(run.dtype)
 
 
+def random_state(device) -> dict:
+    """torch's random streams now (the CPU's, and the device's on CUDA)."""
+    state = {"cpu": torch.random.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_random_state(state: dict, device) -> None:
+    torch.random.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
 def _alone(job: _Job) -> None:
+    # The other jobs were set up since this one was: its training draws (dropout) start where its own set-up left
+    # the streams, as in its single run, so a trial's numbers do not depend on the launcher.
+    if job.random_state is not None:
+        restore_random_state(job.random_state, job.run.device)
     with job.context():
         try:
             value = finish(job.run, fit_alone(job.run, job.hook), job.hook)
