@@ -63,6 +63,11 @@ def widths_of(adapted: dict[str, nn.Linear]) -> list[int]:
     return [width for layer in adapted.values() for width in (layer.in_features, layer.out_features)]
 
 
+def smallest_width(adapted: dict[str, nn.Linear]) -> int:
+    """The smallest input or output width of the adapted Linears (a rank must not exceed it)."""
+    return min(widths_of(adapted))
+
+
 def divisors(width: int) -> list[int]:
     return [value for value in range(1, width + 1) if width % value == 0]
 

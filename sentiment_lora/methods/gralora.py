@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sentiment_lora.errors import UserError
-from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, common_divisors, widths_of
+from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, common_divisors, smallest_width, widths_of
 from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, PROBABILITY, described
 
@@ -49,7 +49,7 @@ class Gralora(AdapterMethod):
     marker = "|"
 
     def sizes(self, adapted):
-        return range(1, min(min(layer.in_features, layer.out_features) for layer in adapted.values()) + 1)
+        return range(1, smallest_width(adapted) + 1)
 
     def ranks(self, adapted, subblocks: int) -> list[int]:
         """The ranks that fit: multiples of k up to the smallest adapted width."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod
+from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, smallest_width
 from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, PROBABILITY, described
 
@@ -42,7 +42,7 @@ class Hira(AdapterMethod):
 
     def sizes(self, adapted):
         # B A has rank at most the smaller width: a larger r adds parameters and nothing else
-        return range(1, min(min(layer.in_features, layer.out_features) for layer in adapted.values()) + 1)
+        return range(1, smallest_width(adapted) + 1)
 
     def build_config(self, method_cfg, target_modules, size, total_steps, adapted):
         import peft

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from sentiment_lora.errors import UserError
-from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod
+from sentiment_lora.methods.adapters import AdapterConfig, AdapterMethod, smallest_width
 from sentiment_lora.methods.registry import register
 from sentiment_lora.schema import AT_LEAST_ONE, PROBABILITY, Range, described
 
@@ -66,7 +66,7 @@ class Tinylora(AdapterMethod):
 
     def peft_config(self, classifier, cfg, total_steps):
         pattern, adapted = self.adapted(classifier, cfg)
-        smallest = min(min(layer.in_features, layer.out_features) for layer in adapted.values())
+        smallest = smallest_width(adapted)
         if cfg.method.rank > smallest:  # PEFT would silently truncate the SVD to the smaller width
             raise UserError(
                 f"config method.rank: TinyLoRA on {classifier.model_type}: {cfg.method.rank} exceeds the adapted "
