@@ -4,6 +4,10 @@
     python bench/flops.py                      # MiniLM (pretrained), the default recipe, batch 16 x 256 tokens
     python bench/flops.py --model distilbert   # DistilBERT architecture, random init
     python bench/flops.py --sides fast --precisions bf16 --profile-rows 0
+    # this CPU as an AVX2-only one (torch's kernels, oneDNN and MKL capped; bf16 products then run emulated):
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 python bench/flops.py --sides fast
+    # as an AVX512-BF16 CPU without AMX:
+    ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 python bench/flops.py --sides fast
 
 Sides: `plain` is the step as a PEFT model runs it (torch's dropout, frozen fp32 weights cast by autocast in every
 forward); `fast` is the step a run takes (fastpath.prepare_for_steps: cheap dropout masks, frozen Linear weights
@@ -39,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from loadavg import LoadWatch, median_spread  # noqa: E402
 
-from sentiment_lora import fastpath  # noqa: E402
+from sentiment_lora import fastpath, runtime  # noqa: E402
 from sentiment_lora.config import CONF_DIR, register_configs  # noqa: E402
 from sentiment_lora.methods.lora_adapters import attach_lora  # noqa: E402
 from sentiment_lora.model import build_classifier  # noqa: E402
@@ -142,7 +146,26 @@ def main() -> None:
     report(opts, flops, peaks, times, profiles, load)
 
 
+# Environment variables that cap the instruction sets torch's own kernels, oneDNN and MKL use: with them one CPU
+# stands in for an older kind (bench/README.md, "Precision per CPU kind").
+ISA_CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def cpu_line() -> str:
+    """The CPU, its bf16 flags, the caps in effect and what precision=auto chooses under them."""
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                 "unknown CPU") if os.path.exists("/proc/cpuinfo") else "unknown CPU"  # fmt: skip
+    flags = sorted(flag for flag in runtime.NATIVE_BF16_FLAGS if flag in (runtime.cpu_flags() or set()))
+    caps = [f"{name}={os.environ[name]}" for name in ISA_CAP_VARIABLES if os.environ.get(name)]
+    cpu = torch.device("cpu")
+    auto = runtime.precision_name(runtime.pick_dtype("auto", cpu))
+    return (f"# CPU: {model}; bf16 flags: {', '.join(flags) or 'none'}; torch kernels: "
+            f"{torch.backends.cpu.get_cpu_capability()}; caps: {' '.join(caps) or 'none'}; precision=auto -> "
+            f"{auto} ({runtime.precision_reason('auto', cpu)})")  # fmt: skip
+
+
 def report(opts, flops: float, peaks: dict, times: dict, profiles: dict, load: LoadWatch) -> None:
+    print(cpu_line())
     print(f"# {opts.model} {' '.join(opts.override) or '(defaults)'}: batch {opts.batch_size} x {opts.max_length} "
           f"tokens, {torch.get_num_threads()} threads, torch {torch.__version__}, {flops / 1e9:.1f} GFLOP per step "
           f"(counted)")  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
@@ -59,9 +60,27 @@ def cpu_flags() -> set[str] | None:
     return None
 
 
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA, or its older name DNNL_MAX_CPU_ISA) below AVX512_CORE_BF16: with one of them
+# set, oneDNN runs bf16 products without the bf16 instructions the flags list, so bf16 is emulated as on a CPU
+# without them (bench/README.md measures a capped step).
+ISA_CAPS_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def onednn_isa_cap() -> str | None:
+    """The oneDNN ISA cap set in the environment, upper-cased, or None."""
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        value = os.environ.get(name, "").strip().upper()
+        if value:
+            return value
+    return None
+
+
 def cpu_supports_bf16() -> bool:
-    """True where the CPU computes bf16 natively (avx512_bf16 or AMX). oneDNN's own check is not used on Linux:
-    it also says yes on AVX512 CPUs without bf16 instructions, where bf16 is emulated; it is the fallback elsewhere."""
+    """True where the CPU computes bf16 natively (avx512_bf16 or AMX) and no oneDNN ISA cap hides it. oneDNN's own
+    check is not used on Linux: it also says yes on AVX512 CPUs without bf16 instructions, where bf16 is emulated;
+    it is the fallback elsewhere."""
+    if onednn_isa_cap() in ISA_CAPS_WITHOUT_BF16:
+        return False
     flags = cpu_flags()
     if flags is not None:
         return any(flag in flags for flag in NATIVE_BF16_FLAGS)
@@ -89,6 +108,9 @@ def precision_reason(precision: str, device: torch.device) -> str:
     if cpu_supports_bf16():
         found = sorted(flag for flag in NATIVE_BF16_FLAGS if flag in (cpu_flags() or set()))
         return f"auto: the CPU has native bf16 ({', '.join(found) or 'oneDNN says so'})"
+    cap = onednn_isa_cap()
+    if cap in ISA_CAPS_WITHOUT_BF16:
+        return f"auto: oneDNN is capped at {cap} (ONEDNN_MAX_CPU_ISA), below its native bf16, where bf16 is emulated"
     return f"auto: the CPU lacks native bf16 ({' and '.join(NATIVE_BF16_FLAGS)}), where bf16 is emulated and slower"
 
 

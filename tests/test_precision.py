@@ -28,12 +28,30 @@ AVX512 = AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512dq"}  # Skylake/Casca
     ids=["avx2", "avx512-no-bf16", "avx512-bf16", "amx"],
 )  # fmt: skip
 def test_auto_picks_bf16_only_where_the_cpu_flags_say_native_bf16(monkeypatch, flags, expected):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(runtime, "cpu_flags", lambda: set(flags))
     monkeypatch.setattr(runtime, "cpu_supports_bf16", FLAG_CHECK)
     assert runtime.pick_dtype("auto", CPU) == expected
     reason = runtime.precision_reason("auto", CPU)
     assert ("has native bf16" in reason) == (expected is not None)
     assert runtime.pick_dtype("fp32", CPU) is None and runtime.pick_dtype("bf16", CPU) == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("variable", "cap", "expected"),
+    [("ONEDNN_MAX_CPU_ISA", "avx2", None), ("DNNL_MAX_CPU_ISA", "AVX512_CORE", None),
+     ("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16", torch.bfloat16), ("ONEDNN_MAX_CPU_ISA", "ALL", torch.bfloat16)],
+)  # fmt: skip
+def test_a_onednn_isa_cap_below_bf16_makes_auto_choose_fp32_on_a_bf16_cpu(monkeypatch, variable, cap, expected):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: AVX512 | {"avx512_bf16", "amx_bf16"})
+    monkeypatch.setattr(runtime, "cpu_supports_bf16", FLAG_CHECK)
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, cap)
+    assert runtime.pick_dtype("auto", CPU) == expected
+    reason = runtime.precision_reason("auto", CPU)
+    assert ("capped at" in reason) == (expected is None), reason
 
 
 def test_without_cpu_flags_auto_asks_onednn(monkeypatch):
