@@ -11,9 +11,10 @@
 
 Sides: `plain` is the step as a PEFT model runs it (torch's dropout, frozen fp32 weights cast by autocast in every
 forward); `fast` is the step a run takes (fastpath.prepare_for_steps: cheap dropout masks, frozen Linear weights
-held in the compute dtype). Every (precision, side) has its own model; the timed steps go round them in turn,
-step by step (ABAB...), so a change of the machine's load falls on every side alike. Median and spread (min-max)
-of --steps steps each.
+held in the compute dtype, attention that trains in fp32 under bf16); `fast_sdpa` is `fast` with transformers' SDPA
+in the compute dtype everywhere, as before that last lever. Every (precision, side) has its own model; the timed
+steps go round them in turn, step by step (ABAB...), so a change of the machine's load falls on every side alike.
+Median and spread (min-max) of --steps steps each.
 
 Peak: the best of several square matmuls of size --peak-size per precision, 2*n^3 FLOPs each, measured before and
 after the timed steps; the higher is used. Step FLOPs are counted, not estimated: FlopCounterMode records every
@@ -71,8 +72,10 @@ def build(overrides: list[str], attention: str, side: str = "plain", dtype=None)
     classifier = build_classifier(cfg.model, resolve_weights(cfg.model))
     classifier.encoder.config._attn_implementation = attention
     model = attach_lora(classifier, cfg.lora, cfg.model.targets_map)
-    if side == "fast":
+    if side in ("fast", "fast_sdpa"):
         fastpath.prepare_for_steps(model, classifier.encoder, dtype)
+    if side == "fast_sdpa":  # the fast side before trained attention ran in fp32: transformers' SDPA throughout
+        classifier.encoder.config._attn_implementation = attention
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     return model, torch.optim.AdamW(trainable, lr=1e-4)

@@ -120,6 +120,16 @@ def test_the_flops_benchmark_counts_a_step(tmp_path):
                                                   ("bf16", "fast")]  # fmt: skip
     assert all(float(row[2]) > 0 and row[6].endswith("%") for row in rows)
     assert "GFLOP per step (counted)" in output and "profile, bf16 fast" in output and "load average" in output
+    assert "# CPU: " in output and "precision=auto -> " in output
+
+
+def test_the_attention_benchmark_times_sdpa_against_eager_in_both_dtypes(tmp_path):
+    output = bench("attention.py", ["--batch-size", "2", "--heads", "2", "--tokens", "16", "--head-size", "8",
+                                    "--repeats", "3"], tmp_path)  # fmt: skip
+    rows = table_rows(output)
+    assert sorted((row[0], row[1]) for row in rows) == [("eager", "bfloat16"), ("eager", "float32"),
+                                                        ("sdpa", "bfloat16"), ("sdpa", "float32")]  # fmt: skip
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows) and "load average" in output
 
 
 @pytest.mark.slow

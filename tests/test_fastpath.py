@@ -71,7 +71,7 @@ def test_frozen_weights_in_bf16_give_autocasts_logits_bit_for_bit():
     plain.eval(), fast.eval()
     ids = torch.randint(5, 1000, (4, 16))
     mask = torch.ones_like(ids)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():  # as evaluation runs
         assert torch.equal(plain(ids, mask), fast(ids, mask))
     for name, parameter in fast.named_parameters():
         if parameter.requires_grad:
@@ -79,6 +79,43 @@ def test_frozen_weights_in_bf16_give_autocasts_logits_bit_for_bit():
     assert classifier_of(fast).encoder.encoder.layer[0].attention.self.query.base_layer.weight.dtype == torch.bfloat16
     assert classifier_of(fast).head.base_layer.weight.dtype == torch.float32  # saved with the run: fp32
     assert not classifier_of(fast).head.cast_input_dtype_enabled  # LoRA inputs reach autocast as they come
+
+
+def _attention_inputs(requires_grad: bool) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    return [torch.randn(2, 4, 24, 8).bfloat16().requires_grad_(requires_grad) for _ in range(3)]
+
+
+def test_attention_that_trains_runs_in_fp32_under_bf16_and_evaluation_keeps_sdpa_in_bf16():
+    attention = fastpath.AttentionInterface().get_interface(fastpath.TRAINED_ATTENTION_FP32, None)
+    module = nn.Module()
+    module.is_causal = False
+    mask = torch.zeros(2, 1, 24, 24, dtype=torch.bfloat16)
+    mask[0, :, :, 20:] = torch.finfo(torch.bfloat16).min  # padding in the first row
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        query, key, value = _attention_inputs(requires_grad=True)
+        trained, _ = attention(module, query, key, value, mask)
+        with torch.autocast("cpu", enabled=False):
+            expected = sdpa(query.float(), key.float(), value.float(), attn_mask=mask.float()).transpose(1, 2)
+        assert trained.dtype == torch.bfloat16 and torch.equal(trained, expected.bfloat16())
+        trained.float().sum().backward()
+        assert query.grad is not None and query.grad.abs().sum() > 0
+        with torch.inference_mode():
+            query, key, value = _attention_inputs(requires_grad=False)
+            evaluated, _ = attention(module, query, key, value, mask)
+            assert torch.equal(evaluated, sdpa(query, key, value, attn_mask=mask).transpose(1, 2))
+
+
+@pytest.mark.parametrize(("attention", "dtype", "switched"),
+    [("sdpa", torch.bfloat16, True), ("sdpa", None, False), ("eager", torch.bfloat16, False)])  # fmt: skip
+def test_only_sdpa_encoders_under_bf16_switch_their_trained_attention(attention, dtype, switched):
+    cfg = compose_config(["model=tiny"])
+    classifier = build_classifier(cfg.model, None)
+    classifier.encoder.config._attn_implementation = attention
+    assert fastpath.trained_attention_in_fp32(classifier.encoder, dtype) == switched
+    expected = fastpath.TRAINED_ATTENTION_FP32 if switched else attention
+    assert classifier.encoder.config._attn_implementation == expected
 
 
 def test_fp32_runs_keep_fp32_weights():
