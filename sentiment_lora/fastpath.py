@@ -18,7 +18,7 @@ the same bit for bit. Trainable parameters and their optimizer state stay fp32. 
 the adapter's fp32, which autocast undoes for the product, is switched off (`lora_inputs_as_they_come`).
 
 Attention that trains, in fp32. On the CPU, SDPA's fused (flash) kernel runs its backward pass more than twice as
-slowly in bf16 as in fp32 (MiniLM's shapes, batch 16 x 256 tokens: 78 against 35 ms a layer; bench/README.md), and
+slowly in bf16 as in fp32 (MiniLM's shapes, batch 16 x 256 tokens: 73 against 35 ms a layer; bench/README.md), and
 autocast runs SDPA in bf16. `trained_attention_in_fp32` registers an attention function with transformers'
 AttentionInterface (the library's way to add one) that computes attention in fp32 where a gradient flows through it
 on the CPU under bf16 autocast, and leaves every other call (evaluation, frozen layers, GPUs) to transformers' SDPA.
