@@ -48,3 +48,17 @@ def imbalance_warning(name: str, metrics: dict) -> str | None:
         f"scores accuracy {majority:.4f}; accuracy is a weak guide here: read balanced_accuracy "
         f"({metrics['balanced_accuracy']:.4f}) and f1_minority ({metrics['f1_minority']:.4f})"
     )
+
+
+def one_class_warning(name: str, probs: np.ndarray, metrics: dict) -> str | None:
+    """A line saying that the model predicts one class for every review of the set, where it does; else None. Such a
+    run completes and its accuracy is the class's share, so a table would list it as if it had learned something."""
+    predicted = set((np.asarray(probs) >= 0.5).astype(int).tolist())
+    if len(predicted) != 1 or np.isnan(metrics["roc_auc"]):  # a set of one class may rightly get one prediction
+        return None
+    label = "positive" if predicted.pop() == 1 else "negative"
+    return (
+        f"{name} set: the model predicts {label} for all {metrics['n']} reviews (accuracy {metrics['accuracy']:.4f}, "
+        f"ROC AUC {metrics['roc_auc']:.4f}): it learned no decision at 0.5; a smaller lr (optimizer.lr or "
+        f"method.lr_scale) or more epochs may help"
+    )

@@ -25,7 +25,7 @@ from sentiment_lora.config import validate
 from sentiment_lora.data import pipeline as data_lib
 from sentiment_lora.loop import EpochHook, Fitted, evaluate, fit
 from sentiment_lora.methods.base import method_lr
-from sentiment_lora.metrics import imbalance_warning
+from sentiment_lora.metrics import imbalance_warning, one_class_warning
 from sentiment_lora.model import build_classifier, load_tokenizer, plain_state
 from sentiment_lora.rundir import claim as immutable
 from sentiment_lora.rundir import record as results
@@ -160,7 +160,7 @@ def finish(run: Run, fitted: Fitted, on_epoch: EpochHook | None = None, tested=N
              "%.4f f1 minority %.4f", fitted.best["epoch"], trainer.select_on, fitted.best["accuracy"],
              test["accuracy"], test["f1"], test["roc_auc"], test["majority_accuracy"], test["balanced_accuracy"],
              test["f1_minority"])  # fmt: skip
-    warnings = [line for line in [imbalance_warning("test", test)] if line]
+    warnings = [line for line in [imbalance_warning("test", test), one_class_warning("test", test_probs, test)] if line]
     for line in warnings:
         log.warning("%s", line)
 

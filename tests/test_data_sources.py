@@ -21,7 +21,7 @@ from sentiment_lora.config import DataConfig, validate
 from sentiment_lora.data.pipeline import file_format, fingerprint, load_data, read_labelled
 from sentiment_lora.errors import UserError
 from sentiment_lora.loop import fit
-from sentiment_lora.metrics import classification_metrics, imbalance_warning
+from sentiment_lora.metrics import classification_metrics, imbalance_warning, one_class_warning
 from sentiment_lora.train import cli
 
 from .conftest import TINY_FAST, compose_config, write_reviews
@@ -398,6 +398,21 @@ def test_imbalance_metrics_are_scikit_learns_and_name_the_smaller_class():
                            "accuracy 0.8000; accuracy is a weak guide here")  # fmt: skip
     balanced = classification_metrics(np.array([0, 1] * 5, dtype=np.float32), np.full(10, 0.6), loss=0.5)
     assert balanced["majority_accuracy"] == 0.5 and imbalance_warning("test", balanced) is None
+
+
+def test_a_model_that_predicts_one_class_for_every_review_is_named_in_a_warning():
+    labels = np.array([0, 1] * 5, dtype=np.float32)
+    below = np.linspace(0.1, 0.45, 10)  # ranks the reviews (AUC defined) but never crosses 0.5
+    line = one_class_warning("test", below, classification_metrics(labels, below, loss=0.7))
+    assert line.startswith("test set: the model predicts negative for all 10 reviews (accuracy 0.5000")
+    above = below + 0.5
+    assert "predicts positive for all 10" in one_class_warning(
+        "test", above, classification_metrics(labels, above, 0.7)
+    )
+    mixed = np.array([0.2, 0.8] * 5)
+    assert one_class_warning("test", mixed, classification_metrics(labels, mixed, loss=0.3)) is None
+    one_label = np.ones(10, dtype=np.float32)
+    assert one_class_warning("test", above, classification_metrics(one_label, above, loss=0.3)) is None
 
 
 def test_a_minority_of_positives_is_the_positive_class():
